@@ -1,0 +1,104 @@
+"""Turning engine objects into lines, tables and JSON (kept apart from the commands)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from overlays.engine import sandboxes
+from overlays.model.specs import Endpoint, Network, Sandbox
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by three spaces, like ``docker ps``."""
+    cells = [list(headers)] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def network_dict(net: Network, sandboxes_attached: list[str] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": net.name,
+        "driver": net.driver,
+        "subnet": str(net.subnet),
+        "gateway": str(net.gateway),
+        "ip_range": str(net.ip_range) if net.ip_range else None,
+        "mtu": net.mtu,
+        "bridge": net.bridge,
+    }
+    if sandboxes_attached is not None:
+        data["sandboxes"] = sandboxes_attached
+    return data
+
+
+def endpoint_dict(ep: Endpoint) -> dict[str, Any]:
+    return {
+        "network": ep.network,
+        "interface": ep.ifname,
+        "host_interface": ep.host_ifname,
+        "ip": f"{ep.ip}/{ep.prefixlen}",
+        "gateway": str(ep.gateway),
+        "mac": ep.mac,
+        "mtu": ep.mtu,
+        "state": ep.state,
+    }
+
+
+def sandbox_dict(box: Sandbox, netns_path: str) -> dict[str, Any]:
+    return {
+        "name": box.name,
+        "status": sandboxes.status(box),
+        "netns": box.netns,
+        "netns_path": netns_path,
+        "pid": box.pid,
+        "command": list(box.command),
+        "hostname": box.hostname,
+        "adopted": box.adopted,
+        "endpoints": [endpoint_dict(ep) for ep in box.endpoints],
+    }
+
+
+def networks_table(nets: list[Network]) -> str:
+    rows = [(n.name, n.driver, n.subnet, n.gateway, n.mtu, n.bridge) for n in nets]
+    return table(("NAME", "DRIVER", "SUBNET", "GATEWAY", "MTU", "BRIDGE"), rows)
+
+
+def sandboxes_table(boxes: list[Sandbox]) -> str:
+    rows = []
+    for box in boxes:
+        nets = ", ".join(f"{e.network}={e.ip}" for e in box.endpoints) or "none"
+        pid = box.pid if sandboxes.status(box) == "running" else ""
+        rows.append((box.name, sandboxes.status(box), pid, nets, " ".join(box.command)))
+    return table(("NAME", "STATUS", "PID", "NETWORKS", "COMMAND"), rows)
+
+
+def inspect_text(data: dict[str, Any]) -> str:
+    """A readable, indented view of a dict (the JSON shape, without the braces)."""
+    lines: list[str] = []
+
+    def walk(value: Any, indent: int, key: str) -> None:
+        pad = "  " * indent
+        if isinstance(value, dict):
+            lines.append(f"{pad}{key}:")
+            for k, v in value.items():
+                walk(v, indent + 1, k)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            lines.append(f"{pad}{key}:")
+            for item in value:
+                lines.append(f"{pad}  -")
+                for k, v in item.items():
+                    walk(v, indent + 2, k)
+        else:
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            lines.append(f"{pad}{key}: {'' if shown is None else shown}")
+
+    for k, v in data.items():
+        walk(v, 0, k)
+    return "\n".join(lines)

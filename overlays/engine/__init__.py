@@ -1,0 +1,122 @@
+"""The engine: one user operation is one transaction over store and kernel.
+
+``Engine`` is the public face; each method is a short list of named steps kept
+in the modules beside this one (networks, sandboxes, endpoints).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from overlays.engine import endpoints, networks, sandboxes
+from overlays.engine.context import Context, instance_id
+from overlays.errors import NotPermitted, StoreError
+from overlays.kernel.api import Kernel
+from overlays.model.specs import Endpoint, IPAddress, Network, NetworkSpec, Sandbox, SandboxSpec
+from overlays.store.base import Store
+
+DEFAULT_STATE_DIR = Path("/var/lib/overlays")
+
+
+def _open_sqlite(state_dir: Path) -> Store:
+    from overlays.store.sqlite import SqliteStore
+
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except PermissionError as e:
+        raise NotPermitted(f"cannot create state dir {state_dir}: permission denied (run as root?)") from e
+    except OSError as e:
+        raise StoreError(f"cannot create state dir {state_dir}: {e.strerror}") from e
+    return SqliteStore(state_dir / "state.db")
+
+
+def _linux() -> Kernel:
+    from overlays.kernel.linux import LinuxKernel
+
+    return LinuxKernel()
+
+
+class Engine:
+    """Networks and sandboxes of one host (a network namespace), with state in one store.
+
+    >>> with Engine(host_netns="lab1", state_dir="/tmp/lab1") as engine:
+    ...     engine.create_network(NetworkSpec.parse("front", subnet="10.10.0.0/24"))
+    """
+
+    def __init__(
+        self,
+        host_netns: str | None = None,
+        state_dir: str | Path | None = None,
+        *,
+        store: Store | None = None,
+        kernel: Kernel | None = None,
+        check_root: bool = True,
+    ) -> None:
+        state = Path(state_dir or os.environ.get("OVERLAYS_STATE_DIR") or DEFAULT_STATE_DIR)
+        self.ctx = Context(
+            store=store or _open_sqlite(state),
+            kernel=kernel or _linux(),
+            state_dir=state,
+            host_netns=host_netns,
+            instance=instance_id(state, host_netns),
+            check_root=check_root,
+        )
+
+    def close(self) -> None:
+        self.ctx.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # networks
+    def create_network(self, spec: NetworkSpec) -> Network:
+        return networks.create(self.ctx, spec)
+
+    def networks(self) -> list[Network]:
+        return networks.list_all(self.ctx)
+
+    def network(self, name: str) -> tuple[Network, list[str]]:
+        return networks.inspect(self.ctx, name)
+
+    def remove_network(self, name: str, force: bool = False) -> None:
+        networks.remove(self.ctx, name, force)
+
+    def prune_networks(self) -> list[str]:
+        return networks.prune(self.ctx)
+
+    # sandboxes
+    def create_sandbox(self, spec: SandboxSpec) -> Sandbox:
+        return sandboxes.create(self.ctx, spec)
+
+    def adopt(self, name: str, pid: int | None = None, netns_path: str | None = None) -> Sandbox:
+        return sandboxes.adopt(self.ctx, name, pid, netns_path)
+
+    def start(self, name: str, argv: Sequence[str], detach: bool = True) -> subprocess.Popen[bytes]:
+        return sandboxes.start(self.ctx, name, argv, detach)
+
+    def execute(self, name: str, argv: Sequence[str]) -> int:
+        return sandboxes.execute(self.ctx, name, argv)
+
+    def sandboxes(self) -> list[Sandbox]:
+        return sandboxes.list_all(self.ctx)
+
+    def sandbox(self, name: str) -> Sandbox:
+        return sandboxes.get(self.ctx, name)
+
+    def remove_sandbox(self, name: str, force: bool = False) -> None:
+        sandboxes.remove(self.ctx, name, force)
+
+    def connect(self, network: str, sandbox: str, ip: IPAddress | None = None) -> Endpoint:
+        return endpoints.connect(self.ctx, network, sandbox, ip)
+
+    def disconnect(self, network: str, sandbox: str) -> None:
+        endpoints.disconnect(self.ctx, network, sandbox)
+
+    def netns_path(self, sandbox: str) -> Path:
+        return self.ctx.kernel.netns_path(self.sandbox(sandbox).netns)

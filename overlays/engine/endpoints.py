@@ -1,0 +1,118 @@
+"""Endpoints: a sandbox's attachment to a network (connect, disconnect).
+
+Protocol of one attach: (1) a store transaction allocates the address and records
+the endpoint as *pending*; (2) the driver makes the kernel match, pushing an undo
+step after each change; (3) the endpoint is marked *ready*. Any failure runs the
+undo steps and releases the record, so nothing is left half-built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from overlays import ipam
+from overlays.drivers import bridge
+from overlays.engine import records
+from overlays.engine.context import Context
+from overlays.errors import Conflict, NotFound
+from overlays.kernel.api import Links
+from overlays.model.names import sandbox_ifname, veth_name
+from overlays.model.specs import Endpoint, EndpointRequest, IPAddress, Network
+from overlays.store.base import Txn, transact
+from overlays.undo import Undo
+
+
+def mac_for(ip: IPAddress) -> str:
+    """A locally administered MAC derived from the address: stable across re-use, so ARP caches stay right."""
+    return "02:6f:" + ":".join(f"{b:02x}" for b in ip.packed[-4:])
+
+
+def allocate(txn: Txn, ctx: Context, sandbox: str, request: EndpointRequest, ifname: str) -> Endpoint:
+    """Inside a store transaction: take an address and record the endpoint as pending."""
+    network = records.get_network(txn, request.network)
+    if txn.get(records.endpoint_key(sandbox, network.name)) is not None:
+        raise Conflict(f"sandbox {sandbox} is already connected to network {network.name}")
+    ip = ipam.allocate(txn, network, sandbox, request.ip)
+    ep = Endpoint(
+        sandbox=sandbox,
+        network=network.name,
+        ifname=ifname,
+        host_ifname=veth_name(sandbox, network.name, ctx.instance),
+        ip=ip,
+        prefixlen=network.subnet.prefixlen,
+        gateway=network.gateway,
+        mac=mac_for(ip),
+        mtu=network.mtu,
+    )
+    txn.put(records.endpoint_key(sandbox, network.name), ep.to_record())
+    return ep
+
+
+def release(ctx: Context, eps: list[Endpoint]) -> None:
+    def drop(txn: Txn) -> None:
+        for ep in eps:
+            txn.delete(records.endpoint_key(ep.sandbox, ep.network))
+            ipam.release(txn, ep.network, ep.ip)
+
+    transact(ctx.store, drop)
+
+
+def mark_ready(txn: Txn, eps: list[Endpoint]) -> None:
+    for ep in eps:
+        txn.put(records.endpoint_key(ep.sandbox, ep.network), replace(ep, state="ready").to_record())
+
+
+def wire(ctx: Context, host: Links, sandbox: Links, sandbox_path: Path, eps: list[Endpoint], undo: Undo) -> None:
+    """Make the kernel match the pending endpoints ``eps`` (their bridges first)."""
+    networks = transact(ctx.store, lambda txn: {ep.network: records.get_network(txn, ep.network) for ep in eps})
+    for ep in eps:
+        network: Network = networks[ep.network]
+        bridge.setup_network(host, network, ctx.instance)  # completes a network left half-made
+        bridge.attach(host, sandbox, sandbox_path, network, ep, ctx.instance, undo)
+
+
+def connect(ctx: Context, network: str, sandbox: str, ip: IPAddress | None = None) -> Endpoint:
+    """Attach a sandbox to one more network; it appears as the next free ethN."""
+    request = EndpointRequest(network, ip)
+
+    def record(txn: Txn) -> Endpoint:
+        box = records.get_sandbox(txn, sandbox)
+        used = {e.ifname for e in box.endpoints}
+        ifname = next(sandbox_ifname(i) for i in range(len(used) + 1) if sandbox_ifname(i) not in used)
+        return allocate(txn, ctx, sandbox, request, ifname)
+
+    with ctx.open_host() as host:
+        ep = transact(ctx.store, record)
+        undo = Undo()
+        undo.push(f"release endpoint {sandbox}/{network}", release, ctx, [ep])
+        try:
+            box = transact(ctx.store, lambda txn: records.get_sandbox(txn, sandbox))
+            path = ctx.kernel.netns_path(box.netns)
+            with ctx.kernel.open_path(box.netns, path) as inside:
+                wire(ctx, host, inside, path, [ep], undo)
+            transact(ctx.store, lambda txn: mark_ready(txn, [ep]))
+        except BaseException:
+            undo.rollback()
+            raise
+    return replace(ep, state="ready")
+
+
+def disconnect(ctx: Context, network: str, sandbox: str) -> None:
+    """Detach a sandbox from a network; its default route moves to a remaining network."""
+
+    def read(txn: Txn) -> tuple[Endpoint, list[Endpoint], str]:
+        box = records.get_sandbox(txn, sandbox)
+        ep = next((e for e in box.endpoints if e.network == network), None)
+        if ep is None:
+            records.get_network(txn, network)  # a clearer error if the network is unknown
+            raise NotFound(f"sandbox {sandbox} is not connected to network {network}")
+        return ep, [e for e in box.endpoints if e.network != network], box.netns
+
+    ep, remaining, netns_name = transact(ctx.store, read)
+    with ctx.open_host() as host:
+        bridge.detach(host, ep)
+    if remaining and ctx.kernel.netns_exists(netns_name):
+        with ctx.kernel.open_path(netns_name, ctx.kernel.netns_path(netns_name)) as inside:
+            inside.ensure_default_route(str(remaining[0].gateway))
+    release(ctx, [ep])

@@ -1,0 +1,174 @@
+"""Sandboxes: a named network namespace, its endpoints, and optionally a process.
+
+``create`` follows the endpoint protocol for the whole sandbox at once: one store
+transaction records the sandbox and all its endpoints as pending, the kernel is
+made to match with an undo step per change, and one more transaction marks it
+ready. ``remove`` is best-effort: it keeps going past failures and reports them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from overlays.engine import endpoints, records
+from overlays.engine.context import Context
+from overlays.errors import Conflict, InvalidSpec, NotFound, OverlaysError
+from overlays.kernel import process
+from overlays.model.names import netns_name, sandbox_ifname, validate_name
+from overlays.model.specs import Endpoint, Sandbox, SandboxSpec
+from overlays.store.base import Txn, transact
+from overlays.undo import Undo, best_effort
+
+
+def _record(ctx: Context, box: Sandbox, requests: SandboxSpec | None) -> list[Endpoint]:
+    """One transaction: the sandbox (name must be free) and its endpoints, all pending."""
+
+    def do(txn: Txn) -> list[Endpoint]:
+        if not txn.create(records.sandbox_key(box.name), box.to_record()):
+            raise Conflict(f"sandbox {box.name} already exists")
+        reqs = requests.networks if requests else ()
+        return [endpoints.allocate(txn, ctx, box.name, r, sandbox_ifname(i)) for i, r in enumerate(reqs)]
+
+    return transact(ctx.store, do)
+
+
+def _forget(ctx: Context, name: str, eps: Sequence[Endpoint]) -> None:
+    endpoints.release(ctx, list(eps))
+    transact(ctx.store, lambda txn: txn.delete(records.sandbox_key(name)))
+
+
+def _mark_ready(ctx: Context, box: Sandbox, eps: list[Endpoint]) -> Sandbox:
+    ready = replace(box, state="ready")
+
+    def do(txn: Txn) -> None:
+        txn.put(records.sandbox_key(box.name), ready.to_record())
+        endpoints.mark_ready(txn, eps)
+
+    transact(ctx.store, do)
+    return replace(ready, endpoints=tuple(replace(e, state="ready") for e in eps))
+
+
+def create(ctx: Context, spec: SandboxSpec) -> Sandbox:
+    """A new namespace named after the sandbox, with loopback up and one endpoint per network."""
+    box = Sandbox(name=spec.name, netns=netns_name(spec.name, ctx.instance), hostname=spec.hostname, created=time.time())
+    with ctx.open_host() as host:
+        eps = _record(ctx, box, spec)
+        undo = Undo()
+        undo.push(f"forget sandbox {box.name}", _forget, ctx, box.name, eps)
+        try:
+            path = ctx.kernel.create_netns(box.netns)
+            undo.push(f"delete netns {box.netns}", ctx.kernel.delete_netns, box.netns)
+            with ctx.kernel.open_path(box.netns, path) as inside:
+                inside.ensure_up("lo")
+                endpoints.wire(ctx, host, inside, path, eps, undo)
+            return _mark_ready(ctx, box, eps)
+        except BaseException:
+            undo.rollback()
+            raise
+
+
+def adopt(ctx: Context, name: str, pid: int | None = None, netns_path: str | None = None) -> Sandbox:
+    """Take an existing process's (or bind-mounted) namespace under our name, to connect it."""
+    validate_name("sandbox", name)
+    if (pid is None) == (netns_path is None):
+        raise InvalidSpec(f"sandbox {name}: give exactly one of --pid or --netns")
+    source = Path(f"/proc/{pid}/ns/net") if pid is not None else Path(str(netns_path))
+    if pid is not None and process.start_time(pid) is None:
+        raise NotFound(f"process {pid} does not exist")
+    if not source.exists():
+        raise NotFound(f"network namespace {source} does not exist")
+    ctx.require_root()
+    box = Sandbox(
+        name=name,
+        netns=netns_name(name, ctx.instance),
+        adopted=True,
+        pid=pid,
+        pid_start=process.start_time(pid) if pid else None,
+        created=time.time(),
+    )
+    _record(ctx, box, None)
+    try:
+        ctx.kernel.adopt_netns(box.netns, source)
+    except BaseException:
+        _forget(ctx, name, [])
+        raise
+    return _mark_ready(ctx, box, [])
+
+
+def remove(ctx: Context, name: str, force: bool = False) -> None:
+    """Stop the process, remove the endpoints and namespace, release the addresses."""
+    box = get(ctx, name)
+    if not force and box.pid and not box.adopted and process.alive(box.pid, box.pid_start):
+        raise Conflict(f"sandbox {name} is running (pid {box.pid}); stop it first or use -f")
+    failures = best_effort(_teardown_steps(ctx, box))
+    if failures:
+        raise OverlaysError(f"sandbox {name}: removed with errors: " + "; ".join(failures))
+
+
+def _teardown_steps(ctx: Context, box: Sandbox) -> list[tuple[str, Callable[[], object]]]:
+    steps: list[tuple[str, Callable[[], object]]] = []
+    if box.pid and not box.adopted:
+        steps.append((f"stop pid {box.pid}", lambda: process.stop(box.pid or 0, box.pid_start)))
+    steps.append(("remove endpoints", lambda: _remove_endpoints(ctx, box)))
+    steps.append((f"delete netns {box.netns}", lambda: ctx.kernel.delete_netns(box.netns)))
+    steps.append(("forget", lambda: _forget(ctx, box.name, box.endpoints)))
+    return steps
+
+
+def _remove_endpoints(ctx: Context, box: Sandbox) -> None:
+    """Adopted namespaces live on: delete our veths. Our own: deleting the netns is faster."""
+    if not box.endpoints:
+        return
+    with ctx.open_host() as host:
+        if box.adopted:
+            for ep in box.endpoints:
+                host.delete_link(ep.host_ifname)
+            return
+        ctx.kernel.delete_netns(box.netns)
+        names = [ep.host_ifname for ep in box.endpoints]
+        for left in ctx.kernel.wait_links_gone(host, names):
+            host.delete_link(left)
+
+
+def get(ctx: Context, name: str) -> Sandbox:
+    return transact(ctx.store, lambda txn: records.get_sandbox(txn, name))
+
+
+def list_all(ctx: Context) -> list[Sandbox]:
+    return transact(ctx.store, records.list_sandboxes)
+
+
+def start(ctx: Context, name: str, argv: Sequence[str], detach: bool) -> process.subprocess.Popen[bytes]:
+    """Start ``argv`` in the sandbox; a detached process is recorded so ``rm`` can stop it."""
+    if not argv:
+        raise InvalidSpec(f"sandbox {name}: no command given")
+    box = get(ctx, name)
+    if box.pid and process.alive(box.pid, box.pid_start):
+        raise Conflict(f"sandbox {name} already runs pid {box.pid}")
+    log = ctx.log_dir() / f"{name}.log" if detach else None
+    proc = process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname, log, detach)
+    running = replace(box, pid=proc.pid, pid_start=process.start_time(proc.pid), command=tuple(argv))
+    transact(ctx.store, lambda txn: txn.put(records.sandbox_key(name), running.to_record()))
+    return proc
+
+
+def execute(ctx: Context, name: str, argv: Sequence[str]) -> int:
+    """Run ``argv`` inside the sandbox in the foreground; return its exit code."""
+    if not argv:
+        raise InvalidSpec(f"exec {name}: no command given")
+    box = get(ctx, name)
+    ctx.require_root()
+    return process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname).wait()
+
+
+def status(box: Sandbox) -> str:
+    if box.state != "ready":
+        return box.state
+    if box.pid and process.alive(box.pid, box.pid_start):
+        return "running"
+    if box.adopted:
+        return "adopted"
+    return "exited" if box.command else "created"

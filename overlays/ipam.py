@@ -1,0 +1,86 @@
+"""IP address management over the store protocol.
+
+The allocator is pure (which address is free, which subnet is free); the store
+part records each allocation as its own key ``ipam/<network>/<ip>``, created only
+if absent, so two processes that pick the same address cannot both commit: the
+loser's transaction retries and picks the next one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+
+from overlays.errors import Conflict, Exhausted, InvalidSpec
+from overlays.model.specs import IPAddress, IPNetwork, Network
+from overlays.store.base import Txn
+
+# Where networks created without --subnet come from: /24s of 10.88.0.0/14,
+# skipping any that overlap another network or a route of the host namespace.
+DEFAULT_POOLS = (ipaddress.ip_network("10.88.0.0/14"),)
+DEFAULT_PREFIX = 24
+
+
+def _key(network: str, ip: IPAddress | None = None) -> str:
+    return f"ipam/{network}/" + (str(ip) if ip is not None else "")
+
+
+def host_addresses(subnet: IPNetwork, ip_range: IPNetwork | None) -> Iterator[IPAddress]:
+    """Usable addresses in allocation order: the ip-range if given, else the subnet."""
+    reserved = {subnet.network_address, subnet.broadcast_address}
+    for addr in (ip_range or subnet):
+        if addr not in reserved:
+            yield addr
+
+
+def free_subnet(taken: Iterable[IPNetwork], pools: Iterable[IPNetwork] = DEFAULT_POOLS) -> IPNetwork:
+    """The first default-sized subnet of the pools that overlaps nothing in ``taken``."""
+    taken = list(taken)
+    for pool in pools:
+        for candidate in pool.subnets(new_prefix=DEFAULT_PREFIX):
+            if not any(candidate.overlaps(t) for t in taken):  # type: ignore[arg-type]
+                return candidate
+    raise Exhausted("no free subnet left in the default pools; give one with --subnet")
+
+
+def default_gateway(subnet: IPNetwork) -> IPAddress:
+    return next(subnet.hosts())
+
+
+def reserve(txn: Txn, network: Network, ip: IPAddress, owner: str) -> None:
+    """Record ``ip`` as taken on ``network`` by ``owner`` (the gateway, a sandbox)."""
+    if not txn.create(_key(network.name, ip), {"owner": owner}):
+        holder = (txn.get(_key(network.name, ip)) or {}).get("owner", "?")
+        raise Conflict(f"address {ip} on network {network.name} is already taken by {holder}")
+
+
+def allocate(txn: Txn, network: Network, owner: str, requested: IPAddress | None = None) -> IPAddress:
+    """Give ``owner`` an address on ``network``: ``requested`` if free, else the first free one."""
+    if requested is not None:
+        _check_static(network, requested)
+        reserve(txn, network, requested, owner)
+        return requested
+    used = {k.rsplit("/", 1)[1] for k in txn.range(_key(network.name))}
+    for addr in host_addresses(network.subnet, network.ip_range):
+        if str(addr) not in used:
+            reserve(txn, network, addr, owner)
+            return addr
+    pool = network.ip_range or network.subnet
+    raise Exhausted(f"network {network.name}: no free address left in {pool}")
+
+
+def release(txn: Txn, network: str, ip: IPAddress) -> None:
+    txn.delete(_key(network, ip))
+
+
+def release_all(txn: Txn, network: str) -> None:
+    for key in txn.range(_key(network)):
+        txn.delete(key)
+
+
+def _check_static(network: Network, ip: IPAddress) -> None:
+    subnet = network.subnet
+    if ip not in subnet:
+        raise InvalidSpec(f"address {ip} is outside network {network.name}'s subnet {subnet}")
+    if ip in (subnet.network_address, subnet.broadcast_address):
+        raise InvalidSpec(f"address {ip} is not a host address of {subnet} (network {network.name})")

@@ -1,0 +1,47 @@
+"""The real kernel: namespaces under /run/netns and netlink handles into them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from overlays.kernel import netns
+from overlays.kernel.api import Links
+
+
+class LinuxKernel:
+    def open(self, netns_name: str | None) -> Links:
+        from overlays.kernel.rtnl import Rtnl  # pyroute2 is slow to import: only when needed
+
+        return Rtnl.open(netns_name)
+
+    def open_path(self, label: str, path: Path) -> Links:
+        from overlays.kernel.rtnl import Rtnl
+
+        return Rtnl.open_path(label, path)
+
+    def netns_path(self, name: str) -> Path:
+        return netns.path_of(name)
+
+    def netns_exists(self, name: str) -> bool:
+        return netns.exists(name)
+
+    def create_netns(self, name: str) -> Path:
+        return netns.create(name)
+
+    def adopt_netns(self, name: str, source: Path) -> Path:
+        return netns.adopt(name, source)
+
+    def delete_netns(self, name: str) -> None:
+        netns.delete(name)
+
+    def wait_links_gone(self, links: Links, names: list[str], timeout: float = 2.0) -> list[str]:
+        """The kernel removes a dead namespace's veths asynchronously: wait, return any left."""
+        deadline = time.monotonic() + timeout
+        left = list(names)
+        while left:
+            left = [n for n in left if links.link(n) is not None]
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+        return left

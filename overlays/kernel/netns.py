@@ -1,0 +1,161 @@
+"""Network namespaces: create, delete, adopt, and enter, without forking.
+
+A namespace is named by a file under /run/netns (a bind mount of an nsfs inode),
+the convention ``ip netns`` uses, so users can inspect ours with ``ip netns``.
+Namespaces are per thread on Linux, so every switch happens in a short-lived
+helper thread: the process's main thread never leaves its own namespace, and
+we avoid the fork that ``pyroute2.netns`` pays for each call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from overlays.errors import KernelError, NotFound
+
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUTS = 0x04000000
+MS_BIND = 4096
+MS_REC = 16384
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+NETLINK_ROUTE = 0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
+
+
+def path_of(name: str) -> Path:
+    return NETNS_DIR / name
+
+
+def exists(name: str) -> bool:
+    return path_of(name).exists()
+
+
+def _check(ret: int, what: str, obj: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise KernelError(what, obj, None, os.strerror(err))
+
+
+def _mount(src: str, dst: str, flags: int) -> int:
+    return int(_libc.mount(src.encode(), dst.encode(), None, flags, None))
+
+
+def _ensure_netns_dir() -> None:
+    """Make /run/netns a shared mount point, as ``ip netns`` does, so mounts propagate."""
+    NETNS_DIR.mkdir(parents=True, exist_ok=True)
+    if _mount("none", str(NETNS_DIR), MS_SHARED | MS_REC) == 0:
+        return
+    if ctypes.get_errno() != errno.EINVAL:
+        _check(-1, "make shared", str(NETNS_DIR))
+    _check(_mount(str(NETNS_DIR), str(NETNS_DIR), MS_BIND | MS_REC), "bind-mount", str(NETNS_DIR))
+    _check(_mount("none", str(NETNS_DIR), MS_SHARED | MS_REC), "make shared", str(NETNS_DIR))
+
+
+def setns(path: str | Path, nstype: int = CLONE_NEWNET) -> None:
+    """Move the calling thread into the namespace at ``path``."""
+    fd = os.open(str(path), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, nstype), "enter namespace", str(path))
+    finally:
+        os.close(fd)
+
+
+def in_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a fresh thread and return its result (or raise its error)."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # handed back to the caller below
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="overlays-netns")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]
+
+
+def run_in(path: str | Path | None, fn: Callable[[], T]) -> T:
+    """Run ``fn`` inside the namespace at ``path`` (None: this process's own)."""
+    if path is None:
+        return fn()
+
+    def entered() -> T:
+        setns(path)
+        return fn()
+
+    return in_thread(entered)
+
+
+def create(name: str) -> Path:
+    """Create the named namespace; an existing one of that name is an error."""
+    _ensure_netns_dir()
+    path = path_of(name)
+    try:
+        os.close(os.open(str(path), os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    except FileExistsError as e:
+        raise KernelError("create netns", name, None, "it exists already") from e
+
+    def make() -> None:
+        _check(_libc.unshare(CLONE_NEWNET), "unshare", name)
+        tid = threading.get_native_id()
+        _check(_mount(f"/proc/self/task/{tid}/ns/net", str(path), MS_BIND), "bind-mount netns", name)
+
+    try:
+        in_thread(make)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def adopt(name: str, source: str | Path) -> Path:
+    """Give the namespace at ``source`` (say /proc/PID/ns/net) the name ``name``."""
+    _ensure_netns_dir()
+    src = Path(source)
+    if not src.exists():
+        raise NotFound(f"network namespace {source} does not exist")
+    path = path_of(name)
+    try:
+        os.close(os.open(str(path), os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    except FileExistsError as e:
+        raise KernelError("adopt netns", name, None, "a namespace of that name exists already") from e
+    if _mount(str(src), str(path), MS_BIND) != 0:
+        err = ctypes.get_errno()
+        path.unlink(missing_ok=True)
+        raise KernelError("adopt netns", str(source), None, os.strerror(err))
+    return path
+
+
+def delete(name: str) -> None:
+    """Remove the named namespace; a missing one is success."""
+    path = path_of(name)
+    if not path.exists():
+        return
+    if _libc.umount2(str(path).encode(), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+        _check(-1, "unmount netns", name)
+    path.unlink(missing_ok=True)
+
+
+def netlink_socket(path: str | Path | None) -> socket.socket:
+    """A rtnetlink socket that lives in the namespace at ``path`` (sockets keep their netns)."""
+    return run_in(path, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
+
+
+def inode(path: str | Path) -> int:
+    """Identity of a namespace: two paths name the same one iff their inodes match."""
+    return os.stat(str(path)).st_ino

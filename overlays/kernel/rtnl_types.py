@@ -1,0 +1,17 @@
+"""Plain data read from the kernel (no pyroute2 import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str | None
+    mac: str
+    mtu: int
+    alias: str | None
+    up: bool
+    master: int | None

@@ -1,0 +1,12 @@
+"""Pure data: specs, validation and naming. No kernel, no store."""
+
+from overlays.model.specs import (
+    Endpoint,
+    EndpointRequest,
+    Network,
+    NetworkSpec,
+    Sandbox,
+    SandboxSpec,
+)
+
+__all__ = ["Endpoint", "EndpointRequest", "Network", "NetworkSpec", "Sandbox", "SandboxSpec"]

@@ -1,0 +1,81 @@
+"""Names users give, and the kernel names overlays derives from them.
+
+Users name networks and sandboxes freely (Docker's rules). Kernel interface names
+are at most 15 characters, so we derive them: a fixed prefix that marks the object
+as ours, the user's name when it fits, otherwise a cut of it plus a short hash so
+two long names never collide. Network namespaces are global to the machine, so
+their names also carry the engine instance, which keeps two engines (two state
+dirs, two host namespaces) from ever touching each other's sandboxes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from overlays.errors import InvalidSpec
+
+IFNAME_MAX = 15
+NAME_MAX = 63
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+BRIDGE_PREFIX = "ovb-"
+VETH_PREFIX = "ovv-"
+NETNS_PREFIX = "ov-"
+OWNER_TAG = "overlays"
+
+
+def validate_name(kind: str, name: str) -> str:
+    """Return ``name`` if it is a valid network or sandbox name, else raise InvalidSpec."""
+    if not name:
+        raise InvalidSpec(f"{kind} name is empty")
+    if len(name) > NAME_MAX:
+        raise InvalidSpec(f"{kind} name {name!r} is too long ({len(name)} > {NAME_MAX} characters)")
+    if not _NAME_RE.match(name):
+        raise InvalidSpec(
+            f"{kind} name {name!r} is invalid: use letters, digits, '_', '.' and '-',"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+def short_hash(*parts: str, length: int = 6) -> str:
+    """A stable hex digest of ``parts``: the same input always gives the same name."""
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:length]
+
+
+def _fit(prefix: str, label: str, salt: str) -> str:
+    room = IFNAME_MAX - len(prefix)
+    if len(label) <= room:
+        return prefix + label
+    return prefix + label[: room - 6] + "-" + short_hash(salt, label, length=5)
+
+
+def bridge_name(network: str, instance: str) -> str:
+    """Kernel name of a network's bridge, e.g. ``ovb-front``."""
+    return _fit(BRIDGE_PREFIX, network, instance)
+
+
+def veth_name(sandbox: str, network: str, instance: str) -> str:
+    """Host-side name of a sandbox's veth on a network, unique per (sandbox, network)."""
+    return VETH_PREFIX + sandbox[:4] + "-" + short_hash(instance, sandbox, network, length=6)
+
+
+def netns_name(sandbox: str, instance: str) -> str:
+    """Name under /run/netns of a sandbox's namespace, e.g. ``ov-1a2b3c-web``."""
+    return f"{NETNS_PREFIX}{instance}-{sandbox}"
+
+
+def owner_alias(instance: str, what: str) -> str:
+    """The ifalias we put on every link we create: marks it as ours and says why it exists."""
+    return f"{OWNER_TAG}:{instance}:{what}"
+
+
+def is_ours(alias: str | None, instance: str) -> bool:
+    """True if a link's alias says this engine instance created it."""
+    return bool(alias) and str(alias).startswith(f"{OWNER_TAG}:{instance}:")
+
+
+def sandbox_ifname(index: int) -> str:
+    """Interface name inside a sandbox: eth0 for the first network, eth1 for the next..."""
+    return f"eth{index}"

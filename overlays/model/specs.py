@@ -1,0 +1,274 @@
+"""Validated, frozen descriptions of what a user asked for, and of what exists.
+
+Input is parsed here once (raw strings in, typed objects out); the engine and the
+drivers only ever see these objects. IPv4 is served today; addresses are kept as
+``ipaddress`` objects so a second family slots in without new shapes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from overlays.errors import InvalidSpec
+from overlays.model.names import validate_name
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MTU_MIN = 576
+MTU_MAX = 65535
+DEFAULT_MTU = 1500
+
+
+def parse_cidr(what: str, text: str) -> IPNetwork:
+    """Parse a subnet such as ``10.1.0.0/24``; host bits must be zero."""
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError as e:
+        raise InvalidSpec(f"{what} {text!r} is not a valid CIDR (like 10.1.0.0/24)") from e
+    if "/" not in text:
+        raise InvalidSpec(f"{what} {text!r} has no prefix length (like 10.1.0.0/24)")
+    if net.version != 4:
+        raise InvalidSpec(f"{what} {text!r}: only IPv4 is supported for now")
+    if str(net.network_address) != text.split("/")[0]:
+        raise InvalidSpec(f"{what} {text!r} has host bits set; did you mean {net}?")
+    return net
+
+
+def parse_ip(what: str, text: str) -> IPAddress:
+    """Parse a single address such as ``10.1.0.5``."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError as e:
+        raise InvalidSpec(f"{what} {text!r} is not a valid IP address") from e
+    if addr.version != 4:
+        raise InvalidSpec(f"{what} {text!r}: only IPv4 is supported for now")
+    return addr
+
+
+def check_mtu(mtu: int) -> int:
+    if not MTU_MIN <= mtu <= MTU_MAX:
+        raise InvalidSpec(f"MTU {mtu} is out of range ({MTU_MIN}-{MTU_MAX})")
+    return mtu
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What ``network create`` asks for; subnet None means: pick a free /24."""
+
+    name: str
+    subnet: IPNetwork | None = None
+    gateway: IPAddress | None = None
+    ip_range: IPNetwork | None = None
+    mtu: int = DEFAULT_MTU
+    driver: str = "bridge"
+
+    @classmethod
+    def parse(
+        cls,
+        name: str,
+        subnet: str | None = None,
+        gateway: str | None = None,
+        ip_range: str | None = None,
+        mtu: int | None = None,
+    ) -> NetworkSpec:
+        validate_name("network", name)
+        net = parse_cidr(f"network {name}: subnet", subnet) if subnet else None
+        if net is None and (gateway or ip_range):
+            raise InvalidSpec(f"network {name}: --gateway and --ip-range need --subnet")
+        gw = parse_ip(f"network {name}: gateway", gateway) if gateway else None
+        rng = parse_cidr(f"network {name}: ip-range", ip_range) if ip_range else None
+        spec = cls(name, net, gw, rng, check_mtu(mtu if mtu is not None else DEFAULT_MTU))
+        if net is not None:
+            spec.check_subnet(net)
+        return spec
+
+    def check_subnet(self, net: IPNetwork) -> None:
+        """Check gateway and ip-range against a (given or chosen) subnet."""
+        if net.num_addresses < 4:
+            raise InvalidSpec(f"network {self.name}: subnet {net} is too small (need /30 or larger)")
+        if self.gateway is not None and (
+            self.gateway not in net
+            or self.gateway in (net.network_address, net.broadcast_address)
+        ):
+            raise InvalidSpec(f"network {self.name}: gateway {self.gateway} is not a host address of subnet {net}")
+        if self.ip_range is not None and not self.ip_range.subnet_of(net):  # type: ignore[arg-type]
+            raise InvalidSpec(f"network {self.name}: ip-range {self.ip_range} is not inside subnet {net}")
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network as recorded in the store."""
+
+    name: str
+    driver: str
+    subnet: IPNetwork
+    gateway: IPAddress
+    ip_range: IPNetwork | None
+    mtu: int
+    bridge: str
+    created: float
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "driver": self.driver,
+            "subnet": str(self.subnet),
+            "gateway": str(self.gateway),
+            "ip_range": str(self.ip_range) if self.ip_range else None,
+            "mtu": self.mtu,
+            "bridge": self.bridge,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> Network:
+        return cls(
+            name=r["name"],
+            driver=r["driver"],
+            subnet=ipaddress.ip_network(r["subnet"]),
+            gateway=ipaddress.ip_address(r["gateway"]),
+            ip_range=ipaddress.ip_network(r["ip_range"]) if r.get("ip_range") else None,
+            mtu=int(r["mtu"]),
+            bridge=r["bridge"],
+            created=float(r["created"]),
+        )
+
+
+@dataclass(frozen=True)
+class EndpointRequest:
+    """One network a sandbox should join, with an optional static address."""
+
+    network: str
+    ip: IPAddress | None = None
+
+    @classmethod
+    def parse(cls, network: str, ip: str | None = None) -> EndpointRequest:
+        validate_name("network", network)
+        addr = parse_ip(f"--ip for network {network}", ip) if ip else None
+        return cls(network, addr)
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What ``run`` asks for: a named sandbox, the networks it joins, a hostname."""
+
+    name: str
+    networks: tuple[EndpointRequest, ...] = ()
+    hostname: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        name: str,
+        networks: list[EndpointRequest] | None = None,
+        hostname: str | None = None,
+    ) -> SandboxSpec:
+        validate_name("sandbox", name)
+        nets = tuple(networks or ())
+        seen = [n.network for n in nets]
+        dupes = {n for n in seen if seen.count(n) > 1}
+        if dupes:
+            raise InvalidSpec(f"sandbox {name}: network {sorted(dupes)[0]} given twice")
+        if hostname is not None and not _valid_hostname(hostname):
+            raise InvalidSpec(f"sandbox {name}: hostname {hostname!r} is invalid")
+        return cls(name, nets, hostname)
+
+
+def _valid_hostname(h: str) -> bool:
+    labels = h.split(".")
+    return 0 < len(h) <= 253 and all(
+        0 < len(lb) <= 63 and lb[0] != "-" and lb[-1] != "-" and all(c.isalnum() or c == "-" for c in lb)
+        for lb in labels
+    )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A sandbox's attachment to a network, as recorded in the store."""
+
+    sandbox: str
+    network: str
+    ifname: str
+    host_ifname: str
+    ip: IPAddress
+    prefixlen: int
+    gateway: IPAddress
+    mac: str
+    mtu: int
+    state: str = "pending"
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "sandbox": self.sandbox,
+            "network": self.network,
+            "ifname": self.ifname,
+            "host_ifname": self.host_ifname,
+            "ip": str(self.ip),
+            "prefixlen": self.prefixlen,
+            "gateway": str(self.gateway),
+            "mac": self.mac,
+            "mtu": self.mtu,
+            "state": self.state,
+        }
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> Endpoint:
+        return cls(
+            sandbox=r["sandbox"],
+            network=r["network"],
+            ifname=r["ifname"],
+            host_ifname=r["host_ifname"],
+            ip=ipaddress.ip_address(r["ip"]),
+            prefixlen=int(r["prefixlen"]),
+            gateway=ipaddress.ip_address(r["gateway"]),
+            mac=r["mac"],
+            mtu=int(r["mtu"]),
+            state=r.get("state", "ready"),
+        )
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A sandbox as recorded in the store (its endpoints are kept apart)."""
+
+    name: str
+    netns: str
+    hostname: str | None = None
+    adopted: bool = False
+    pid: int | None = None
+    pid_start: int | None = None
+    command: tuple[str, ...] = ()
+    state: str = "pending"
+    created: float = 0.0
+    endpoints: tuple[Endpoint, ...] = field(default=())
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "netns": self.netns,
+            "hostname": self.hostname,
+            "adopted": self.adopted,
+            "pid": self.pid,
+            "pid_start": self.pid_start,
+            "command": list(self.command),
+            "state": self.state,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any], endpoints: tuple[Endpoint, ...] = ()) -> Sandbox:
+        return cls(
+            name=r["name"],
+            netns=r["netns"],
+            hostname=r.get("hostname"),
+            adopted=bool(r.get("adopted")),
+            pid=r.get("pid"),
+            pid_start=r.get("pid_start"),
+            command=tuple(r.get("command") or ()),
+            state=r.get("state", "ready"),
+            created=float(r.get("created", 0.0)),
+            endpoints=endpoints,
+        )
