@@ -44,7 +44,7 @@ def free_subnet(taken: Iterable[IPNetwork], pools: Iterable[IPNetwork] = DEFAULT
 
 
 def default_gateway(subnet: IPNetwork) -> IPAddress:
-    return next(subnet.hosts())
+    return ipaddress.ip_address(int(subnet.network_address) + 1)
 
 
 def reserve(txn: Txn, network: Network, ip: IPAddress, owner: str) -> None:

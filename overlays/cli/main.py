@@ -34,7 +34,8 @@ class Settings:
         if self._engine is None:
             from overlays.engine import Engine
 
-            self._engine = Engine(host_netns=self.host_netns, state_dir=Path(self.state_dir) if self.state_dir else None)
+            state = Path(self.state_dir) if self.state_dir else None
+            self._engine = Engine(host_netns=self.host_netns, state_dir=state)
         return self._engine
 
 

@@ -153,7 +153,7 @@ def exec_(s: Settings, name: str, cmd: tuple[str, ...]) -> int:
     """Run CMD inside sandbox NAME's network namespace; its exit code is passed through."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        code = s.engine().execute(name, _argv(cmd))
+        code: int = s.engine().execute(name, _argv(cmd))
     finally:
         signal.signal(signal.SIGINT, previous)
     return code if code >= 0 else 128 - code

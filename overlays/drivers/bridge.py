@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from overlays.undo import Undo
 from overlays.kernel.api import Links
 from overlays.model.names import owner_alias
 from overlays.model.specs import Endpoint, Network
+from overlays.undo import Undo
 
 
 def network_alias(instance: str, network: str) -> str:

@@ -20,7 +20,7 @@ def create(ctx: Context, spec: NetworkSpec) -> Network:
     """Record the network (subnet checked against all others), then build its bridge."""
     with ctx.open_host() as host:
         host_routes = host.route_prefixes()
-        network = transact(ctx.store, lambda txn: _record(txn, ctx, spec, host_routes))  # type: ignore[arg-type]
+        network = transact(ctx.store, lambda txn: _record(txn, ctx, spec, list(host_routes)))
         undo = Undo()
         undo.push(f"forget network {spec.name}", _forget, ctx, network.name)
         try:
@@ -106,7 +106,9 @@ def remove(ctx: Context, name: str, force: bool = False) -> None:
         raise Conflict(
             f"network {name} has {len(users)} sandbox(es) attached ({listed}); disconnect them or use --force"
         )
-    failures = [f for user in users for f in _try(lambda u=user: endpoints.disconnect(ctx, name, u))]
+    failures: list[str] = []
+    for user in users:
+        failures += _try(lambda user=user: endpoints.disconnect(ctx, name, user))  # type: ignore[misc]
     with ctx.open_host() as host:
         failures += _try(lambda: bridge.teardown_network(host, network))
     _forget(ctx, name)

@@ -8,6 +8,7 @@ ready. ``remove`` is best-effort: it keeps going past failures and reports them.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -53,7 +54,8 @@ def _mark_ready(ctx: Context, box: Sandbox, eps: list[Endpoint]) -> Sandbox:
 
 def create(ctx: Context, spec: SandboxSpec) -> Sandbox:
     """A new namespace named after the sandbox, with loopback up and one endpoint per network."""
-    box = Sandbox(name=spec.name, netns=netns_name(spec.name, ctx.instance), hostname=spec.hostname, created=time.time())
+    netns = netns_name(spec.name, ctx.instance)
+    box = Sandbox(name=spec.name, netns=netns, hostname=spec.hostname, created=time.time())
     with ctx.open_host() as host:
         eps = _record(ctx, box, spec)
         undo = Undo()
@@ -141,7 +143,7 @@ def list_all(ctx: Context) -> list[Sandbox]:
     return transact(ctx.store, records.list_sandboxes)
 
 
-def start(ctx: Context, name: str, argv: Sequence[str], detach: bool) -> process.subprocess.Popen[bytes]:
+def start(ctx: Context, name: str, argv: Sequence[str], detach: bool) -> subprocess.Popen[bytes]:
     """Start ``argv`` in the sandbox; a detached process is recorded so ``rm`` can stop it."""
     if not argv:
         raise InvalidSpec(f"sandbox {name}: no command given")

@@ -7,6 +7,7 @@ whose start time still matches: ``overlays rm`` never kills a stranger.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -41,9 +42,8 @@ def alive(pid: int | None, started: int | None) -> bool:
 def _enter(netns_path: Path, hostname: str | None) -> None:
     """Runs in the child between fork and exec: join the sandbox, set its hostname."""
     netns.setns(netns_path)
-    if hostname:
-        if _libc.unshare(netns.CLONE_NEWUTS) == 0:
-            _libc.sethostname(hostname.encode(), len(hostname))
+    if hostname and _libc.unshare(netns.CLONE_NEWUTS) == 0:
+        _libc.sethostname(hostname.encode(), len(hostname))
 
 
 def spawn(
@@ -93,15 +93,11 @@ def stop(pid: int, started: int | None, grace: float = 3.0) -> None:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _reap(pid: int) -> None:
     """Collect the exit status if the process is our child (the Python API starts them)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
