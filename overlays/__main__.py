@@ -1,0 +1,3 @@
+from overlays.cli.main import run
+
+run()

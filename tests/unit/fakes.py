@@ -1,0 +1,172 @@
+"""An in-memory kernel with the shape of overlays.kernel.api.Kernel, for tests without root.
+
+It keeps only what the engine relies on: namespaces, links (with peer, master,
+alias, up), addresses and a default route; deleting one end of a veth or a
+namespace removes the peer, as Linux does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from overlays.errors import Conflict, KernelError
+from overlays.kernel.rtnl_types import Link
+
+ROOT = Path("/fake/netns")
+
+
+@dataclass
+class FakeNs:
+    name: str
+    links: dict[str, Link] = field(default_factory=dict)
+    addrs: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
+    peers: dict[str, tuple[str, str]] = field(default_factory=dict)  # link -> (ns, peer link)
+    default_gw: str | None = None
+
+
+class FakeKernel:
+    def __init__(self, *host_namespaces: str) -> None:
+        self.namespaces: dict[str | None, FakeNs] = {None: FakeNs("root")}
+        self.namespaces[None].links["lo"] = Link(1, "lo", None, "", 65536, None, True, None)
+        for name in host_namespaces:
+            self._add_ns(name)
+        self._next_index = 100
+
+    def snapshot(self) -> dict[str | None, tuple[object, ...]]:
+        """Everything observable, to compare before and after an operation."""
+        return {
+            k: (sorted(v.links), sorted((a, sorted(s)) for a, s in v.addrs.items() if s), v.default_gw)
+            for k, v in self.namespaces.items()
+        }
+
+    def _add_ns(self, name: str) -> FakeNs:
+        ns = FakeNs(name)
+        ns.links["lo"] = Link(1, "lo", None, "", 65536, None, False, None)
+        self.namespaces[name] = ns
+        return ns
+
+    def index(self) -> int:
+        self._next_index += 1
+        return self._next_index
+
+    # Kernel protocol
+    def open(self, netns: str | None) -> FakeLinks:
+        if netns not in self.namespaces:
+            raise KernelError("open", "netns", netns, "no such namespace")
+        return FakeLinks(self, netns)
+
+    def open_path(self, label: str, path: Path) -> FakeLinks:
+        return self.open(path.name)
+
+    def netns_path(self, name: str) -> Path:
+        return ROOT / name
+
+    def netns_exists(self, name: str) -> bool:
+        return name in self.namespaces
+
+    def create_netns(self, name: str) -> Path:
+        if name in self.namespaces:
+            raise KernelError("create netns", name, None, "it exists already")
+        self._add_ns(name)
+        return ROOT / name
+
+    def adopt_netns(self, name: str, source: Path) -> Path:
+        self._add_ns(name)
+        return ROOT / name
+
+    def delete_netns(self, name: str) -> None:
+        ns = self.namespaces.pop(name, None)
+        if ns is None:
+            return
+        for link, (other, peer) in ns.peers.items():
+            if other in self.namespaces:
+                FakeLinks(self, other)._drop(peer)
+
+    def wait_links_gone(self, links: object, names: list[str], timeout: float = 2.0) -> list[str]:
+        return []
+
+
+class FakeLinks:
+    def __init__(self, kernel: FakeKernel, netns: str | None) -> None:
+        self.kernel = kernel
+        self.netns = netns
+
+    @property
+    def ns(self) -> FakeNs:
+        return self.kernel.namespaces[self.netns]
+
+    def __enter__(self) -> FakeLinks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def link(self, name: str) -> Link | None:
+        return self.ns.links.get(name)
+
+    def _need(self, name: str) -> Link:
+        link = self.link(name)
+        if link is None:
+            raise KernelError("find link", name, self.netns, "no such device")
+        return link
+
+    def route_prefixes(self) -> list[ipaddress.IPv4Network]:
+        return [ipaddress.IPv4Network(f"{ip}/{p}", strict=False) for s in self.ns.addrs.values() for ip, p in s]
+
+    def has_default_route(self) -> bool:
+        return self.ns.default_gw is not None
+
+    def ensure_bridge(self, name: str, alias: str, mtu: int) -> None:
+        have = self.link(name)
+        if have and (have.kind != "bridge" or have.alias != alias):
+            raise Conflict(f"link {name} exists and is not ours")
+        if not have:
+            self.ns.links[name] = Link(self.kernel.index(), name, "bridge", "", mtu, alias, True, None)
+
+    def ensure_veth(self, name: str, alias: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str) -> None:
+        if self.link(name):
+            return
+        other = self.kernel.namespaces[peer_netns.name]
+        if peer in other.links:
+            raise KernelError("create veth", name, self.netns, "peer name exists")
+        self.ns.links[name] = Link(self.kernel.index(), name, "veth", "", mtu, alias, False, None)
+        other.links[peer] = Link(self.kernel.index(), peer, "veth", peer_mac, mtu, None, False, None)
+        self.ns.peers[name] = (peer_netns.name, peer)
+        other.peers[peer] = (self.netns or "", name)
+
+    def ensure_port(self, name: str, bridge: str) -> None:
+        self.ns.links[name] = replace(self._need(name), master=self._need(bridge).index, up=True)
+
+    def ensure_up(self, name: str) -> None:
+        self.ns.links[name] = replace(self._need(name), up=True)
+
+    def ensure_address(self, name: str, ip: str, prefixlen: int) -> None:
+        self._need(name)
+        self.ns.addrs.setdefault(name, set()).add((ip, prefixlen))
+
+    def ensure_default_route(self, gateway: str) -> None:
+        if self.ns.default_gw is None:
+            self.ns.default_gw = gateway
+
+    def delete_link(self, name: str) -> None:
+        if name not in self.ns.links:
+            return
+        peer = self.ns.peers.get(name)
+        self._drop(name)
+        if peer and peer[0] in self.kernel.namespaces:
+            FakeLinks(self.kernel, peer[0] or None)._drop(peer[1])
+
+    def _drop(self, name: str) -> None:
+        self.ns.links.pop(name, None)
+        self.ns.peers.pop(name, None)
+        addrs = self.ns.addrs.pop(name, set())
+        # Routes through a vanished interface vanish with it (enough for a default route).
+        if self.ns.default_gw and any(
+            ipaddress.ip_address(self.ns.default_gw) in ipaddress.ip_network(f"{a}/{p}", strict=False) for a, p in addrs
+        ):
+            self.ns.default_gw = None
