@@ -62,8 +62,8 @@ def allocate(txn: Txn, network: Network, owner: str, requested: IPAddress | None
         return requested
     used = {k.rsplit("/", 1)[1] for k in txn.range(_key(network.name))}
     for addr in host_addresses(network.subnet, network.ip_range):
-        if str(addr) not in used:
-            reserve(txn, network, addr, owner)
+        # A writer may have taken it since the range read: then simply try the next one.
+        if str(addr) not in used and txn.create(_key(network.name, addr), {"owner": owner}):
             return addr
     pool = network.ip_range or network.subnet
     raise Exhausted(f"network {network.name}: no free address left in {pool}")

@@ -80,7 +80,7 @@ class FakeKernel:
         ns = self.namespaces.pop(name, None)
         if ns is None:
             return
-        for link, (other, peer) in ns.peers.items():
+        for other, peer in ns.peers.values():
             if other in self.namespaces:
                 FakeLinks(self, other)._drop(peer)
 
