@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from overlays import Conflict, Engine, EndpointRequest, KernelError, NetworkSpec, NotFound, SandboxSpec
+from overlays import Conflict, EndpointRequest, Engine, KernelError, NetworkSpec, NotFound, SandboxSpec
 from overlays.kernel.faults import FaultyKernel
 from overlays.store import MemoryStore
 
