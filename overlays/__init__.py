@@ -14,7 +14,7 @@ from overlays.errors import (
     OverlaysError,
     StoreError,
 )
-from overlays.model import Endpoint, EndpointRequest, Network, NetworkSpec, Sandbox, SandboxSpec
+from overlays.model import Endpoint, EndpointRequest, Network, NetworkSpec, PortMapping, Sandbox, SandboxSpec
 
 __all__ = [
     "Conflict",
@@ -29,6 +29,7 @@ __all__ = [
     "NotFound",
     "NotPermitted",
     "OverlaysError",
+    "PortMapping",
     "Sandbox",
     "SandboxSpec",
     "StoreError",

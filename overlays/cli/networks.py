@@ -22,14 +22,19 @@ def network() -> None:
 @click.option("--gateway", metavar="IP", help="Gateway address, held by the bridge (default: first host).")
 @click.option("--ip-range", metavar="CIDR", help="Allocate sandbox addresses from this part of the subnet only.")
 @click.option("--mtu", type=int, help="MTU of the bridge and every sandbox interface (default 1500).")
+@click.option("--internal", is_flag=True, help="No route out and no published ports: sandboxes reach each other only.")
+@click.option("--masquerade/--no-masquerade", default=True, show_default=True,
+              help="Masquerade traffic leaving the host; --no-masquerade routes sandbox addresses as they are.")
 @pass_settings
 def create(s: Settings, name: str, subnet: str | None, gateway: str | None, ip_range: str | None,
-           mtu: int | None) -> None:
+           mtu: int | None, internal: bool, masquerade: bool) -> None:
     """Create a network NAME."""
-    spec = NetworkSpec.parse(name, subnet=subnet, gateway=gateway, ip_range=ip_range, mtu=mtu)
+    spec = NetworkSpec.parse(name, subnet=subnet, gateway=gateway, ip_range=ip_range, mtu=mtu,
+                             internal=internal, masquerade=masquerade)
     with held_signals():
         net = s.engine().create_network(spec)
-    click.echo(f"network {net.name} created: subnet {net.subnet}, gateway {net.gateway}, bridge {net.bridge}")
+    mode = " (internal)" if net.internal else "" if net.masquerade else " (routed, no masquerade)"
+    click.echo(f"network {net.name} created: subnet {net.subnet}, gateway {net.gateway}, bridge {net.bridge}{mode}")
 
 
 @network.command("ls")
@@ -49,7 +54,7 @@ def ls(s: Settings, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_settings
 def inspect(s: Settings, name: str, as_json: bool) -> None:
-    """Show a network: subnet, gateway, MTU, bridge, attached sandboxes."""
+    """Show a network: subnet, gateway, MTU, bridge, internal, masquerade, attached sandboxes."""
     net, users = s.engine().network(name)
     data = render.network_dict(net, users)
     if as_json:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from overlays.engine import sandboxes
+from overlays.model.ports import PortMapping
 from overlays.model.specs import Endpoint, Network, Sandbox
 
 
@@ -32,6 +33,8 @@ def network_dict(net: Network, sandboxes_attached: list[str] | None = None) -> d
         "ip_range": str(net.ip_range) if net.ip_range else None,
         "mtu": net.mtu,
         "bridge": net.bridge,
+        "internal": net.internal,
+        "masquerade": net.masquerade,
     }
     if sandboxes_attached is not None:
         data["sandboxes"] = sandboxes_attached
@@ -62,7 +65,22 @@ def sandbox_dict(box: Sandbox, netns_path: str) -> dict[str, Any]:
         "hostname": box.hostname,
         "adopted": box.adopted,
         "endpoints": [endpoint_dict(ep) for ep in box.endpoints],
+        "ports": [port_dict(p) for p in box.ports],
     }
+
+
+def port_dict(p: PortMapping) -> dict[str, Any]:
+    return {
+        "host_ip": str(p.host_ip) if p.host_ip else "0.0.0.0",
+        "host_port": p.host_port,
+        "container_port": p.container_port,
+        "protocol": p.protocol,
+    }
+
+
+def ports_text(ports: Sequence[PortMapping]) -> str:
+    """One line per port, as ``docker port`` prints them: ``80/tcp -> 0.0.0.0:8080``."""
+    return "\n".join(f"{p.container_port}/{p.protocol} -> {p.host_ip or '0.0.0.0'}:{p.host_port}" for p in ports)
 
 
 def networks_table(nets: list[Network]) -> str:

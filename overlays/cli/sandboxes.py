@@ -1,4 +1,4 @@
-"""Sandbox commands: run, ps, inspect, rm, connect, disconnect, exec, attach."""
+"""Sandbox commands: run, ps, inspect, port, rm, connect, disconnect, exec, attach."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 from overlays.cli import render
 from overlays.cli.main import Settings, held_signals
 from overlays.errors import InvalidSpec
+from overlays.model.ports import PortMapping, parse_publish
 from overlays.model.specs import EndpointRequest, SandboxSpec, parse_ip
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -36,19 +37,22 @@ def _requests(networks: tuple[str, ...], ip: str | None) -> list[EndpointRequest
               help="Network to join (repeatable); 'none' gives loopback only (the default).")
 @click.option("--ip", metavar="IP", help="Static address on the network.")
 @click.option("--hostname", metavar="H", help="Hostname seen by the sandbox's processes.")
+@click.option("-p", "--publish", "publish", multiple=True, metavar="[IP:]HOST:PORT[/PROTO]",
+              help="Publish a port (repeatable; ranges like 8000-8010:8000-8010; /tcp or /udp, default tcp).")
 @click.option("-d", "--detach", is_flag=True, help="Run CMD in the background and print the sandbox name.")
 @click.option("--rm", "remove_after", is_flag=True, help="Remove the sandbox when CMD exits (foreground only).")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 @pass_settings
 def run(s: Settings, name: str | None, networks: tuple[str, ...], ip: str | None, hostname: str | None,
-        detach: bool, remove_after: bool, cmd: tuple[str, ...]) -> int:
+        publish: tuple[str, ...], detach: bool, remove_after: bool, cmd: tuple[str, ...]) -> int:
     """Create a sandbox and, with CMD, run it inside: overlays run --name web --network front -- CMD..."""
     cmd = _argv(cmd)
     if detach and remove_after:
         raise InvalidSpec("--rm and -d cannot be combined")
     if detach and not cmd:
         raise InvalidSpec("-d needs a command to run (overlays run -d --name web -- CMD...)")
-    spec = SandboxSpec.parse(name or f"sb-{secrets.token_hex(3)}", _requests(networks, ip), hostname)
+    ports: list[PortMapping] = [m for text in publish for m in parse_publish(text)]
+    spec = SandboxSpec.parse(name or f"sb-{secrets.token_hex(3)}", _requests(networks, ip), hostname, ports)
     engine = s.engine()
     with held_signals():
         box = engine.create_sandbox(spec)
@@ -57,14 +61,15 @@ def run(s: Settings, name: str | None, networks: tuple[str, ...], ip: str | None
         click.echo(f"sandbox {box.name} created ({nets})")
         return 0
     try:
-        proc = engine.start(box.name, cmd, detach=detach)
+        if detach:
+            engine.start(box.name, cmd)
+            click.echo(box.name)
+            return 0
+        proc = engine.start_foreground(box.name, cmd)
     except BaseException:
         with held_signals():
             engine.remove_sandbox(box.name, force=True)
         raise
-    if detach:
-        click.echo(box.name)
-        return 0
     return _wait_foreground(s, box.name, proc, remove_after)
 
 
@@ -107,6 +112,19 @@ def inspect(s: Settings, name: str, as_json: bool) -> None:
         render.emit_json(data)
     else:
         click.echo(render.inspect_text(data))
+
+
+@click.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_settings
+def port(s: Settings, name: str, as_json: bool) -> None:
+    """List the ports sandbox NAME publishes: CONTAINER_PORT/PROTO -> HOST_IP:HOST_PORT."""
+    box = s.engine().sandbox(name)
+    if as_json:
+        render.emit_json([render.port_dict(p) for p in box.ports])
+    else:
+        click.echo(render.ports_text(box.ports))
 
 
 @click.command()
@@ -171,4 +189,4 @@ def attach(s: Settings, name: str, pid: int | None, netns_path: str | None) -> N
     click.echo(f"sandbox {box.name} adopted ({'pid ' + str(pid) if pid else netns_path})")
 
 
-COMMANDS = [run, ps, inspect, rm, connect, disconnect, exec_, attach]
+COMMANDS = [run, ps, inspect, port, rm, connect, disconnect, exec_, attach]

@@ -97,8 +97,12 @@ class Engine:
     def adopt(self, name: str, pid: int | None = None, netns_path: str | None = None) -> Sandbox:
         return sandboxes.adopt(self.ctx, name, pid, netns_path)
 
-    def start(self, name: str, argv: Sequence[str], detach: bool = True) -> subprocess.Popen[bytes]:
-        return sandboxes.start(self.ctx, name, argv, detach)
+    def start(self, name: str, argv: Sequence[str]) -> int:
+        """Run ``argv`` in the sandbox in the background; returns its PID."""
+        return sandboxes.start(self.ctx, name, argv)
+
+    def start_foreground(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        return sandboxes.start_foreground(self.ctx, name, argv)
 
     def execute(self, name: str, argv: Sequence[str]) -> int:
         return sandboxes.execute(self.ctx, name, argv)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from overlays import ipam
 from overlays.drivers import bridge
-from overlays.engine import records
+from overlays.engine import firewall, ports, records
 from overlays.engine.context import Context
 from overlays.errors import Conflict, NotFound
 from overlays.kernel.api import Links
 from overlays.model.names import sandbox_ifname, veth_name
-from overlays.model.specs import Endpoint, EndpointRequest, IPAddress, Network
+from overlays.model.specs import Endpoint, EndpointRequest, IPAddress, Network, Sandbox
 from overlays.store.base import Txn, transact
 from overlays.undo import Undo
 
@@ -91,6 +91,12 @@ def connect(ctx: Context, network: str, sandbox: str, ip: IPAddress | None = Non
             path = ctx.kernel.netns_path(box.netns)
             with ctx.kernel.open_path(box.netns, path) as inside:
                 wire(ctx, host, inside, path, [ep], undo)
+            # Published ports follow the sandbox's first non-internal endpoint, which may now be this one.
+            others = tuple(e for e in box.endpoints if e.network != network)
+            before = ports.published(ctx, replace(box, endpoints=others))
+            after = ports.published(ctx, box)
+            undo.push(f"move the ports of {sandbox} back", firewall.retarget, ctx, after, before)
+            firewall.retarget(ctx, before, after)
             transact(ctx.store, lambda txn: mark_ready(txn, [ep]))
         except BaseException:
             undo.rollback()
@@ -101,15 +107,19 @@ def connect(ctx: Context, network: str, sandbox: str, ip: IPAddress | None = Non
 def disconnect(ctx: Context, network: str, sandbox: str) -> None:
     """Detach a sandbox from a network; its default route moves to a remaining network."""
 
-    def read(txn: Txn) -> tuple[Endpoint, list[Endpoint], str]:
+    def read(txn: Txn) -> tuple[Endpoint, Sandbox]:
         box = records.get_sandbox(txn, sandbox)
         ep = next((e for e in box.endpoints if e.network == network), None)
         if ep is None:
             records.get_network(txn, network)  # a clearer error if the network is unknown
             raise NotFound(f"sandbox {sandbox} is not connected to network {network}")
-        return ep, [e for e in box.endpoints if e.network != network], box.netns
+        return ep, box
 
-    ep, remaining, netns_name = transact(ctx.store, read)
+    ep, box = transact(ctx.store, read)
+    remaining = [e for e in box.endpoints if e.network != network]
+    netns_name = box.netns
+    # Ports leading to this endpoint move to the next non-internal one, or wait for a connect.
+    firewall.retarget(ctx, ports.published(ctx, box), ports.published(ctx, replace(box, endpoints=tuple(remaining))))
     with ctx.open_host() as host:
         bridge.detach(host, ep)
     if remaining and ctx.kernel.netns_exists(netns_name):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from overlays import ipam
 from overlays.drivers import bridge
-from overlays.engine import records
+from overlays.engine import firewall, records
 from overlays.engine.context import Context
 from overlays.errors import Conflict, OverlaysError
 from overlays.model.names import bridge_name
@@ -26,6 +26,8 @@ def create(ctx: Context, spec: NetworkSpec) -> Network:
         try:
             undo.push(f"delete bridge {network.bridge}", bridge.teardown_network, host, network)
             bridge.setup_network(host, network, ctx.instance)
+            undo.push(f"remove network {network.name} from the firewall", firewall.network_down, ctx, network)
+            firewall.network_up(ctx, network)
         except BaseException:
             undo.rollback()
             raise
@@ -53,6 +55,8 @@ def _record(txn: Txn, ctx: Context, spec: NetworkSpec, host_routes: list[IPNetwo
         mtu=spec.mtu,
         bridge=bridge_dev,
         created=time.time(),
+        internal=spec.internal,
+        masquerade=spec.masquerade,
     )
     txn.put(records.network_key(network.name), network.to_record())
     ipam.reserve(txn, network, network.gateway, "gateway")
@@ -109,6 +113,7 @@ def remove(ctx: Context, name: str, force: bool = False) -> None:
     failures: list[str] = []
     for user in users:
         failures += _try(lambda user=user: endpoints.disconnect(ctx, name, user))  # type: ignore[misc]
+    failures += _try(lambda: firewall.network_down(ctx, network))
     with ctx.open_host() as host:
         failures += _try(lambda: bridge.teardown_network(host, network))
     _forget(ctx, name)

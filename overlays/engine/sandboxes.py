@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from overlays.engine import endpoints, records
+from overlays.drivers.firewall import Publish
+from overlays.engine import endpoints, firewall, ports, records
 from overlays.engine.context import Context
 from overlays.errors import Conflict, InvalidSpec, NotFound, OverlaysError
 from overlays.kernel import process
@@ -24,21 +25,34 @@ from overlays.store.base import Txn, transact
 from overlays.undo import Undo, best_effort
 
 
-def _record(ctx: Context, box: Sandbox, requests: SandboxSpec | None) -> list[Endpoint]:
-    """One transaction: the sandbox (name must be free) and its endpoints, all pending."""
+def _record(ctx: Context, box: Sandbox, requests: SandboxSpec | None) -> tuple[list[Endpoint], list[Publish]]:
+    """One transaction: the sandbox (name must be free), its endpoints (pending) and its port claims."""
 
-    def do(txn: Txn) -> list[Endpoint]:
+    def do(txn: Txn) -> tuple[list[Endpoint], list[Publish]]:
         if not txn.create(records.sandbox_key(box.name), box.to_record()):
             raise Conflict(f"sandbox {box.name} already exists")
         reqs = requests.networks if requests else ()
-        return [endpoints.allocate(txn, ctx, box.name, r, sandbox_ifname(i)) for i, r in enumerate(reqs)]
+        eps = [endpoints.allocate(txn, ctx, box.name, r, sandbox_ifname(i)) for i, r in enumerate(reqs)]
+        if not box.ports:
+            return eps, []
+        networks = {ep.network: records.get_network(txn, ep.network) for ep in eps}
+        to = ports.require_target(box.name, eps, networks)
+        ports.claim(txn, box.name, box.ports)
+        return eps, ports.publishes(box.ports, to)
 
     return transact(ctx.store, do)
 
 
 def _forget(ctx: Context, name: str, eps: Sequence[Endpoint]) -> None:
     endpoints.release(ctx, list(eps))
-    transact(ctx.store, lambda txn: txn.delete(records.sandbox_key(name)))
+
+    def drop(txn: Txn) -> None:
+        record = txn.get(records.sandbox_key(name))
+        if record is not None:
+            ports.release(txn, name, Sandbox.from_record(record).ports)
+        txn.delete(records.sandbox_key(name))
+
+    transact(ctx.store, drop)
 
 
 def _mark_ready(ctx: Context, box: Sandbox, eps: list[Endpoint]) -> Sandbox:
@@ -55,9 +69,10 @@ def _mark_ready(ctx: Context, box: Sandbox, eps: list[Endpoint]) -> Sandbox:
 def create(ctx: Context, spec: SandboxSpec) -> Sandbox:
     """A new namespace named after the sandbox, with loopback up and one endpoint per network."""
     netns = netns_name(spec.name, ctx.instance)
-    box = Sandbox(name=spec.name, netns=netns, hostname=spec.hostname, created=time.time())
+    box = Sandbox(name=spec.name, netns=netns, hostname=spec.hostname, created=time.time(), ports=spec.ports)
     with ctx.open_host() as host:
-        eps = _record(ctx, box, spec)
+        ports.check_host_ips(host, spec.ports)
+        eps, publishes = _record(ctx, box, spec)
         undo = Undo()
         undo.push(f"forget sandbox {box.name}", _forget, ctx, box.name, eps)
         try:
@@ -66,6 +81,8 @@ def create(ctx: Context, spec: SandboxSpec) -> Sandbox:
             with ctx.kernel.open_path(box.netns, path) as inside:
                 inside.ensure_up("lo")
                 endpoints.wire(ctx, host, inside, path, eps, undo)
+            undo.push(f"unpublish the ports of {box.name}", firewall.unpublish, ctx, publishes)
+            firewall.publish(ctx, publishes)
             return _mark_ready(ctx, box, eps)
         except BaseException:
             undo.rollback()
@@ -114,6 +131,8 @@ def _teardown_steps(ctx: Context, box: Sandbox) -> list[tuple[str, Callable[[], 
     steps: list[tuple[str, Callable[[], object]]] = []
     if box.pid and not box.adopted:
         steps.append((f"stop pid {box.pid}", lambda: process.stop(box.pid or 0, box.pid_start)))
+    if box.ports:
+        steps.append(("unpublish ports", lambda: firewall.unpublish(ctx, ports.published(ctx, box))))
     steps.append(("remove endpoints", lambda: _remove_endpoints(ctx, box)))
     steps.append((f"delete netns {box.netns}", lambda: ctx.kernel.delete_netns(box.netns)))
     steps.append(("forget", lambda: _forget(ctx, box.name, box.endpoints)))
@@ -143,17 +162,34 @@ def list_all(ctx: Context) -> list[Sandbox]:
     return transact(ctx.store, records.list_sandboxes)
 
 
-def start(ctx: Context, name: str, argv: Sequence[str], detach: bool) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in the sandbox; a detached process is recorded so ``rm`` can stop it."""
+def _startable(ctx: Context, name: str, argv: Sequence[str]) -> Sandbox:
     if not argv:
         raise InvalidSpec(f"sandbox {name}: no command given")
     box = get(ctx, name)
     if box.pid and process.alive(box.pid, box.pid_start):
         raise Conflict(f"sandbox {name} already runs pid {box.pid}")
-    log = ctx.log_dir() / f"{name}.log" if detach else None
-    proc = process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname, log, detach)
-    running = replace(box, pid=proc.pid, pid_start=process.start_time(proc.pid), command=tuple(argv))
-    transact(ctx.store, lambda txn: txn.put(records.sandbox_key(name), running.to_record()))
+    return box
+
+
+def _record_process(ctx: Context, box: Sandbox, pid: int, argv: Sequence[str]) -> None:
+    running = replace(box, pid=pid, pid_start=process.start_time(pid), command=tuple(argv))
+    transact(ctx.store, lambda txn: txn.put(records.sandbox_key(box.name), running.to_record()))
+
+
+def start(ctx: Context, name: str, argv: Sequence[str]) -> int:
+    """Start ``argv`` in the background (output to the sandbox's log); recorded so ``rm`` can stop it."""
+    box = _startable(ctx, name, argv)
+    log = ctx.log_dir() / f"{name}.log"
+    pid = process.spawn_detached(ctx.kernel.netns_path(box.netns), argv, box.hostname, log)
+    _record_process(ctx, box, pid, argv)
+    return pid
+
+
+def start_foreground(ctx: Context, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in the sandbox attached to our terminal; the caller waits for it."""
+    box = _startable(ctx, name, argv)
+    proc = process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname)
+    _record_process(ctx, box, proc.pid, argv)
     return proc
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from overlays.kernel import netns
+from overlays.kernel import netns, nft, sysctl
 from overlays.kernel.api import Links
 
 
@@ -45,3 +45,15 @@ class LinuxKernel:
                 break
             time.sleep(0.001)
         return left
+
+    def _path(self, name: str | None) -> Path | None:
+        return netns.path_of(name) if name else None
+
+    def set_sysctl(self, netns_name: str | None, key: str, value: str, missing_ok: bool = False) -> None:
+        sysctl.write(self._path(netns_name), key, value, netns_name, missing_ok)
+
+    def nft_apply(self, netns_name: str | None, script: str) -> None:
+        nft.apply(self._path(netns_name), script, netns_name)
+
+    def nft_delete_table(self, netns_name: str | None, family: str, table: str) -> None:
+        nft.delete_table(self._path(netns_name), family, table, netns_name)

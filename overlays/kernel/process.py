@@ -73,6 +73,59 @@ def spawn(
             out.close()
 
 
+def spawn_detached(netns_path: Path, argv: Sequence[str], hostname: str | None, log: Path) -> int:
+    """Start ``argv`` as a daemon in the namespace (double fork): it is never our child, so it
+    outlives us without a zombie or a wait; an exec failure is reported here, as with Popen."""
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        middle = os.fork()
+        if middle == 0:  # pragma: no cover (runs in the child)
+            _daemon_child(netns_path, argv, hostname, out, report_w)
+        os.close(report_w)
+        os.waitpid(middle, 0)
+        message = b""
+        while chunk := os.read(report_r, 256):
+            message += chunk
+    finally:
+        os.close(report_r)
+        os.close(out)
+    pid_part, _, error = message.decode().partition("\n")
+    if error:
+        _raise_spawn_error(argv, int(error))
+    return int(pid_part)
+
+
+def _daemon_child(netns_path: Path, argv: Sequence[str], hostname: str | None, out: int, report: int) -> None:
+    """First child: new session, fork the daemon, report its PID, exit. Never returns."""
+    try:
+        os.setsid()
+        pid = os.fork()
+        if pid:
+            os.write(report, f"{pid}\n".encode())
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        _enter(netns_path, hostname)
+        os.execvp(argv[0], list(argv))
+    except OSError as e:
+        os.write(report, f"{e.errno}".encode())
+    finally:
+        os._exit(127)
+
+
+def _raise_spawn_error(argv: Sequence[str], errno_: int) -> None:
+    import errno
+
+    if errno_ == errno.ENOENT:
+        raise NotFound(f"command {argv[0]!r} not found")
+    if errno_ in (errno.EACCES, errno.ENOEXEC):
+        raise InvalidSpec(f"command {argv[0]!r} is not executable")
+    raise InvalidSpec(f"command {argv[0]!r} cannot start: {os.strerror(errno_)}")
+
+
 def stop(pid: int, started: int | None, grace: float = 3.0) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds; only if the PID is still our process."""
     if not alive(pid, started):

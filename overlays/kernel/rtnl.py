@@ -101,6 +101,14 @@ class Rtnl:
                 found.append(ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False))
             return found
 
+    def addresses(self) -> list[ipaddress.IPv4Address]:
+        """Every IPv4 address of this namespace (a published port's host IP must be one)."""
+        with self._step("list", "addresses"):
+            return [
+                ipaddress.IPv4Address(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"))
+                for a in self._ipr.get_addr(family=2)
+            ]
+
     def has_default_route(self) -> bool:
         with self._step("list", "routes"):
             return any(r["dst_len"] == 0 for r in self._ipr.get_routes(family=2, table=254))

@@ -9,13 +9,19 @@ from overlays.kernel import netns
 
 
 def _file(key: str) -> Path:
-    return Path("/proc/sys") / key.replace(".", "/")
+    """Dotted (net.ipv4.ip_forward) or, when a part holds a dot (an interface name), slashed."""
+    return Path("/proc/sys") / (key if "/" in key else key.replace(".", "/"))
 
 
-def write(netns_path: Path | None, key: str, value: str, label: str | None = None) -> None:
-    """Set ``key`` (dotted, like net.ipv4.ip_forward) inside the namespace at ``netns_path``."""
+def write(netns_path: Path | None, key: str, value: str, label: str | None = None, missing_ok: bool = False) -> None:
+    """Set ``key`` (dotted, like net.ipv4.ip_forward) inside the namespace at ``netns_path``.
+
+    ``missing_ok``: a key that does not exist (its module is not loaded) is left alone.
+    """
 
     def do() -> None:
+        if missing_ok and not _file(key).exists():
+            return
         try:
             _file(key).write_text(value)
         except OSError as e:

@@ -13,6 +13,7 @@ from typing import Any
 
 from overlays.errors import InvalidSpec
 from overlays.model.names import validate_name
+from overlays.model.ports import PortMapping, check_distinct
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -48,9 +49,9 @@ def parse_ip(what: str, text: str) -> IPAddress:
     return addr
 
 
-def check_mtu(mtu: int) -> int:
+def check_mtu(what: str, mtu: int) -> int:
     if not MTU_MIN <= mtu <= MTU_MAX:
-        raise InvalidSpec(f"MTU {mtu} is out of range ({MTU_MIN}-{MTU_MAX})")
+        raise InvalidSpec(f"{what}: MTU {mtu} is out of range ({MTU_MIN}-{MTU_MAX})")
     return mtu
 
 
@@ -64,6 +65,8 @@ class NetworkSpec:
     ip_range: IPNetwork | None = None
     mtu: int = DEFAULT_MTU
     driver: str = "bridge"
+    internal: bool = False  # no route out, no published ports
+    masquerade: bool = True  # False: routed mode, sandbox addresses leave the host as they are
 
     @classmethod
     def parse(
@@ -73,6 +76,8 @@ class NetworkSpec:
         gateway: str | None = None,
         ip_range: str | None = None,
         mtu: int | None = None,
+        internal: bool = False,
+        masquerade: bool = True,
     ) -> NetworkSpec:
         validate_name("network", name)
         net = parse_cidr(f"network {name}: subnet", subnet) if subnet else None
@@ -80,7 +85,8 @@ class NetworkSpec:
             raise InvalidSpec(f"network {name}: --gateway and --ip-range need --subnet")
         gw = parse_ip(f"network {name}: gateway", gateway) if gateway else None
         rng = parse_cidr(f"network {name}: ip-range", ip_range) if ip_range else None
-        spec = cls(name, net, gw, rng, check_mtu(mtu if mtu is not None else DEFAULT_MTU))
+        mtu = check_mtu(f"network {name}", mtu if mtu is not None else DEFAULT_MTU)
+        spec = cls(name, net, gw, rng, mtu, internal=internal, masquerade=masquerade)
         if net is not None:
             spec.check_subnet(net)
         return spec
@@ -110,6 +116,8 @@ class Network:
     mtu: int
     bridge: str
     created: float
+    internal: bool = False
+    masquerade: bool = True
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -121,6 +129,8 @@ class Network:
             "mtu": self.mtu,
             "bridge": self.bridge,
             "created": self.created,
+            "internal": self.internal,
+            "masquerade": self.masquerade,
         }
 
     @classmethod
@@ -134,6 +144,8 @@ class Network:
             mtu=int(r["mtu"]),
             bridge=r["bridge"],
             created=float(r["created"]),
+            internal=bool(r.get("internal", False)),  # records written before issue 3 lack these
+            masquerade=bool(r.get("masquerade", True)),
         )
 
 
@@ -153,11 +165,12 @@ class EndpointRequest:
 
 @dataclass(frozen=True)
 class SandboxSpec:
-    """What ``run`` asks for: a named sandbox, the networks it joins, a hostname."""
+    """What ``run`` asks for: a named sandbox, the networks it joins, a hostname, published ports."""
 
     name: str
     networks: tuple[EndpointRequest, ...] = ()
     hostname: str | None = None
+    ports: tuple[PortMapping, ...] = ()
 
     @classmethod
     def parse(
@@ -165,6 +178,7 @@ class SandboxSpec:
         name: str,
         networks: list[EndpointRequest] | None = None,
         hostname: str | None = None,
+        ports: list[PortMapping] | None = None,
     ) -> SandboxSpec:
         validate_name("sandbox", name)
         nets = tuple(networks or ())
@@ -174,7 +188,10 @@ class SandboxSpec:
             raise InvalidSpec(f"sandbox {name}: network {sorted(dupes)[0]} given twice")
         if hostname is not None and not _valid_hostname(hostname):
             raise InvalidSpec(f"sandbox {name}: hostname {hostname!r} is invalid")
-        return cls(name, nets, hostname)
+        published = check_distinct(name, ports or ())
+        if published and not nets:
+            raise InvalidSpec(f"sandbox {name}: publishing a port needs a network (--network)")
+        return cls(name, nets, hostname, published)
 
 
 def _valid_hostname(h: str) -> bool:
@@ -244,6 +261,7 @@ class Sandbox:
     state: str = "pending"
     created: float = 0.0
     endpoints: tuple[Endpoint, ...] = field(default=())
+    ports: tuple[PortMapping, ...] = ()
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -256,6 +274,7 @@ class Sandbox:
             "command": list(self.command),
             "state": self.state,
             "created": self.created,
+            "ports": [p.to_record() for p in self.ports],
         }
 
     @classmethod
@@ -271,4 +290,5 @@ class Sandbox:
             state=r.get("state", "ready"),
             created=float(r.get("created", 0.0)),
             endpoints=endpoints,
+            ports=tuple(PortMapping.from_record(p) for p in r.get("ports") or ()),
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from overlays import Engine, EndpointRequest, KernelError, NetworkSpec, SandboxSpec
+from overlays import EndpointRequest, Engine, KernelError, NetworkSpec, SandboxSpec
 from overlays.kernel.faults import FaultyKernel
 from overlays.kernel.linux import LinuxKernel
 from overlays.kernel.netns import NETNS_DIR

@@ -33,11 +33,15 @@ class FakeKernel:
         for name in host_namespaces:
             self._add_ns(name)
         self._next_index = 100
+        self.sysctls: dict[tuple[str | None, str], str] = {}
+        self.nft_scripts: list[tuple[str | None, str]] = []
+        self.nft_tables: dict[str | None, dict[str, set[tuple[str, str]]]] = {}
 
     def snapshot(self) -> dict[str | None, tuple[object, ...]]:
         """Everything observable, to compare before and after an operation."""
         return {
-            k: (sorted(v.links), sorted((a, sorted(s)) for a, s in v.addrs.items() if s), v.default_gw)
+            k: (sorted(v.links), sorted((a, sorted(s)) for a, s in v.addrs.items() if s), v.default_gw,
+                sorted((t, sorted(e)) for t, e in self.nft_tables.get(k, {}).items()))
             for k, v in self.namespaces.items()
         }
 
@@ -87,6 +91,32 @@ class FakeKernel:
     def wait_links_gone(self, links: object, names: list[str], timeout: float = 2.0) -> list[str]:
         return []
 
+    def set_sysctl(self, netns: str | None, key: str, value: str, missing_ok: bool = False) -> None:
+        self.sysctls[(netns, key)] = value
+
+    def nft_apply(self, netns: str | None, script: str) -> None:
+        """Keeps the tables and the keys of their set and map elements: enough to see what is left behind."""
+        self.nft_scripts.append((netns, script))
+        tables = self.nft_tables.setdefault(netns, {})
+        for line in script.splitlines():
+            words = line.split(" ", 4)
+            if words[:2] == ["add", "table"]:
+                tables.setdefault(words[3], set())
+            elif words[:2] == ["delete", "table"]:
+                tables.pop(words[3], None)
+            elif words[1:2] == ["element"]:
+                if words[3] not in tables:
+                    raise KernelError("apply", "nftables ruleset", netns, "No such file or directory")
+                name, items = line.split(" ", 5)[4:]
+                keys = {(name, i.split(" : ")[0]) for i in items.strip("{} ").split(", ")}
+                if words[0] == "add":
+                    tables[words[3]] |= keys
+                else:
+                    tables[words[3]] -= keys
+
+    def nft_delete_table(self, netns: str | None, family: str, table: str) -> None:
+        self.nft_tables.get(netns, {}).pop(table, None)
+
 
 class FakeLinks:
     def __init__(self, kernel: FakeKernel, netns: str | None) -> None:
@@ -117,6 +147,9 @@ class FakeLinks:
 
     def route_prefixes(self) -> list[ipaddress.IPv4Network]:
         return [ipaddress.IPv4Network(f"{ip}/{p}", strict=False) for s in self.ns.addrs.values() for ip, p in s]
+
+    def addresses(self) -> list[ipaddress.IPv4Address]:
+        return [ipaddress.IPv4Address(ip) for s in self.ns.addrs.values() for ip, _ in s]
 
     def has_default_route(self) -> bool:
         return self.ns.default_gw is not None

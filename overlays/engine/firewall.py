@@ -1,0 +1,96 @@
+"""The engine's side of the firewall: host settings, and one nft transaction per operation.
+
+Scripts come from ``drivers.firewall`` (pure); this module decides when to apply
+them and holds a per-instance file lock while it does. The lock matters for one
+race only: removing the last network deletes the table, which must not happen
+between another process recording a network and adding it to the table. The
+decision (no other network recorded) and the deletion are made under the lock,
+and every apply is made under it too.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from overlays.drivers import firewall
+from overlays.drivers.firewall import Publish
+from overlays.engine import records
+from overlays.engine.context import Context
+from overlays.errors import StoreError
+from overlays.model.specs import Network
+from overlays.store.base import transact
+
+
+@contextmanager
+def _locked(ctx: Context) -> Iterator[None]:
+    path = ctx.state_dir / f"firewall-{ctx.instance}.lock"
+    try:
+        ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot open firewall lock {path}: {e.strerror}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _apply(ctx: Context, script: str) -> None:
+    if script:
+        with _locked(ctx):
+            ctx.kernel.nft_apply(ctx.host_netns, script)
+
+
+def host_settings(ctx: Context, net: Network) -> None:
+    """Forwarding on; bridged traffic kept out of the IP hooks; 127.0.0.1 publishes routable.
+
+    br_netfilter (when loaded) passes frames bridged between two ports of one
+    bridge through the IP hooks; we turn that off in a host namespace we manage,
+    since traffic inside one network needs no filtering and the bridge ports are
+    not in our sets anyway. On a real machine (no host namespace) other tools
+    (Docker) may rely on it: we leave it as it is, and our rules work either way.
+    route_localnet is set on our bridges only: it lets the host reach a port
+    published on 127.0.0.1, and the ``input`` chain keeps sandboxes from using it.
+    """
+    ctx.kernel.set_sysctl(ctx.host_netns, "net.ipv4.ip_forward", "1")
+    if ctx.host_netns is not None:
+        for family in ("iptables", "ip6tables", "arptables"):
+            ctx.kernel.set_sysctl(ctx.host_netns, f"net.bridge.bridge-nf-call-{family}", "0", missing_ok=True)
+    ctx.kernel.set_sysctl(ctx.host_netns, f"net/ipv4/conf/{net.bridge}/route_localnet", "1")
+
+
+def network_up(ctx: Context, net: Network) -> None:
+    """The table exists with its rules, and ``net`` is in its sets."""
+    host_settings(ctx, net)
+    _apply(ctx, firewall.network_up(ctx.instance, net))
+
+
+def network_down(ctx: Context, net: Network) -> None:
+    """``net`` leaves the table; with no other network recorded, the table goes."""
+    with _locked(ctx):
+        others = [n for n in transact(ctx.store, records.list_networks) if n.name != net.name]
+        if others:
+            ctx.kernel.nft_apply(ctx.host_netns, firewall.network_down(ctx.instance, net))
+        else:
+            ctx.kernel.nft_delete_table(ctx.host_netns, firewall.FAMILY, firewall.table_name(ctx.instance))
+
+
+def publish(ctx: Context, publishes: Iterable[Publish]) -> None:
+    publishes = list(publishes)
+    if publishes:
+        _apply(ctx, firewall.publish(ctx.instance, publishes))
+
+
+def unpublish(ctx: Context, publishes: Iterable[Publish]) -> None:
+    publishes = list(publishes)
+    if publishes:
+        _apply(ctx, firewall.unpublish(ctx.instance, publishes))
+
+
+def retarget(ctx: Context, old: list[Publish], new: list[Publish]) -> None:
+    if old != new:
+        _apply(ctx, firewall.retarget(ctx.instance, old, new))

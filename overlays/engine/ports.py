@@ -1,0 +1,99 @@
+"""Published ports: claims in the store, and where each port leads.
+
+Claims. Every (protocol, host port) has one store key, ``ports/<proto>/<port>``,
+whose value maps the host addresses it is published on (``*`` for all of them)
+to the owning sandbox. A claim reads that key and rewrites it, so the commit
+compares it: two processes publishing the same port cannot both succeed, and
+"all addresses" versus one address of the same port is caught as well (a key
+per address could not see that without a range read, which is not compared).
+
+Target. A sandbox's ports lead to the address of its first endpoint on a
+network that is not internal; ``connect`` and ``disconnect`` move them when
+that changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from overlays.drivers.firewall import Publish
+from overlays.engine import records
+from overlays.engine.context import Context
+from overlays.errors import Conflict, InvalidSpec
+from overlays.kernel.api import Links
+from overlays.model.ports import PortMapping
+from overlays.model.specs import Endpoint, IPAddress, Network, Sandbox
+from overlays.store.base import Txn, transact
+
+
+def claim_key(m: PortMapping) -> str:
+    return f"ports/{m.protocol}/{m.host_port}"
+
+
+def claim(txn: Txn, sandbox: str, mappings: Iterable[PortMapping]) -> None:
+    """Record ``sandbox`` as the publisher of each mapping; a port taken already is a Conflict."""
+    for m in mappings:
+        bindings: dict[str, str] = dict((txn.get(claim_key(m)) or {}).get("bindings", {}))
+        # One address clashes with itself and with "all addresses"; "all addresses" clashes with any.
+        clashing = [h for h in bindings if h in (m.host_key, "*") or m.host_key == "*"]
+        if clashing:
+            where = "0.0.0.0" if clashing[0] == "*" else clashing[0]
+            raise Conflict(
+                f"port {m.host_port}/{m.protocol} is already published on {where} by sandbox {bindings[clashing[0]]}"
+            )
+        bindings[m.host_key] = sandbox
+        txn.put(claim_key(m), {"bindings": bindings})
+
+
+def release(txn: Txn, sandbox: str, mappings: Iterable[PortMapping]) -> None:
+    """Drop ``sandbox``'s claims (only its own: a claim another sandbox holds is left alone)."""
+    for m in mappings:
+        bindings: dict[str, str] = dict((txn.get(claim_key(m)) or {}).get("bindings", {}))
+        if bindings.get(m.host_key) != sandbox:
+            continue
+        del bindings[m.host_key]
+        if bindings:
+            txn.put(claim_key(m), {"bindings": bindings})
+        else:
+            txn.delete(claim_key(m))
+
+
+def check_host_ips(host: Links, mappings: Iterable[PortMapping]) -> None:
+    """Each host IP asked for must be an address of the host namespace."""
+    wanted = {m.host_ip for m in mappings if m.host_ip is not None}
+    if not wanted:
+        return
+    have = set(host.addresses())
+    for ip in sorted(wanted - have):
+        where = f" (namespace {host.netns})" if host.netns else ""
+        raise InvalidSpec(f"cannot publish on {ip}: it is not an address of the host{where}")
+
+
+def target(eps: Iterable[Endpoint], networks: Mapping[str, Network]) -> IPAddress | None:
+    """The address published ports lead to: the first endpoint on a network that is not internal."""
+    for ep in sorted(eps, key=lambda e: (len(e.ifname), e.ifname)):
+        net = networks.get(ep.network)
+        if net is not None and not net.internal:
+            return ep.ip
+    return None
+
+
+def require_target(sandbox: str, eps: Iterable[Endpoint], networks: Mapping[str, Network]) -> IPAddress:
+    eps = list(eps)
+    found = target(eps, networks)
+    if found is None:
+        internal = ", ".join(sorted({ep.network for ep in eps}))
+        raise InvalidSpec(f"sandbox {sandbox}: cannot publish ports on internal network {internal}")
+    return found
+
+
+def publishes(mappings: Iterable[PortMapping], to: IPAddress | None) -> list[Publish]:
+    return [] if to is None else [Publish(m, to) for m in mappings]
+
+
+def published(ctx: Context, box: Sandbox) -> list[Publish]:
+    """The map elements ``box``'s ports have with its endpoints as given (none if no endpoint can take them)."""
+    if not box.ports:
+        return []
+    networks = transact(ctx.store, records.list_networks)
+    return publishes(box.ports, target(box.endpoints, {n.name: n for n in networks}))
