@@ -73,10 +73,10 @@ def cli(ctx: click.Context, host_netns: str | None, state_dir: str | None) -> No
 
 
 def _register() -> None:
-    from overlays.cli import networks, sandboxes
+    from overlays.cli import networks, sandboxes, topology
 
     cli.add_command(networks.network)
-    for command in sandboxes.COMMANDS:
+    for command in sandboxes.COMMANDS + topology.COMMANDS:
         cli.add_command(command)
 
 

@@ -1,0 +1,295 @@
+"""A topology brought to life: ``up`` converges, ``down`` removes exactly what ``up`` made.
+
+A Lab holds one engine per host: for a file without ``hosts:`` that is the
+engine of ``--host-netns``/``--state-dir``; for a lab, each simulated host is a
+namespace of its own with its own state dir under ``<state-dir>/labs/<lab>/``.
+The topology's record lives in the main state store, updated after every
+action, so an interrupted ``up`` leaves a record that ``down`` can trust.
+
+    with Lab.from_file("examples/three-tier.yaml", host_netns="ci-host") as lab:
+        assert lab.exec("web", ["curl", "-s", "db:5432"]) == 0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from overlays.drivers import fabric
+from overlays.engine import DEFAULT_STATE_DIR, Engine, repair
+from overlays.engine import endpoints as endpoint_ops
+from overlays.errors import NotFound, OverlaysError
+from overlays.kernel.api import Kernel
+from overlays.model.specs import Sandbox
+from overlays.store.base import transact
+from overlays.topology import check as checks
+from overlays.topology.plan import (
+    HOST,
+    NETWORK,
+    OUTSIDE,
+    SANDBOX,
+    Action,
+    Record,
+    key,
+    network_print,
+    plan,
+    sandbox_print,
+)
+from overlays.topology.spec import LOCAL_HOST, Topology, load
+
+Progress = Callable[[Action], None]
+
+
+class Lab:
+    def __init__(self, topology: Topology, host_netns: str | None = None, state_dir: str | Path | None = None,
+                 *, kernel: Kernel | None = None) -> None:
+        self.topology = topology
+        self.local_netns = host_netns
+        self.state_dir = Path(state_dir) if state_dir else DEFAULT_STATE_DIR
+        self.main = Engine(host_netns=host_netns, state_dir=self.state_dir, kernel=kernel)
+        self.kernel = self.main.ctx.kernel
+        self._engines: dict[str, Engine] = {}
+
+    @classmethod
+    def from_file(cls, path: str | Path, host_netns: str | None = None, state_dir: str | Path | None = None,
+                  *, kernel: Kernel | None = None) -> Lab:
+        return cls(load(path), host_netns, state_dir, kernel=kernel)
+
+    # -- context manager: up on enter, always down on exit -------------------------
+
+    def __enter__(self) -> Lab:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            self.down()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for eng in self._engines.values():
+            eng.close()
+        self._engines.clear()
+        self.main.close()
+
+    # -- hosts --------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.topology.name
+
+    def host_netns(self, host: str) -> str | None:
+        """The namespace that plays ``host``."""
+        return self.local_netns if host == LOCAL_HOST else fabric.netns_of(self.name, host)
+
+    def engine(self, host: str) -> Engine:
+        if host == LOCAL_HOST:
+            return self.main
+        if host not in self._engines:
+            state = self.state_dir / "labs" / self.name / host
+            self._engines[host] = Engine(host_netns=fabric.netns_of(self.name, host), state_dir=state,
+                                         kernel=self.kernel)
+        return self._engines[host]
+
+    def _wire(self, role: str) -> fabric.Wire:
+        topo = self.topology
+        prefix = topo.fabric.prefixlen
+        if role == OUTSIDE and not topo.lab:
+            return fabric.Wire(self.local_netns, "ovo-" + _short(self.name), fabric.netns_of(self.name, OUTSIDE),
+                               fabric.UNDERLAY_IFNAME, fabric.outside_address(topo.fabric), prefix,
+                               a_ip=fabric.host_address(topo.fabric, 0))
+        if role == OUTSIDE:
+            return fabric.Wire(fabric.netns_of(self.name, "fabric"), "outside", fabric.netns_of(self.name, OUTSIDE),
+                               fabric.UNDERLAY_IFNAME, fabric.outside_address(topo.fabric), prefix)
+        index = topo.hosts.index(role)
+        return fabric.Wire(fabric.netns_of(self.name, "fabric"), f"h-{role}", fabric.netns_of(self.name, role),
+                           fabric.UNDERLAY_IFNAME, fabric.host_address(topo.fabric, index), prefix)
+
+    def host_address(self, host: str) -> str:
+        """The address by which the outside peer reaches ``host``."""
+        return str(fabric.host_address(self.topology.fabric, self.topology.hosts.index(host) if self.topology.lab
+                                       else 0))
+
+    def outside_netns(self) -> str | None:
+        return fabric.netns_of(self.name, OUTSIDE) if self.topology.outside else None
+
+    def _infra_ok(self, role: str) -> bool:
+        return fabric.wire_is_up(self.kernel, self._wire(role))
+
+    def _build(self, role: str) -> None:
+        topo = self.topology
+        route = str(fabric.outside_address(topo.fabric)) if topo.outside else None
+        if role == OUTSIDE:
+            if topo.lab:
+                fabric.ensure_switch(self.kernel, self.name)
+            fabric.ensure_namespace(self.kernel, fabric.netns_of(self.name, OUTSIDE))
+            fabric.ensure_wire(self.kernel, self.name, self._wire(OUTSIDE), "fabric0" if topo.lab else None, None)
+            if not topo.lab and self.local_netns is not None:
+                # The host (a namespace) routes out through the outside peer, unless it has a route already.
+                with self.kernel.open(self.local_netns) as host:
+                    host.ensure_default_route(route or "")
+            return
+        fabric.ensure_switch(self.kernel, self.name)
+        fabric.ensure_namespace(self.kernel, fabric.netns_of(self.name, role))
+        fabric.ensure_wire(self.kernel, self.name, self._wire(role), fabric.FABRIC_BRIDGE, route)
+
+    # -- record ---------------------------------------------------------------------
+
+    def _record_key(self) -> str:
+        return f"topologies/{self.name}"
+
+    def record(self) -> Record:
+        return Record.from_value(transact(self.main.ctx.store, lambda txn: txn.get(self._record_key())))
+
+    def _save(self, record: Record) -> None:
+        value = record.to_value()
+        transact(self.main.ctx.store, lambda txn: txn.put(self._record_key(), value))
+
+    # -- plan / up / down -----------------------------------------------------------
+
+    def plan(self) -> list[Action]:
+        self.main.ctx.require_root()
+        return plan(self.topology, self.record(), self.engine, self._infra_ok)
+
+    def up(self, progress: Progress | None = None) -> list[Action]:
+        """Converge to the topology; returns the actions taken (none when nothing changed)."""
+        actions = self.plan()
+        record = self.record()
+        record.source = self.topology.source
+        for action in actions:
+            if progress:
+                progress(action)
+            self._apply(action, record)
+            self._save(record)
+        return actions
+
+    def _apply(self, action: Action, record: Record) -> None:
+        if action.kind in (HOST, OUTSIDE):
+            self._apply_infra(action, record)
+        elif action.kind == NETWORK:
+            self._apply_network(action, record)
+        else:
+            self._apply_sandbox(action, record)
+
+    def _apply_infra(self, action: Action, record: Record) -> None:
+        if action.verb == "remove":
+            self._remove_infra(action.name)
+            if action.kind == HOST:
+                record.hosts.remove(action.name)
+            else:
+                record.outside = False
+            return
+        self._build(action.name)
+        if action.kind == HOST and action.name not in record.hosts:
+            record.hosts.append(action.name)
+        if action.kind == OUTSIDE:
+            record.outside = True
+
+    def _remove_infra(self, role: str) -> None:
+        wire = self._wire(role)
+        if role == OUTSIDE and not self.topology.lab and self.kernel.netns_exists(wire.b_netns):
+            with self.kernel.open(wire.a_netns) as host:
+                host.delete_link(wire.a_if)
+        self.kernel.delete_netns(wire.b_netns)
+        if role != OUTSIDE:
+            eng = self._engines.pop(role, None)
+            if eng:
+                eng.close()
+            shutil.rmtree(self.state_dir / "labs" / self.name / role, ignore_errors=True)
+
+    def _apply_network(self, action: Action, record: Record) -> None:
+        eng, k = self.engine(action.host), key(action.host, NETWORK, action.name)
+        decl = self.topology.network(action.name) if action.verb != "remove" else None
+        if action.verb in ("remove", "recreate"):
+            _ignore_missing(lambda: eng.remove_network(action.name, force=True))
+            record.objects.pop(k, None)
+        if action.verb == "repair":
+            repair.repair_network(eng.ctx, action.name)
+        if decl and action.verb in ("create", "recreate"):
+            eng.create_network(decl.spec)
+            record.objects[k] = network_print(decl)
+
+    def _apply_sandbox(self, action: Action, record: Record) -> None:
+        eng, k = self.engine(action.host), key(action.host, SANDBOX, action.name)
+        decl = next((s for s in self.topology.sandboxes if s.spec.name == action.name), None)
+        verb = action.verb
+        if verb in ("remove", "recreate"):
+            _ignore_missing(lambda: eng.remove_sandbox(action.name, force=True))
+            record.objects.pop(k, None)
+        if verb == "repair":
+            repair.repair_sandbox(eng.ctx, action.name)
+        if verb == "disconnect":
+            _ignore_missing(lambda: eng.disconnect(action.network, action.name))
+        if verb == "connect" and decl:
+            request = next(r for r in decl.spec.networks if r.network == action.network)
+            _ignore_missing(lambda: eng.disconnect(action.network, action.name))
+            endpoint_ops.connect(eng.ctx, action.network, action.name, request.ip)
+        if decl and verb in ("create", "recreate"):
+            eng.create_sandbox(decl.spec)
+        if decl and decl.command and verb in ("create", "recreate", "start"):
+            eng.start(action.name, decl.command)
+        if decl and verb != "remove":
+            record.objects[k] = sandbox_print(decl)
+
+    def down(self, progress: Progress | None = None) -> list[Action]:
+        """Remove everything the topology's record says ``up`` made, and nothing else."""
+        record = self.record()
+        actions = [Action("remove", kind, host, name) for kind in (SANDBOX, NETWORK)
+                   for host, k, name in (o.split("/", 2) for o in sorted(record.objects)) if k == kind]
+        if record.outside:
+            actions.append(Action("remove", OUTSIDE, "", OUTSIDE))
+        actions += [Action("remove", HOST, h, h) for h in record.hosts]
+        failures = []
+        for action in actions:
+            if progress:
+                progress(action)
+            try:
+                self._apply(action, record)
+            except OverlaysError as e:
+                failures.append(f"{action}: {e}")
+            self._save(record)
+        if self.topology.lab or record.hosts:
+            self.kernel.delete_netns(fabric.netns_of(self.name, "fabric"))
+            shutil.rmtree(self.state_dir / "labs" / self.name, ignore_errors=True)
+        transact(self.main.ctx.store, lambda txn: txn.delete(self._record_key()))
+        if failures:
+            raise OverlaysError("down finished with errors: " + "; ".join(failures))
+        return actions
+
+    # -- using a lab -----------------------------------------------------------------
+
+    def sandbox(self, name: str) -> Sandbox:
+        return self.engine(self._host_of(name)).sandbox(name)
+
+    def exec(self, name: str, argv: Sequence[str]) -> int:
+        return self.engine(self._host_of(name)).execute(name, argv)
+
+    def _host_of(self, name: str) -> str:
+        decl = next((s for s in self.topology.sandboxes if s.spec.name == name), None)
+        if decl is None:
+            raise NotFound(f"sandbox {name} is not in topology {self.name}")
+        return decl.host
+
+    def check(self) -> checks.Report:
+        return checks.run(self)
+
+
+def _short(name: str) -> str:
+    from overlays.model.names import short_hash
+
+    return name[:4] + short_hash(name, length=6)
+
+
+def _ignore_missing(fn: Callable[[], object]) -> None:
+    with contextlib.suppress(NotFound):
+        fn()
+

@@ -1,0 +1,202 @@
+"""What ``up`` must do: the difference between a topology and what exists.
+
+The topology's record (in the state store) lists every object ``up`` created,
+with a fingerprint of the declaration it was built from. Comparing that record,
+the file and the running system (read-only) gives the actions:
+
+    create / remove        an object the file added or dropped
+    recreate               a network whose declaration changed
+    connect / disconnect   a sandbox's networks changed: only those endpoints move
+    recreate               a sandbox whose ports, command or hostname changed
+    repair                 drift: a kernel object someone removed
+    start                  a declared command that is not running
+
+Nothing here changes anything; apply.py carries the actions out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from overlays.engine import Engine, repair
+from overlays.engine import sandboxes as sandbox_ops
+from overlays.errors import Conflict, NotFound
+from overlays.topology.spec import NetworkDecl, SandboxDecl, Topology
+
+HOST, OUTSIDE, NETWORK, SANDBOX = "host", "outside", "network", "sandbox"
+
+
+@dataclass(frozen=True)
+class Action:
+    verb: str
+    kind: str
+    host: str
+    name: str
+    detail: str = ""
+    network: str = ""  # for connect / disconnect
+
+    def __str__(self) -> str:
+        where = f" on {self.host}" if self.kind in (NETWORK, SANDBOX) else ""
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"{self.verb} {self.kind} {self.name}{where}{extra}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+
+@dataclass
+class Record:
+    """What a topology created: objects by key ``host/kind/name`` with their fingerprints."""
+
+    objects: dict[str, str] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)
+    outside: bool = False
+    source: str = ""
+
+    def to_value(self) -> dict[str, Any]:
+        return {"objects": self.objects, "hosts": self.hosts, "outside": self.outside, "source": self.source}
+
+    @classmethod
+    def from_value(cls, v: dict[str, Any] | None) -> Record:
+        v = v or {}
+        return cls(dict(v.get("objects", {})), list(v.get("hosts", [])), bool(v.get("outside")), v.get("source", ""))
+
+
+def key(host: str, kind: str, name: str) -> str:
+    return f"{host}/{kind}/{name}"
+
+
+def network_print(decl: NetworkDecl) -> str:
+    s = decl.spec
+    return json.dumps({"subnet": str(s.subnet) if s.subnet else None, "gateway": str(s.gateway) if s.gateway else None,
+                       "ip_range": str(s.ip_range) if s.ip_range else None, "mtu": s.mtu, "internal": s.internal,
+                       "masquerade": s.masquerade}, sort_keys=True)
+
+
+def sandbox_print(decl: SandboxDecl) -> str:
+    s = decl.spec
+    return json.dumps({"networks": {r.network: str(r.ip) if r.ip else None for r in s.networks},
+                       "ports": sorted(str(p) for p in s.ports), "command": list(decl.command),
+                       "hostname": s.hostname}, sort_keys=True)
+
+
+def _networks_of(fingerprint: str) -> dict[str, str | None]:
+    return dict(json.loads(fingerprint)["networks"])
+
+
+def _same_but_networks(old: str, new: str) -> bool:
+    a, b = json.loads(old), json.loads(new)
+    a.pop("networks"), b.pop("networks")
+    return bool(a == b)
+
+
+def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
+         infra_ok: Callable[[str], bool]) -> list[Action]:
+    """The actions that make the running system match ``topo``, in the order to apply them."""
+    actions: list[Action] = []
+    desired_hosts = list(topo.hosts)
+    broken = {host for host in desired_hosts if not infra_ok(host)}
+    for host in desired_hosts:
+        if host in broken:
+            actions.append(Action("create" if host not in record.hosts else "repair", HOST, host, host))
+    if topo.outside and not infra_ok(OUTSIDE):
+        actions.append(Action("create" if not record.outside else "repair", OUTSIDE, "", OUTSIDE))
+
+    desired = _desired(topo)
+    gone = [k for k in record.objects if k not in desired]
+    # Sandboxes leave before their networks do.
+    for k in sorted(gone, key=lambda k: k.split("/")[1] != SANDBOX):
+        host, kind, name = k.split("/", 2)
+        actions.append(Action("remove", kind, host, name))
+
+    recreated_networks: set[tuple[str, str]] = set()
+    for decl in topo.networks:
+        for host in decl.hosts:
+            k = key(host, NETWORK, decl.spec.name)
+            old = record.objects.get(k)
+            if host in broken and old == desired[k]:
+                steps = [Action("repair", NETWORK, host, decl.spec.name, f"host {host} was rebuilt")]
+            else:
+                steps = _network_actions(decl, host, old, desired[k], engine_of(host))
+            if any(a.verb == "recreate" for a in steps):
+                recreated_networks.add((host, decl.spec.name))
+            actions += steps
+
+    for box in topo.sandboxes:
+        k = key(box.host, SANDBOX, box.spec.name)
+        if box.host in broken and record.objects.get(k) == desired[k]:
+            actions.append(Action("repair", SANDBOX, box.host, box.spec.name, f"host {box.host} was rebuilt"))
+            continue
+        actions += _sandbox_actions(box, record.objects.get(k), desired[k], engine_of(box.host), recreated_networks)
+
+    if not topo.outside and record.outside:
+        actions.append(Action("remove", OUTSIDE, "", OUTSIDE))
+    for host in record.hosts:
+        if host not in desired_hosts:
+            actions.append(Action("remove", HOST, host, host))
+    return actions
+
+
+def _desired(topo: Topology) -> dict[str, str]:
+    found = {key(h, NETWORK, n.spec.name): network_print(n) for n in topo.networks for h in n.hosts}
+    found.update({key(s.host, SANDBOX, s.spec.name): sandbox_print(s) for s in topo.sandboxes})
+    return found
+
+
+def _network_actions(decl: NetworkDecl, host: str, old: str | None, new: str, engine: Engine) -> list[Action]:
+    name = decl.spec.name
+    exists = _exists(lambda: engine.network(name))
+    if old is None:
+        if exists:
+            raise Conflict(f"network {name} exists on host {host} and is not part of this topology; "
+                           "remove it or rename the network in the file")
+        return [Action("create", NETWORK, host, name)]
+    if old != new:
+        return [Action("recreate", NETWORK, host, name, "its declaration changed")]
+    if not exists:
+        return [Action("create", NETWORK, host, name, "it was removed")]
+    problems = repair.network_problems(engine.ctx, name)
+    return [Action("repair", NETWORK, host, name, problems[0])] if problems else []
+
+
+def _sandbox_actions(box: SandboxDecl, old: str | None, new: str, engine: Engine,
+                     recreated_networks: set[tuple[str, str]]) -> list[Action]:
+    name, host = box.spec.name, box.host
+    current = _exists(lambda: engine.sandbox(name))
+    if old is None:
+        if current is not None:
+            raise Conflict(f"sandbox {name} exists on host {host} and is not part of this topology; "
+                           "remove it or rename the sandbox in the file")
+        return [Action("create", SANDBOX, host, name)]
+    if current is None:
+        return [Action("create", SANDBOX, host, name, "it was removed")]
+    if old != new and not _same_but_networks(old, new):
+        return [Action("recreate", SANDBOX, host, name, "its ports, command or hostname changed")]
+    actions = []
+    before, after = _networks_of(old), _networks_of(new)
+    for net, ip in before.items():
+        if net not in after or after[net] != ip:
+            actions.append(Action("disconnect", SANDBOX, host, name, network=net))
+    attached = {ep.network for ep in current.endpoints}
+    for net, ip in after.items():
+        moved = net not in before or before[net] != ip
+        lost = (host, net) in recreated_networks or (net not in attached and not moved)
+        if moved or lost:
+            actions.append(Action("connect", SANDBOX, host, name, f"ip {ip}" if ip else "", network=net))
+    if not actions:
+        problems = repair.sandbox_problems(engine.ctx, name)
+        if problems:
+            actions.append(Action("repair", SANDBOX, host, name, problems[0]))
+    if box.command and sandbox_ops.status(current) != "running":
+        actions.append(Action("start", SANDBOX, host, name, " ".join(box.command)))
+    return actions
+
+
+def _exists(read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except NotFound:
+        return None

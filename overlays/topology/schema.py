@@ -1,0 +1,80 @@
+"""The JSON Schema of topology files (``overlays schema``), for editors to complete and check.
+
+It describes the same shape that spec.py enforces; a test checks every example
+against both, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$", "maxLength": 63}
+CIDR = {"type": "string", "description": "an IPv4 subnet, e.g. 10.10.0.0/24"}
+IP = {"type": "string", "description": "an IPv4 address"}
+PORT = {
+    "type": ["string", "integer"],
+    "description": "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp], ranges like 8000-8010:8000-8010",
+    "examples": ["8080:80", "127.0.0.1:5432:5432", "5353:53/udp"],
+}
+
+NETWORK = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "properties": {
+        "driver": {"enum": ["bridge"], "default": "bridge"},
+        "subnet": CIDR,
+        "gateway": IP,
+        "ip_range": CIDR,
+        "mtu": {"type": "integer", "minimum": 576, "maximum": 65535, "default": 1500},
+        "internal": {"type": "boolean", "default": False, "description": "no route out, no published ports"},
+        "masquerade": {"type": "boolean", "default": True, "description": "false: routed, addresses leave as-is"},
+        "hosts": {"type": "array", "items": NAME, "description": "hosts that have this network (default: all)"},
+    },
+}
+
+SANDBOX = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "properties": {
+        "host": NAME,
+        "networks": {
+            "oneOf": [
+                {"type": "array", "items": NAME},
+                {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": ["object", "null"],
+                        "additionalProperties": False,
+                        "properties": {"ip": IP},
+                    },
+                },
+            ]
+        },
+        "ports": {"type": "array", "items": PORT},
+        "command": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "hostname": {"type": "string"},
+    },
+}
+
+
+def topology_schema() -> dict[str, Any]:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "overlays topology",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": NAME,
+            "hosts": {
+                "oneOf": [
+                    {"type": "array", "items": {**NAME, "maxLength": 10}},
+                    {"type": "object", "additionalProperties": {"type": ["object", "null"], "maxProperties": 0}},
+                ],
+                "description": "simulated hosts of a lab, each a network namespace on a shared fabric",
+            },
+            "fabric": {**CIDR, "default": "10.254.0.0/24", "description": "the lab's underlay subnet"},
+            "outside": {"type": ["boolean", "object", "null"], "description": "a peer playing the internet/client"},
+            "networks": {"type": "object", "additionalProperties": NETWORK},
+            "sandboxes": {"type": "object", "additionalProperties": SANDBOX},
+        },
+    }

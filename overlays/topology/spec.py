@@ -1,0 +1,303 @@
+"""Topology files: parsed strictly into raw data, then resolved into validated objects.
+
+Every error names the file, the path inside it (``sandboxes.web.ports[0]``) and
+what is wrong, and is raised before anything is built. The shape is also
+published as a JSON Schema (schema.py) so editors can complete and check files.
+
+    name: shop                      # optional, default: the file's stem
+    hosts: {h1: {}, h2: {}}         # optional: simulated hosts of a lab
+    outside: {}                     # optional: a peer that plays the internet / a client
+    networks:
+      front: {subnet: 10.10.0.0/24}
+    sandboxes:
+      web:
+        networks: [front]           # or {front: {ip: 10.10.0.5}}
+        ports: ["8080:80"]
+        command: python3 -m http.server 80
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overlays.errors import InvalidSpec, OverlaysError
+from overlays.model.names import validate_name
+from overlays.model.ports import PortMapping, parse_publish
+from overlays.model.specs import EndpointRequest, NetworkSpec, SandboxSpec, parse_cidr
+
+DEFAULT_FILE = "overlays.yaml"
+DEFAULT_FABRIC = "10.254.0.0/24"
+LOCAL_HOST = "local"  # the host when a file declares no hosts: --host-netns or the machine
+
+
+class TopologyError(InvalidSpec):
+    """A topology file is malformed: names the file and the path in it."""
+
+
+@dataclass(frozen=True)
+class NetworkDecl:
+    spec: NetworkSpec
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SandboxDecl:
+    spec: SandboxSpec
+    host: str
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    source: str
+    hosts: tuple[str, ...]  # empty: everything on the local host
+    fabric: ipaddress.IPv4Network
+    outside: bool
+    networks: tuple[NetworkDecl, ...]
+    sandboxes: tuple[SandboxDecl, ...]
+
+    @property
+    def lab(self) -> bool:
+        return bool(self.hosts)
+
+    def host_names(self) -> tuple[str, ...]:
+        return self.hosts or (LOCAL_HOST,)
+
+    def network(self, name: str) -> NetworkDecl:
+        return next(n for n in self.networks if n.spec.name == name)
+
+
+class _Reader:
+    """Walks raw YAML data, knowing where it is, so every error can say so."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, message: str) -> TopologyError:
+        return TopologyError(f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}")
+
+    def mapping(self, value: Any, path: str, allowed: set[str] | None) -> dict[str, Any]:
+        """A mapping whose keys are all in ``allowed`` (None: any name)."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(path, f"key {key!r} is not a string")
+            if allowed is not None and key not in allowed:
+                listed = ", ".join(sorted(allowed)) or "none"
+                raise self.fail(_join(path, key), f"unknown key (allowed: {listed})")
+        return value
+
+    def typed(self, value: Any, path: str, kind: type | tuple[type, ...], label: str) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) and kind is not bool:
+            raise self.fail(path, f"expected {label}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.fail(path, f"expected {label}, got {_kind(value)}")
+        return value
+
+    def at(self, path: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call a model parser and prefix its error with the file and path."""
+        try:
+            return fn(*args, **kwargs)
+        except OverlaysError as e:
+            raise self.fail(path, str(e)) from e
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+def _join(path: str, key: str | int) -> str:
+    return f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else key)
+
+
+TOP_KEYS = {"name", "hosts", "fabric", "outside", "networks", "sandboxes"}
+NETWORK_KEYS = {"subnet", "gateway", "ip_range", "mtu", "internal", "masquerade", "hosts", "driver"}
+SANDBOX_KEYS = {"host", "networks", "ports", "command", "hostname"}
+
+
+def load(path: str | Path) -> Topology:
+    """Read and resolve a topology file."""
+    import yaml
+
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError as e:
+        raise TopologyError(f"{source}: no such file (write one, or give -f FILE)") from e
+    except OSError as e:
+        raise TopologyError(f"{source}: cannot read: {e.strerror}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise TopologyError(f"{source}: not valid YAML: {e}") from e
+    return resolve(raw, source, default_name=Path(path).stem)
+
+
+def resolve(raw: Any, source: str = "<topology>", default_name: str = "topology") -> Topology:
+    """Raw data (as from YAML) into a validated Topology, or a TopologyError."""
+    r = _Reader(source)
+    top = r.mapping(raw, "", TOP_KEYS)
+    name = r.typed(top.get("name"), "name", str, "a string") or _clean_name(default_name)
+    r.at("name", validate_name, "topology", name)
+    hosts = _hosts(r, top.get("hosts"))
+    fabric = r.at("fabric", parse_cidr, "fabric subnet", r.typed(top.get("fabric"), "fabric", str, "a CIDR string")
+                  or DEFAULT_FABRIC)
+    outside = _outside(r, top.get("outside"))
+    networks = _networks(r, r.mapping(top.get("networks"), "networks", None), hosts)
+    sandboxes = _sandboxes(r, r.mapping(top.get("sandboxes"), "sandboxes", None), hosts, networks)
+    return Topology(name, source, hosts, fabric, outside, networks, sandboxes)
+
+
+def _clean_name(stem: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "-" for c in stem).strip("-.") or "topology"
+    return cleaned[:63]
+
+
+def _hosts(r: _Reader, raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, list):
+        names = [r.typed(h, _join("hosts", i), str, "a host name") for i, h in enumerate(raw)]
+    else:
+        hosts = r.mapping(raw, "hosts", None)
+        for name, body in hosts.items():
+            r.mapping(body, _join("hosts", name), set())  # no per-host options yet
+        names = list(hosts)
+    for i, name in enumerate(names):
+        r.at(_join("hosts", i), validate_name, "host", name)
+        if len(name) > 10:
+            raise r.fail(_join("hosts", name), "host names are at most 10 characters (they name interfaces)")
+    if len(set(names)) != len(names):
+        raise r.fail("hosts", "a host is declared twice")
+    return tuple(names)
+
+
+def _outside(r: _Reader, raw: Any) -> bool:
+    if raw is None or raw is False:
+        return False
+    if raw is True:
+        return True
+    r.mapping(raw, "outside", set())
+    return True
+
+
+def _networks(r: _Reader, raw: dict[str, Any], hosts: tuple[str, ...]) -> tuple[NetworkDecl, ...]:
+    decls = []
+    for name, body in raw.items():
+        path = _join("networks", name)
+        net = r.mapping(body, path, NETWORK_KEYS)
+        driver = r.typed(net.get("driver"), _join(path, "driver"), str, "a string") or "bridge"
+        if driver != "bridge":
+            raise r.fail(_join(path, "driver"), f"unknown driver {driver!r} (known: bridge)")
+        spec = r.at(
+            path, NetworkSpec.parse, name,
+            subnet=r.typed(net.get("subnet"), _join(path, "subnet"), str, "a CIDR string"),
+            gateway=r.typed(net.get("gateway"), _join(path, "gateway"), str, "an IP address string"),
+            ip_range=r.typed(net.get("ip_range"), _join(path, "ip_range"), str, "a CIDR string"),
+            mtu=r.typed(net.get("mtu"), _join(path, "mtu"), int, "a number"),
+            internal=bool(r.typed(net.get("internal"), _join(path, "internal"), bool, "true or false")),
+            masquerade=r.typed(net.get("masquerade"), _join(path, "masquerade"), bool, "true or false") is not False,
+        )
+        decls.append(NetworkDecl(spec, _on_hosts(r, net.get("hosts"), _join(path, "hosts"), hosts)))
+    return tuple(decls)
+
+
+def _on_hosts(r: _Reader, raw: Any, path: str, hosts: tuple[str, ...]) -> tuple[str, ...]:
+    if raw is None:
+        return hosts or (LOCAL_HOST,)
+    if not hosts:
+        raise r.fail(path, "the file declares no hosts")
+    chosen = r.typed(raw, path, list, "a list of host names")
+    for i, h in enumerate(chosen):
+        if h not in hosts:
+            raise r.fail(_join(path, i), f"unknown host {h!r} (declared: {', '.join(hosts)})")
+    return tuple(chosen)
+
+
+def _sandboxes(
+    r: _Reader, raw: dict[str, Any], hosts: tuple[str, ...], networks: tuple[NetworkDecl, ...]
+) -> tuple[SandboxDecl, ...]:
+    known = {n.spec.name: n for n in networks}
+    decls = []
+    for name, body in raw.items():
+        path = _join("sandboxes", name)
+        box = r.mapping(body, path, SANDBOX_KEYS)
+        host = _sandbox_host(r, box.get("host"), _join(path, "host"), hosts)
+        requests = _endpoints(r, box.get("networks"), _join(path, "networks"), known, host)
+        ports = _ports(r, box.get("ports"), _join(path, "ports"))
+        hostname = r.typed(box.get("hostname"), _join(path, "hostname"), str, "a string")
+        spec = r.at(path, SandboxSpec.parse, name, requests, hostname, ports)
+        if ports and all(known[q.network].spec.internal for q in requests):
+            raise r.fail(_join(path, "ports"), "all its networks are internal: nothing can be published")
+        decls.append(SandboxDecl(spec, host, _command(r, box.get("command"), _join(path, "command"))))
+    return tuple(decls)
+
+
+def _sandbox_host(r: _Reader, raw: Any, path: str, hosts: tuple[str, ...]) -> str:
+    if raw is None:
+        if len(hosts) > 1:
+            raise r.fail(path, f"missing: this lab has several hosts ({', '.join(hosts)}); say which")
+        return hosts[0] if hosts else LOCAL_HOST
+    host = r.typed(raw, path, str, "a host name")
+    if host not in hosts:
+        raise r.fail(path, f"unknown host {host!r}" + (f" (declared: {', '.join(hosts)})" if hosts else
+                                                         " (the file declares no hosts)"))
+    return str(host)
+
+
+def _endpoints(
+    r: _Reader, raw: Any, path: str, known: dict[str, NetworkDecl], host: str
+) -> list[EndpointRequest]:
+    if raw is None:
+        return []
+    items: list[tuple[str, str | None, str]] = []
+    if isinstance(raw, list):
+        for i, net in enumerate(raw):
+            items.append((r.typed(net, _join(path, i), str, "a network name"), None, _join(path, i)))
+    else:
+        for net, body in r.mapping(raw, path, None).items():
+            opts = r.mapping(body, _join(path, net), {"ip"})
+            items.append((net, r.typed(opts.get("ip"), _join(_join(path, net), "ip"), str, "an IP address string"),
+                          _join(path, net)))
+    requests = []
+    for net, ip, where in items:
+        if net not in known:
+            raise r.fail(where, f"unknown network {net!r}" + (f" (declared: {', '.join(known)})" if known else ""))
+        if host not in known[net].hosts:
+            raise r.fail(where, f"network {net} does not exist on host {host}")
+        requests.append(r.at(where, EndpointRequest.parse, net, ip))
+    return requests
+
+
+def _ports(r: _Reader, raw: Any, path: str) -> list[PortMapping]:
+    if raw is None:
+        return []
+    mappings: list[PortMapping] = []
+    for i, item in enumerate(r.typed(raw, path, list, "a list of port mappings")):
+        text = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+        text = r.typed(text, _join(path, i), str, 'a port mapping string like "8080:80"')
+        mappings.extend(r.at(_join(path, i), parse_publish, text))
+    return mappings
+
+
+def _command(r: _Reader, raw: Any, path: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        try:
+            return tuple(shlex.split(raw))
+        except ValueError as e:
+            raise r.fail(path, f"cannot split command: {e}") from e
+    items = r.typed(raw, path, list, "a string or a list of strings")
+    return tuple(r.typed(a, _join(path, i), (str, int, float), "a string") and str(a) for i, a in enumerate(items))

@@ -1,0 +1,135 @@
+"""Topology files end to end: up, check, idempotent up, minimal edits, drift, down."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from overlays.kernel.faults import FaultyKernel
+from overlays.kernel.linux import LinuxKernel
+from overlays.kernel.netns import NETNS_DIR
+from overlays.topology import Lab, resolve
+
+from .conftest import Cli, _instances, ip_json, unique
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def example(name: str) -> dict[str, Any]:
+    raw = yaml.safe_load((EXAMPLES / name).read_text())
+    raw["name"] = unique("t")  # lab namespaces are global: a unique name per test run
+    return dict(raw)
+
+
+def lab_for(raw: dict[str, Any], host: str, state_dir: Path, kernel: Any = None) -> Lab:
+    lab = Lab(resolve(copy.deepcopy(raw), "test.yaml"), host_netns=None if raw.get("hosts") else host,
+              state_dir=state_dir, kernel=kernel)
+    _instances.add(lab.main.ctx.instance)
+    return lab
+
+
+def leftovers(lab_name: str) -> list[str]:
+    return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(f"ovl-{lab_name}-"))
+
+
+@pytest.mark.parametrize("name", ["seed.yaml", "three-tier.yaml", "two-host-lab.yaml"])
+def test_example_goes_up_checks_out_is_idempotent_and_goes_down(name: str, host: str, state_dir: Path) -> None:
+    raw = example(name)
+    lab = lab_for(raw, host, state_dir)
+    try:
+        assert lab.up(), "the first up creates things"
+        report = lab.check()
+        assert report.passed, report.matrix()
+        assert len(report.probes) >= 2
+        # A second up: no actions, and not one changing kernel step.
+        counting = FaultyKernel(LinuxKernel())
+        again = lab_for(raw, host, state_dir, kernel=counting)
+        assert again.up() == []
+        assert counting.steps == [], counting.steps
+        again.close()
+    finally:
+        lab.down()
+        lab.close()
+    assert leftovers(raw["name"]) == []
+    assert [str(link["ifname"]) for link in ip_json(host, "link", "show")] == ["lo"]
+
+
+def test_an_edit_is_applied_with_the_fewest_changes(host: str, state_dir: Path) -> None:
+    raw = example("three-tier.yaml")
+    lab = lab_for(raw, host, state_dir)
+    try:
+        lab.up()
+        web_netns = lab.sandbox("web").netns
+        edited = copy.deepcopy(raw)
+        edited["sandboxes"]["cache"] = {"networks": ["data"]}          # a sandbox added
+        edited["sandboxes"]["web"]["ports"] = ["9090:80"]               # a port changed
+        edited["networks"]["spare"] = {"subnet": "10.60.9.0/24"}        # a network added ...
+        lab2 = lab_for(edited, host, state_dir)
+        lab2.up()
+        del edited["networks"]["spare"]                                  # ... and removed again
+        lab3 = lab_for(edited, host, state_dir)
+        assert [str(a) for a in lab3.plan()] == ["remove network spare on local"]
+        lab3.up()
+        assert lab3.plan() == []
+        assert lab3.check().passed, lab3.check().matrix()
+        assert lab3.sandbox("app").netns == lab.sandbox("app").netns, "untouched sandboxes are left alone"
+        assert web_netns
+        for extra in (lab2, lab3):
+            extra.close()
+    finally:
+        lab.down()
+        lab.close()
+
+
+def test_drift_is_repaired_by_up(host: str, state_dir: Path) -> None:
+    raw = example("seed.yaml")
+    lab = lab_for(raw, host, state_dir)
+    try:
+        lab.up()
+        ep = lab.sandbox("a").endpoints[0]
+        subprocess.run(["ip", "-n", host, "link", "del", ep.host_ifname], check=True)
+        assert [a.verb for a in lab.plan()] == ["repair"]
+        assert not lab.check().passed
+        lab.up()
+        assert lab.plan() == [] and lab.check().passed
+    finally:
+        lab.down()
+        lab.close()
+
+
+def test_down_leaves_what_the_file_did_not_create(cli: Cli, host: str, state_dir: Path, tmp_path: Path) -> None:
+    cli("network", "create", "mine", "--subnet", "10.77.0.0/24", check=True)
+    cli("run", "--name", "keep", "--network", "mine", check=True)
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(example("seed.yaml")))
+    cli("up", "-f", str(path), check=True)
+    assert "up to date, no changes" in cli("up", "-f", str(path), check=True).stdout
+    assert cli("check", "-f", str(path)).returncode == 0
+    cli("down", "-f", str(path), check=True)
+    assert cli("inspect", "keep", check=True).returncode == 0
+    assert [n["name"] for n in yaml.safe_load(cli("network", "ls", "--json", check=True).stdout)] == ["mine"]
+
+
+def test_bad_files_are_one_clear_line_and_change_nothing(cli: Cli, host: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("networks:\n  n: {subnet: 10.0.0.0/24}\nsandboxes:\n  s: {networks: [n], ports: [80000]}\n")
+    for command in ("up", "plan", "check", "down"):
+        done = cli(command, "-f", str(path))
+        assert done.returncode != 0
+        assert f"{path}: sandboxes.s.ports[0]: publish '80000'" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert [str(link["ifname"]) for link in ip_json(host, "link", "show")] == ["lo"]
+
+
+def test_python_api_context_manager_always_tears_down(host: str, state_dir: Path) -> None:
+    raw = example("two-host-lab.yaml")
+    with pytest.raises(RuntimeError), lab_for(raw, host, state_dir) as lab:
+        assert lab.exec("client1", ["ping", "-c1", "-W1", lab.host_address("h2")]) == 0
+        raise RuntimeError("the test body failed")
+    assert leftovers(raw["name"]) == []
