@@ -14,8 +14,11 @@ say()  { printf '\n%s%s%s\n' "$bold" "$*" "$reset"; }
 note() { printf '%s  %s%s\n' "$dim" "$*" "$reset"; }
 run()  { printf '  $ %s\n' "$*"; "$@" 2>&1 | sed 's/^/    /'; }
 
+OUTSIDE="demo-out-$$"
+
 cleanup() {
-  overlays rm -f a b >/dev/null 2>&1 || true
+  overlays rm -f a b web >/dev/null 2>&1 || true
+  ip netns del "$OUTSIDE" 2>/dev/null || true
   overlays network rm -f demo >/dev/null 2>&1 || true
   ip netns del "$HOST" 2>/dev/null || true
   rm -rf "$STATE"
@@ -53,9 +56,30 @@ say "5. What is running"
 run overlays ps
 run overlays network inspect demo
 
-say "6. Remove everything"
-note "rm deletes the sandbox's namespace; the kernel removes its veth with it, and the address goes back to the pool."
-run overlays rm a b
+say "6. Publish a web server, like 'docker run -p 8080:80'"
+note "Another machine plays the outside world: a namespace wired to the host by a veth (10.99.0.0/24)."
+run ip netns add "$OUTSIDE"
+run ip -n "$HOST" link add out0 type veth peer name eth0 netns "$OUTSIDE"
+run ip -n "$HOST" addr add 10.99.0.1/24 dev out0
+run ip -n "$HOST" link set out0 up
+run ip -n "$OUTSIDE" addr add 10.99.0.2/24 dev eth0
+run ip -n "$OUTSIDE" link set eth0 up
+note "The published port is one element in an nftables map of overlays' own table (DNAT to the sandbox)."
+run overlays run -d --name web --network demo -p 8080:80 -- python3 -m http.server 80
+run overlays port web
+printf '  $ ip netns exec %s nft list ruleset | grep -A3 "map publish_any_tcp"\n' "$HOST"
+ip netns exec "$HOST" nft list ruleset | grep -A3 "map publish_any_tcp" | sed 's/^/    /'
+note "From outside, fetch http://HOST:8080/ (curl retries until the server listens):"
+printf '  $ ip netns exec %s curl -s http://10.99.0.1:8080/ | head -3\n' "$OUTSIDE"
+ip netns exec "$OUTSIDE" curl -s --retry 20 --retry-connrefused --retry-delay 1 --max-time 5 http://10.99.0.1:8080/ \
+  | head -3 | sed 's/^/    /'
+
+say "7. Remove everything"
+note "rm stops the process and deletes the sandbox's namespace; the kernel removes its veth with it,"
+note "the address goes back to the pool, and its port leaves the map."
+run overlays rm -f a b web
 run overlays network rm demo
+note "With the last network gone, overlays' nftables table is gone too:"
+run ip netns exec "$HOST" nft list tables
 run ip -n "$HOST" -br link
 say "Done: the host namespace is as it was, and is now removed too."
