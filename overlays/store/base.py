@@ -3,13 +3,36 @@
 A store is a flat map of string keys to JSON objects. Each key carries the store
 revision that last modified it (``mod_revision``; 0 means absent). Writes happen
 only through ``commit``: a list of compares (key must still be at the revision we
-read) and a batch of puts and deletes, applied atomically or not at all. That is
-exactly an etcd v3 transaction, so SQLite, memory and etcd share the engine code.
+read) and a batch of puts and deletes, applied atomically or not at all, as one new
+revision. That is exactly an etcd v3 transaction, so SQLite, memory and etcd share
+the engine code.
 
 ``transact`` runs a function against a ``Txn`` that records what it read, then
 commits with a compare on each of those keys and retries on conflict. Allocation
 stays safe under concurrency because every allocated address is a key of its own
 that is created only if absent.
+
+Control plane (the multi-host part): every change is also an ``Event`` kept for a
+while, so ``watch(prefix, after_revision, timeout)`` can long-poll for what changed
+since a revision the caller has seen; a watcher that fell too far behind gets
+``Compacted`` and re-lists. To start (or restart) watching without missing a change:
+read ``revision()`` *first*, then ``range(prefix)``, then watch after that revision;
+changes in between may arrive twice, so apply events idempotently. A lease
+(``grant_lease``) ties keys to a host's liveness: the host calls ``keepalive`` more
+often than the TTL, and when it stops (or ``revoke_lease``), its keys are deleted,
+with delete events, as if by a commit.
+
+Semantics every backend keeps (the contract tests run against all of them):
+  - one successful commit that changes something is one revision; a failed compare
+    changes nothing and does not raise the revision; a commit that changes nothing
+    (no puts, deletes of absent keys only) does not raise it either (etcd's rule);
+  - events come in revision order; one revision's events come together, puts first
+    in the order given, then deletes;
+  - a put names at most one lease; a put without a lease detaches the key from any
+    lease; a put to a lease that does not exist raises ``LeaseNotFound`` (after the
+    compares passed: a failed compare still just returns False);
+  - lease TTLs are seconds; a backend may round them up (etcd: whole seconds, and a
+    cluster-dependent minimum of about 2 s); expiry may lag the TTL by about a second.
 """
 
 from __future__ import annotations
@@ -18,7 +41,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from overlays.errors import StoreError
 
@@ -33,14 +56,54 @@ class Entry:
     mod_revision: int
 
 
+@dataclass(frozen=True)
+class Event:
+    """One change of one key: a put (with the new value) or a delete (value None)."""
+
+    kind: Literal["put", "delete"]
+    key: str
+    value: Value | None
+    revision: int
+
+
+class Compacted(StoreError):
+    """A watch asked for history the store no longer keeps: re-list, then watch from the new revision."""
+
+    def __init__(self, prefix: str, after_revision: int, compacted: int) -> None:
+        super().__init__(
+            f"store history before revision {compacted + 1} is gone: cannot watch {prefix!r} "
+            f"after revision {after_revision}; re-list and resume"
+        )
+        self.after_revision = after_revision
+        self.compacted = compacted
+
+
+class LeaseNotFound(StoreError):
+    """A put named a lease that does not exist (never granted, expired or revoked)."""
+
+
 class Store(Protocol):
     def get(self, key: str) -> Entry | None: ...
 
     def range(self, prefix: str) -> list[Entry]: ...
 
     def commit(
-        self, compares: Mapping[str, int], puts: Mapping[str, Value], deletes: Sequence[str]
+        self,
+        compares: Mapping[str, int],
+        puts: Mapping[str, Value],
+        deletes: Sequence[str],
+        leases: Mapping[str, int] | None = None,
     ) -> bool: ...
+
+    def revision(self) -> int: ...
+
+    def watch(self, prefix: str, after_revision: int, timeout: float) -> list[Event]: ...
+
+    def grant_lease(self, ttl: float) -> int: ...
+
+    def keepalive(self, lease: int) -> bool: ...
+
+    def revoke_lease(self, lease: int) -> None: ...
 
     def close(self) -> None: ...
 
@@ -53,6 +116,7 @@ class Txn:
         self.compares: dict[str, int] = {}
         self.puts: dict[str, Value] = {}
         self.deletes: set[str] = set()
+        self.leases: dict[str, int] = {}
 
     def get(self, key: str) -> Value | None:
         if key in self.puts:
@@ -69,19 +133,25 @@ class Txn:
         found.update({k: v for k, v in self.puts.items() if k.startswith(prefix)})
         return dict(sorted(found.items()))
 
-    def put(self, key: str, value: Value) -> None:
+    def put(self, key: str, value: Value, lease: int | None = None) -> None:
+        """Write ``key``; with ``lease``, the key goes away when that lease ends."""
         self.deletes.discard(key)
         self.puts[key] = value
+        if lease is None:
+            self.leases.pop(key, None)
+        else:
+            self.leases[key] = lease
 
-    def create(self, key: str, value: Value) -> bool:
+    def create(self, key: str, value: Value, lease: int | None = None) -> bool:
         """Put ``key`` only if it is absent (at commit time too); False if it exists now."""
         if self.get(key) is not None:
             return False
-        self.put(key, value)
+        self.put(key, value, lease)
         return True
 
     def delete(self, key: str) -> None:
         self.puts.pop(key, None)
+        self.leases.pop(key, None)
         self.deletes.add(key)
 
 
@@ -92,7 +162,14 @@ def transact(store: Store, fn: Callable[[Txn], T], attempts: int = 200) -> T:
         result = fn(txn)
         if not txn.puts and not txn.deletes:
             return result
-        if store.commit(txn.compares, txn.puts, sorted(txn.deletes)):
+        deletes = sorted(txn.deletes)
+        # Only pass leases when there are some, so stores written before leases keep working.
+        done = (
+            store.commit(txn.compares, txn.puts, deletes, leases=txn.leases)
+            if txn.leases
+            else store.commit(txn.compares, txn.puts, deletes)
+        )
+        if done:
             return result
         # Someone committed a key we read: back off a little, with jitter, and redo.
         time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
