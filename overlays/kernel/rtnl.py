@@ -11,7 +11,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,18 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from overlays.errors import Conflict, KernelError
 from overlays.kernel import netns
-from overlays.kernel.rtnl_types import Link
+from overlays.kernel.rtnl_types import Link, Underlay
 
 IFF_UP = 1
+IFF_LOOPBACK = 8
+AF_INET = 2
+IFA_F_SECONDARY = 0x01
+RT_SCOPE_UNIVERSE = 0
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+ZERO_MAC = "00:00:00:00:00:00"
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 def _link_from(msg: Any) -> Link:
@@ -109,13 +120,69 @@ class Rtnl:
                 for a in self._ipr.get_addr(family=2)
             ]
 
+    def underlay(self) -> Underlay | None:
+        """The interface the default route leaves by, with its primary IPv4 address.
+
+        Without a default route: the first UP non-loopback interface with a global IPv4
+        address. None if there is neither.
+        """
+        with self._step("list", "routes"):
+            defaults = [r for r in self._ipr.get_routes(family=AF_INET, table=254) if r["dst_len"] == 0]
+        for route in sorted(defaults, key=lambda r: r.get_attr("RTA_PRIORITY") or 0):
+            oif = route.get_attr("RTA_OIF")
+            hops = route.get_attr("RTA_MULTIPATH")
+            if oif is None and hops:  # ECMP default: the first next hop's device
+                oif = hops[0]["oif"]
+            found = self._underlay_on(oif) if oif else None
+            if found:
+                return found
+        for link in sorted(self.links(), key=lambda link: link.index):
+            found = self._underlay_on(link.index) if link.up and link.name != "lo" else None
+            if found:
+                return found
+        return None
+
+    def _underlay_on(self, index: int) -> Underlay | None:
+        with self._step("read link", f"#{index}"):
+            msgs = self._ipr.get_links(index)
+            if not msgs or msgs[0]["flags"] & IFF_LOOPBACK:
+                return None
+            addrs = [
+                a for a in self._ipr.get_addr(family=AF_INET, index=index)
+                if a["scope"] == RT_SCOPE_UNIVERSE and not a["flags"] & IFA_F_SECONDARY
+            ]
+        if not addrs:
+            return None
+        link = _link_from(msgs[0])
+        ip = addrs[0].get_attr("IFA_LOCAL") or addrs[0].get_attr("IFA_ADDRESS")
+        return Underlay(ifname=link.name, ip=ip, mtu=link.mtu)
+
     def has_default_route(self) -> bool:
         with self._step("list", "routes"):
             return any(r["dst_len"] == 0 for r in self._ipr.get_routes(family=2, table=254))
 
     # -- ensure ------------------------------------------------------------
 
+    def _settled(self, link: Link) -> Link:
+        """A link another process is creating gets its alias just after it appears: wait a moment for it."""
+        deadline = time.monotonic() + 0.5
+        while link.alias is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+            link = self._need(link.name)
+        return link
+
+    def _created(self, name: str, what: str, add: Callable[[], object]) -> bool:
+        """Run ``add``; False if another process created ``name`` first (the caller then verifies it)."""
+        try:
+            add()
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                return False
+            raise KernelError(what, name, self.netns, os.strerror(e.code) if e.code else str(e)) from e
+        return True
+
     def _require_ours(self, link: Link, kind: str, alias: str) -> None:
+        link = self._settled(link)
         if link.kind != kind or link.alias != alias:
             raise Conflict(
                 f"link {link.name} in {self.netns or 'the host namespace'} exists and is not ours"
@@ -126,9 +193,11 @@ class Rtnl:
         existing = self.link(name)
         if existing:
             self._require_ours(existing, "bridge", alias)
+        elif not self._created(name, "create bridge", lambda: self._ipr.link("add", ifname=name, kind="bridge",
+                                                                              mtu=mtu)):
+            self._require_ours(self._need(name), "bridge", alias)  # a concurrent operation made it just now
         else:
-            with self._step("create bridge", name):
-                self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+            with self._step("tag bridge", name):
                 # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: tag (and bring up) in one set.
                 self._ipr.link("set", index=self._need(name).index, ifalias=alias, state="up")
         self.ensure_up(name)
@@ -181,7 +250,123 @@ class Rtnl:
         with self._step("add default route", f"via {gateway}"):
             self._ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
 
+    def ensure_vxlan(
+        self, name: str, alias: str, vni: int, local_ip: str, underlay_ifname: str, mtu: int, port: int = 4789
+    ) -> None:
+        """A VXLAN device with static forwarding only: no learning; ARP answered from its neighbour table."""
+        existing = self.link(name)
+        if existing:
+            self._require_ours(existing, "vxlan", alias)
+            have = self._vni(existing.index)
+            if have != vni:
+                raise Conflict(f"vxlan device {name} in {self.netns or 'the host namespace'} has VNI {have}, not {vni}")
+        else:
+            dev = self._need(underlay_ifname)
+            # Offloads are left at their defaults on purpose (see ARCHITECTURE.md, Offloads).
+            if not self._created(name, f"create vxlan (vni {vni} on {underlay_ifname})", lambda: self._ipr.link(
+                "add", ifname=name, kind="vxlan", mtu=mtu, vxlan_id=vni, vxlan_local=local_ip,
+                vxlan_link=dev.index, vxlan_port=port, vxlan_learning=0, vxlan_proxy=1,
+            )):
+                self._require_ours(self._need(name), "vxlan", alias)  # a concurrent operation made it just now
+                self.ensure_up(name)
+                return
+            made = self._need(name)
+            if made.mtu != mtu:
+                # The kernel silently clamps a VXLAN device's MTU to what its underlay can carry.
+                self.delete_link(name)
+                raise KernelError(
+                    "create vxlan", name, self.netns,
+                    f"MTU {mtu} does not fit underlay {underlay_ifname} (MTU {dev.mtu}; VXLAN needs 50 bytes)",
+                )
+            with self._step("tag vxlan", name):
+                # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: tag (and bring up) in one set.
+                self._ipr.link("set", index=made.index, ifalias=alias, state="up")
+        self.ensure_up(name)
+
+    def _vni(self, index: int) -> int | None:
+        with self._step("read vxlan", f"#{index}"):
+            msgs = self._ipr.get_links(index)
+        info = msgs[0].get_attr("IFLA_LINKINFO") if msgs else None
+        data = info.get_attr("IFLA_INFO_DATA") if info else None
+        vni = data.get_attr("IFLA_VXLAN_ID") if data else None
+        return int(vni) if vni is not None else None
+
+    def fdb(self, name: str) -> set[tuple[str, str]]:
+        """The static (mac, remote VTEP) entries of a VXLAN device, all-zero flood entries included."""
+        index = self._need(name).index
+        with self._step("read fdb of", name):
+            msgs = self._ipr.fdb("dump")
+            return {
+                (str(m.get_attr("NDA_LLADDR")).lower(), str(m.get_attr("NDA_DST")))
+                for m in msgs
+                # Skip the bridge's own entries for this port (NTF_MASTER, no NDA_DST).
+                if m["ifindex"] == index and m["flags"] & NTF_SELF and m["state"] & NUD_PERMANENT
+                and m.get_attr("NDA_DST") and m.get_attr("NDA_LLADDR")
+            }
+
+    def ensure_fdb(self, name: str, mac: str, dst: str) -> None:
+        """``mac`` is sent to VTEP ``dst``.
+
+        All-zero entries are appended (one per remote VTEP: head-end replication of
+        broadcast and unknown unicast). A unicast MAC is replaced instead: the kernel
+        silently ignores an append for a MAC it knows, which would leave a moved
+        endpoint pointing at its old host.
+        """
+        mac = self._mac("add fdb entry", name, mac)
+        index = self._need(name).index
+        command = "append" if mac == ZERO_MAC else "replace"
+        with self._step("add fdb entry", f"{mac} dst {dst} on {name}"):
+            # Explicit flags: pyroute2 adds NTF_SELF and NUD_NOARP for add/append/del only, and
+            # without NTF_SELF a "replace" on a bridge port lands in the bridge's FDB instead.
+            self._ipr.fdb(
+                command, ifindex=index, lladdr=mac, dst=dst, flags=NTF_SELF, state=NUD_PERMANENT | NUD_NOARP
+            )
+
+    def _mac(self, operation: str, name: str, mac: str) -> str:
+        """``mac`` in lower case; a malformed one is refused before netlink (pyroute2 raises TypeError)."""
+        if not _MAC_RE.match(mac.lower()):
+            raise KernelError(operation, f"on {name}", self.netns, f"invalid MAC address {mac!r}")
+        return mac.lower()
+
+    def neighbours(self, name: str) -> dict[str, str]:
+        """The permanent IPv4 neighbour entries of a device: ip -> mac."""
+        index = self._need(name).index
+        with self._step("read neighbours of", name):
+            msgs = self._ipr.get_neighbours(family=AF_INET)
+            return {
+                str(m.get_attr("NDA_DST")): str(m.get_attr("NDA_LLADDR")).lower()
+                for m in msgs
+                if m["ifindex"] == index and m["state"] & NUD_PERMANENT and m.get_attr("NDA_LLADDR")
+            }
+
+    def ensure_neigh(self, name: str, ip: str, mac: str) -> None:
+        mac = self._mac("set neighbour", name, mac)
+        index = self._need(name).index
+        with self._step("set neighbour", f"{ip} lladdr {mac} on {name}"):
+            self._ipr.neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT)
+
     # -- delete ------------------------------------------------------------
+
+    def delete_fdb(self, name: str, mac: str, dst: str) -> None:
+        link = self.link(name)
+        if link is None:
+            return
+        try:
+            self._ipr.fdb("del", ifindex=link.index, lladdr=mac.lower(), dst=dst, flags=NTF_SELF)
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.ENODEV):
+                raise KernelError("delete fdb entry", f"{mac} dst {dst} on {name}", self.netns,
+                                  os.strerror(e.code)) from e
+
+    def delete_neigh(self, name: str, ip: str) -> None:
+        link = self.link(name)
+        if link is None:
+            return
+        try:
+            self._ipr.neigh("del", ifindex=link.index, dst=ip)
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.ENODEV):
+                raise KernelError("delete neighbour", f"{ip} on {name}", self.netns, os.strerror(e.code)) from e
 
     def delete_link(self, name: str) -> None:
         link = self.link(name)

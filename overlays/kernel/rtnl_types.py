@@ -15,3 +15,12 @@ class Link:
     alias: str | None
     up: bool
     master: int | None
+
+
+@dataclass(frozen=True)
+class Underlay:
+    """The interface (and its primary IPv4 address) that carries a host's VXLAN traffic."""
+
+    ifname: str
+    ip: str
+    mtu: int

@@ -21,6 +21,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 BRIDGE_PREFIX = "ovb-"
 VETH_PREFIX = "ovv-"
+VXLAN_PREFIX = "ovx-"
 NETNS_PREFIX = "ov-"
 OWNER_TAG = "overlays"
 
@@ -54,6 +55,11 @@ def _fit(prefix: str, label: str, salt: str) -> str:
 def bridge_name(network: str, instance: str) -> str:
     """Kernel name of a network's bridge, e.g. ``ovb-front``."""
     return _fit(BRIDGE_PREFIX, network, instance)
+
+
+def vxlan_name(network: str, instance: str) -> str:
+    """Kernel name of an overlay network's VXLAN device on one host, e.g. ``ovx-front``."""
+    return _fit(VXLAN_PREFIX, network, instance)
 
 
 def veth_name(sandbox: str, network: str, instance: str) -> str:

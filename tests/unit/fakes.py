@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from overlays.errors import Conflict, KernelError
-from overlays.kernel.rtnl_types import Link
+from overlays.kernel.rtnl_types import Link, Underlay
 
 ROOT = Path("/fake/netns")
 
@@ -24,6 +24,9 @@ class FakeNs:
     addrs: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
     peers: dict[str, tuple[str, str]] = field(default_factory=dict)  # link -> (ns, peer link)
     default_gw: str | None = None
+    vnis: dict[str, int] = field(default_factory=dict)  # vxlan device -> VNI
+    fdbs: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # vxlan device -> {(mac, vtep)}
+    neighs: dict[str, dict[str, str]] = field(default_factory=dict)  # device -> {ip: mac}
 
 
 class FakeKernel:
@@ -193,6 +196,65 @@ class FakeLinks:
         self._drop(name)
         if peer and peer[0] in self.kernel.namespaces:
             FakeLinks(self.kernel, peer[0] or None)._drop(peer[1])
+
+    # VXLAN overlays: a device per network, with static FDB and neighbour tables.
+
+    def underlay(self) -> Underlay | None:
+        """The link whose subnet holds the default gateway, else the first up link with an address."""
+        for name, addrs in sorted(self.ns.addrs.items(), key=lambda item: self._need(item[0]).index):
+            link = self._need(name)
+            for ip, prefixlen in sorted(addrs):
+                net = ipaddress.ip_network(f"{ip}/{prefixlen}", strict=False)
+                if self.ns.default_gw and ipaddress.ip_address(self.ns.default_gw) in net:
+                    return Underlay(name, ip, link.mtu)
+        for name, addrs in sorted(self.ns.addrs.items(), key=lambda item: self._need(item[0]).index):
+            link = self._need(name)
+            if link.up and name != "lo" and addrs:
+                return Underlay(name, sorted(addrs)[0][0], link.mtu)
+        return None
+
+    def ensure_vxlan(
+        self, name: str, alias: str, vni: int, local_ip: str, underlay_ifname: str, mtu: int, port: int = 4789
+    ) -> None:
+        have = self.link(name)
+        if have:
+            if have.kind != "vxlan" or have.alias != alias or self.ns.vnis.get(name) != vni:
+                raise Conflict(f"link {name} exists and is not ours")
+            return
+        dev = self._need(underlay_ifname)
+        if mtu > dev.mtu - 50:
+            raise KernelError("create vxlan", name, self.netns, f"MTU {mtu} does not fit underlay {underlay_ifname}")
+        self.ns.links[name] = Link(self.kernel.index(), name, "vxlan", "", mtu, alias, True, None)
+        self.ns.vnis[name] = vni
+        self.ns.fdbs[name] = set()
+        self.ns.neighs[name] = {}
+
+    def fdb(self, name: str) -> set[tuple[str, str]]:
+        self._need(name)
+        return set(self.ns.fdbs.setdefault(name, set()))
+
+    def ensure_fdb(self, name: str, mac: str, dst: str) -> None:
+        """All-zero entries are appended; a unicast MAC is replaced (it points at one VTEP), as in Rtnl."""
+        self._need(name)
+        mac = mac.lower()
+        table = self.ns.fdbs.setdefault(name, set())
+        if mac != "00:00:00:00:00:00":
+            table -= {e for e in table if e[0] == mac}
+        table.add((mac, dst))
+
+    def delete_fdb(self, name: str, mac: str, dst: str) -> None:
+        self.ns.fdbs.get(name, set()).discard((mac.lower(), dst))
+
+    def neighbours(self, name: str) -> dict[str, str]:
+        self._need(name)
+        return dict(self.ns.neighs.setdefault(name, {}))
+
+    def ensure_neigh(self, name: str, ip: str, mac: str) -> None:
+        self._need(name)
+        self.ns.neighs.setdefault(name, {})[ip] = mac.lower()
+
+    def delete_neigh(self, name: str, ip: str) -> None:
+        self.ns.neighs.get(name, {}).pop(ip, None)
 
     def _drop(self, name: str) -> None:
         self.ns.links.pop(name, None)

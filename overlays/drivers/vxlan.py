@@ -1,0 +1,124 @@
+"""The overlay driver: one bridge plus one VXLAN device per network on every host that has endpoints on it.
+
+Design note. Sandboxes attach to a per-host Linux bridge exactly as with the bridge
+driver, except that the bridge carries no address (an overlay network has no
+gateway on any one host). A VXLAN device enslaved to the bridge carries frames to
+the other hosts, wrapped in UDP (port 4789) between the hosts' underlay addresses
+(VTEPs). How it learns where a MAC lives is the whole design, and it follows
+flannel (``backend/vxlan/vxlan.go``) and Docker's overlay driver:
+
+* **Static entries, written by the control plane.** The store knows every
+  endpoint's IP, MAC and host. For each remote endpoint we program an FDB entry
+  (MAC -> remote VTEP) and a permanent neighbour entry (IP -> MAC) on the VXLAN
+  device. Learning is off (``nolearning``): a learned entry could outlive a moved
+  or deleted endpoint, or be poisoned by any packet that reaches port 4789.
+* **No multicast, no miss callbacks.** Multicast groups need a multicast-capable
+  underlay (clouds have none), and L2/L3 miss notifications (flannel's first
+  design) put a userspace round trip on the first packet to every peer and
+  lose packets whenever the daemon is slow or restarting. Static entries are in
+  place before the first packet and survive the agent being down.
+* **ARP answered locally (``proxy``).** With proxy on, the VXLAN device answers
+  ARP requests from its neighbour table itself and never sends them over the
+  wire, so resolution costs no round trip and no flooding to every host.
+* **One all-zero FDB entry per remote host** (appended: the kernel keeps a list)
+  for what must still be flooded (broadcast, multicast such as IPv6 ND, unknown
+  unicast): head-end replication, one unicast copy per remote VTEP.
+* **MTU = underlay MTU - 50.** VXLAN adds 50 bytes (outer IPv4 20, UDP 8, VXLAN
+  8, inner Ethernet 14). The kernel refuses (or silently clamps) a bigger MTU on
+  the device, and if only the device had the smaller MTU, full-size packets from
+  sandboxes with DF set would be dropped at the bridge without an ICMP error.
+  So bridge, VXLAN device and sandbox veths all get the same reduced MTU, and a
+  too-big DF packet fails loudly at the sandbox ("message too long").
+
+``sync`` makes the device's tables exactly match a list of remote endpoints,
+reading before writing, so the agent can call it on every change and on a timer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from overlays.drivers.bridge import network_alias
+from overlays.errors import InvalidSpec
+from overlays.kernel.api import Links
+from overlays.kernel.rtnl_types import Underlay
+from overlays.model.names import vxlan_name
+from overlays.model.specs import Network
+
+VXLAN_OVERHEAD = 50  # outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14)
+VXLAN_PORT = 4789
+FLOOD_MAC = "00:00:00:00:00:00"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """An endpoint of an overlay network: its address, its MAC and the VTEP of the host it lives on."""
+
+    ip: str
+    mac: str
+    vtep: str
+
+
+def overlay_mtu(underlay_mtu: int) -> int:
+    """The MTU of every link of an overlay network on an IPv4 underlay of ``underlay_mtu``."""
+    return underlay_mtu - VXLAN_OVERHEAD
+
+
+def _vni(net: Network) -> int:
+    if net.vni is None:
+        raise InvalidSpec(f"network {net.name}: an overlay network needs a VNI")
+    return net.vni
+
+
+def setup_network(host: Links, net: Network, underlay: Underlay, instance: str) -> None:
+    """The bridge (no address) and the VXLAN device exist, are up, and the device is a port of the bridge."""
+    alias = network_alias(instance, net.name)
+    host.ensure_bridge(net.bridge, alias, net.mtu)
+    device = vxlan_name(net.name, instance)
+    host.ensure_vxlan(device, alias, _vni(net), underlay.ip, underlay.ifname, net.mtu, VXLAN_PORT)
+    host.ensure_port(device, net.bridge)
+
+
+def teardown_network(host: Links, net: Network, instance: str) -> None:
+    """Remove the VXLAN device (and with it its FDB and neighbour entries), then the bridge."""
+    host.delete_link(vxlan_name(net.name, instance))
+    host.delete_link(net.bridge)
+
+
+def _wanted(local_vtep: str, remotes: Iterable[Remote]) -> tuple[set[tuple[str, str]], dict[str, str]]:
+    """The FDB entries and neighbour entries that ``remotes`` call for on this host."""
+    # Sorted, so that conflicting input (one IP or MAC listed twice) always resolves the same way.
+    others = sorted({r for r in remotes if r.vtep != local_vtep}, key=lambda r: (r.ip, r.mac, r.vtep))
+    # A unicast MAC points at one VTEP (the kernel replaces, it does not append): keep one per MAC.
+    unicast = {r.mac.lower(): r.vtep for r in others}
+    fdb = set(unicast.items()) | {(FLOOD_MAC, r.vtep) for r in others}
+    neighbours = {r.ip: r.mac.lower() for r in others}
+    return fdb, neighbours
+
+
+def sync(host: Links, net: Network, instance: str, local_vtep: str, remotes: Iterable[Remote]) -> tuple[int, int]:
+    """Make the device's static FDB and neighbour entries exactly those of ``remotes``; return (added, removed).
+
+    Endpoints on ``local_vtep`` (this host) are skipped: the bridge reaches them directly.
+    Only differences are written, additions first (so a moved MAC is re-pointed in place,
+    without a gap), then stale entries are removed.
+    """
+    device = vxlan_name(net.name, instance)
+    want_fdb, want_neigh = _wanted(local_vtep, remotes)
+    have_fdb, have_neigh = host.fdb(device), host.neighbours(device)
+    added = removed = 0
+    for mac, vtep in sorted(want_fdb - have_fdb):
+        host.ensure_fdb(device, mac, vtep)
+        added += 1
+    for ip, mac in sorted(want_neigh.items()):
+        if have_neigh.get(ip) != mac:
+            host.ensure_neigh(device, ip, mac)
+            added += 1
+    for mac, vtep in sorted(have_fdb - want_fdb):
+        host.delete_fdb(device, mac, vtep)
+        removed += 1
+    for ip in sorted(set(have_neigh) - set(want_neigh)):
+        host.delete_neigh(device, ip)
+        removed += 1
+    return added, removed
