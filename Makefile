@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := iproute2 nftables iputils-ping procps python3-venv curl
+APT_PACKAGES := iproute2 nftables iputils-ping procps python3-venv curl etcd-server
 
 .PHONY: demo test lint unit integration setup clean
 

@@ -25,9 +25,12 @@ HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 class Settings:
     """Global options, and the engine they describe (built on first use)."""
 
-    def __init__(self, host_netns: str | None, state_dir: str | None) -> None:
+    def __init__(self, host_netns: str | None, state_dir: str | None, store: str | None = None,
+                 node: str | None = None) -> None:
         self.host_netns = host_netns
         self.state_dir = state_dir
+        self.store = store
+        self.node = node
         self._engine: Any = None
 
     def engine(self) -> Any:
@@ -35,7 +38,7 @@ class Settings:
             from overlays.engine import Engine
 
             state = Path(self.state_dir) if self.state_dir else None
-            self._engine = Engine(host_netns=self.host_netns, state_dir=state)
+            self._engine = Engine(host_netns=self.host_netns, state_dir=state, store_url=self.store, node=self.node)
         return self._engine
 
 
@@ -61,22 +64,27 @@ class OverlaysGroup(click.Group):
               help="Network namespace that plays the host (default: the real machine).")
 @click.option("--state-dir", envvar="OVERLAYS_STATE_DIR", metavar="DIR",
               help="Where state is kept (default: /var/lib/overlays).")
+@click.option("--store", envvar="OVERLAYS_STORE", metavar="URL",
+              help="State shared by hosts: etcd://HOST:PORT[,...] or a SQLite file (default: in the state dir).")
+@click.option("--node", envvar="OVERLAYS_NODE", metavar="NAME",
+              help="This host's name in a shared store (default: the host namespace's, else the machine's).")
 @click.version_option(package_name="overlays")
 @click.pass_context
-def cli(ctx: click.Context, host_netns: str | None, state_dir: str | None) -> None:
+def cli(ctx: click.Context, host_netns: str | None, state_dir: str | None, store: str | None,
+        node: str | None) -> None:
     """overlays: container networks from real Linux parts.
 
     Bridges, veth pairs, namespaces and addresses, one command each.
     """
-    ctx.obj = Settings(host_netns or None, state_dir)
+    ctx.obj = Settings(host_netns or None, state_dir, store or None, node or None)
     ctx.call_on_close(lambda: ctx.obj._engine and ctx.obj._engine.close())
 
 
 def _register() -> None:
-    from overlays.cli import networks, sandboxes, topology
+    from overlays.cli import agent, networks, sandboxes, topology
 
     cli.add_command(networks.network)
-    for command in sandboxes.COMMANDS + topology.COMMANDS:
+    for command in [*sandboxes.COMMANDS, *topology.COMMANDS, agent.agent]:
         cli.add_command(command)
 
 
@@ -89,7 +97,7 @@ def _command_of(args: list[str]) -> str | None:
     """The subcommand named in ``args``, skipping the global options and their values."""
     rest = iter(args)
     for arg in rest:
-        if arg in ("--host-netns", "--state-dir"):
+        if arg in ("--host-netns", "--state-dir", "--store", "--node"):
             next(rest, None)
         elif not arg.startswith("-"):
             return arg

@@ -21,18 +21,25 @@ def network() -> None:
 @click.option("--subnet", metavar="CIDR", help="Subnet, e.g. 10.10.0.0/24 (default: a free /24).")
 @click.option("--gateway", metavar="IP", help="Gateway address, held by the bridge (default: first host).")
 @click.option("--ip-range", metavar="CIDR", help="Allocate sandbox addresses from this part of the subnet only.")
-@click.option("--mtu", type=int, help="MTU of the bridge and every sandbox interface (default 1500).")
+@click.option("--mtu", type=int,
+              help="MTU of the bridge and every sandbox interface (default 1500; overlays: the underlay's - 50).")
 @click.option("--internal", is_flag=True, help="No route out and no published ports: sandboxes reach each other only.")
 @click.option("--masquerade/--no-masquerade", default=True, show_default=True,
               help="Masquerade traffic leaving the host; --no-masquerade routes sandbox addresses as they are.")
+@click.option("-d", "--driver", type=click.Choice(["bridge", "overlay"]), default="bridge", show_default=True,
+              help="bridge: this host only; overlay: one network across hosts (VXLAN), needs `overlays agent`.")
+@click.option("--vni", type=int, help="VXLAN network identifier of an overlay network (default: a free one).")
 @pass_settings
 def create(s: Settings, name: str, subnet: str | None, gateway: str | None, ip_range: str | None,
-           mtu: int | None, internal: bool, masquerade: bool) -> None:
+           mtu: int | None, internal: bool, masquerade: bool, driver: str, vni: int | None) -> None:
     """Create a network NAME."""
     spec = NetworkSpec.parse(name, subnet=subnet, gateway=gateway, ip_range=ip_range, mtu=mtu,
-                             internal=internal, masquerade=masquerade)
+                             internal=internal, masquerade=masquerade, driver=driver, vni=vni)
     with held_signals():
         net = s.engine().create_network(spec)
+    if net.overlay:
+        click.echo(f"overlay network {net.name} created: subnet {net.subnet}, VNI {net.vni}, MTU {net.mtu}")
+        return
     mode = " (internal)" if net.internal else "" if net.masquerade else " (routed, no masquerade)"
     click.echo(f"network {net.name} created: subnet {net.subnet}, gateway {net.gateway}, bridge {net.bridge}{mode}")
 

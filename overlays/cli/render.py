@@ -36,6 +36,8 @@ def network_dict(net: Network, sandboxes_attached: list[str] | None = None) -> d
         "internal": net.internal,
         "masquerade": net.masquerade,
     }
+    if net.overlay:
+        data.update(vni=net.vni, gateway=None, internal=None, masquerade=None)
     if sandboxes_attached is not None:
         data["sandboxes"] = sandboxes_attached
     return data

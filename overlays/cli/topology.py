@@ -22,7 +22,7 @@ def _lab(s: Settings, path: str) -> Any:
     from overlays.topology import Lab, load
 
     topo = load(path)  # a bad file fails here, before any engine is opened
-    return Lab(topo, host_netns=s.host_netns, state_dir=s.state_dir)
+    return Lab(topo, host_netns=s.host_netns, state_dir=s.state_dir, store_url=s.store)
 
 
 @contextmanager

@@ -37,13 +37,15 @@ def teardown_network(host: Links, net: Network) -> None:
 def attach(
     host: Links, sandbox: Links, sandbox_path: Path, net: Network, ep: Endpoint, instance: str, undo: Undo
 ) -> None:
-    """Wire ``ep``: veth into the sandbox, port on the bridge, address, default route."""
+    """Wire ``ep``: veth into the sandbox, port on the bridge, address, default route (not via an overlay:
+    its bridge has no address on the host)."""
     host.ensure_veth(ep.host_ifname, endpoint_alias(instance, ep), ep.mtu, ep.ifname, sandbox_path, ep.mac)
     undo.push(f"delete veth {ep.host_ifname}", host.delete_link, ep.host_ifname)
     host.ensure_port(ep.host_ifname, net.bridge)
     sandbox.ensure_address(ep.ifname, str(ep.ip), ep.prefixlen)
     sandbox.ensure_up(ep.ifname)
-    sandbox.ensure_default_route(str(ep.gateway))
+    if not net.overlay:
+        sandbox.ensure_default_route(str(ep.gateway))
 
 
 def detach(host: Links, ep: Endpoint) -> None:

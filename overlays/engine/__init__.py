@@ -7,6 +7,7 @@ in the modules beside this one (networks, sandboxes, endpoints).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from overlays.engine import endpoints, networks, sandboxes
 from overlays.engine.context import Context, instance_id
 from overlays.errors import NotPermitted, StoreError
 from overlays.kernel.api import Kernel
+from overlays.model.names import validate_name
 from overlays.model.specs import Endpoint, IPAddress, Network, NetworkSpec, Sandbox, SandboxSpec
 from overlays.store.base import Store
 
@@ -31,6 +33,25 @@ def _open_sqlite(state_dir: Path) -> Store:
     except OSError as e:
         raise StoreError(f"cannot create state dir {state_dir}: {e.strerror}") from e
     return SqliteStore(state_dir / "state.db")
+
+
+def _open_store(url: str | None, state_dir: Path) -> Store:
+    """``--store``: an etcd URL, or a SQLite file several hosts share; default: the state dir's own."""
+    if not url:
+        return _open_sqlite(state_dir)
+    from overlays.store import open_store
+
+    if not url.startswith("etcd://"):
+        _open_sqlite(Path(url).parent).close()  # creates the folder with clear errors
+    return open_store(url)
+
+
+def default_node(host_netns: str | None) -> str:
+    """This host's name in a shared store: the host namespace's, else the machine's."""
+    if host_netns:
+        return host_netns
+    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in socket.gethostname()).strip("-.")
+    return name or "localhost"
 
 
 def _linux() -> Kernel:
@@ -54,14 +75,18 @@ class Engine:
         store: Store | None = None,
         kernel: Kernel | None = None,
         check_root: bool = True,
+        store_url: str | None = None,
+        node: str | None = None,
     ) -> None:
         state = Path(state_dir or os.environ.get("OVERLAYS_STATE_DIR") or DEFAULT_STATE_DIR)
+        node = validate_name("node", node or os.environ.get("OVERLAYS_NODE") or default_node(host_netns))
         self.ctx = Context(
-            store=store or _open_sqlite(state),
+            store=store or _open_store(store_url or os.environ.get("OVERLAYS_STORE"), state),
             kernel=kernel or _linux(),
             state_dir=state,
             host_netns=host_netns,
             instance=instance_id(state, host_netns),
+            node=node,
             check_root=check_root,
         )
 

@@ -2,14 +2,50 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from overlays.errors import NotFound, NotPermitted
 from overlays.kernel.api import Kernel, Links
 from overlays.model.names import short_hash
-from overlays.store.base import Store
+from overlays.store.base import Store, Txn, Value, transact
+
+T = TypeVar("T")
+
+
+class NodeTxn(Txn):
+    """A transaction whose keys live under ``nodes/<node>/``: one store can hold many hosts.
+
+    The engine's own records (networks, sandboxes, endpoints, addresses, ports) are
+    per host; what several hosts share (overlay networks, their addresses, host and
+    endpoint registrations) goes through ``root``, the same transaction unscoped,
+    so one commit covers both.
+    """
+
+    def __init__(self, root: Txn, prefix: str) -> None:  # a view: no buffers of its own
+        self.root = root
+        self.prefix = prefix
+
+    def get(self, key: str) -> Value | None:
+        return self.root.get(self.prefix + key)
+
+    def range(self, prefix: str) -> dict[str, Value]:
+        cut = len(self.prefix)
+        return {k[cut:]: v for k, v in self.root.range(self.prefix + prefix).items()}
+
+    def put(self, key: str, value: Value, lease: int | None = None) -> None:
+        self.root.put(self.prefix + key, value, lease)
+
+    def create(self, key: str, value: Value, lease: int | None = None) -> bool:
+        return self.root.create(self.prefix + key, value, lease)
+
+    def delete(self, key: str) -> None:
+        self.root.delete(self.prefix + key)
 
 
 def instance_id(state_dir: Path, host_netns: str | None) -> str:
@@ -24,7 +60,13 @@ class Context:
     state_dir: Path
     host_netns: str | None
     instance: str
+    node: str = "local"
     check_root: bool = True
+
+    def transact(self, fn: Callable[[NodeTxn], T]) -> T:
+        """Run ``fn`` in a store transaction scoped to this host (retried on conflict)."""
+        prefix = f"nodes/{self.node}/"
+        return transact(self.store, lambda txn: fn(NodeTxn(txn, prefix)))
 
     @property
     def host_label(self) -> str:
@@ -33,6 +75,18 @@ class Context:
     def require_root(self) -> None:
         if self.check_root and os.geteuid() != 0:
             raise NotPermitted("overlays needs root (CAP_NET_ADMIN) to change networks; run it with sudo")
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """A lock shared by every process of this host (engine commands, the agent) on this state dir."""
+        folder = self.state_dir / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{self.node}.{name}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def host_exists(self) -> bool:
+        return self.host_netns is None or self.kernel.netns_exists(self.host_netns)
 
     def open_host(self) -> Links:
         """A netlink handle on the host namespace; checks that it exists."""
@@ -44,6 +98,6 @@ class Context:
         return self.kernel.open(self.host_netns)
 
     def log_dir(self) -> Path:
-        path = self.state_dir / "logs"
+        path = self.state_dir / "logs" / self.node
         path.mkdir(parents=True, exist_ok=True)
         return path

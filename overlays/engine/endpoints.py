@@ -13,13 +13,13 @@ from pathlib import Path
 
 from overlays import ipam
 from overlays.drivers import bridge
-from overlays.engine import firewall, ports, records
-from overlays.engine.context import Context
+from overlays.engine import firewall, overlay, ports, records
+from overlays.engine.context import Context, NodeTxn
 from overlays.errors import Conflict, NotFound
 from overlays.kernel.api import Links
 from overlays.model.names import sandbox_ifname, veth_name
 from overlays.model.specs import Endpoint, EndpointRequest, IPAddress, Network, Sandbox
-from overlays.store.base import Txn, transact
+from overlays.store.base import Txn
 from overlays.undo import Undo
 
 
@@ -33,7 +33,12 @@ def allocate(txn: Txn, ctx: Context, sandbox: str, request: EndpointRequest, ifn
     network = records.get_network(txn, request.network)
     if txn.get(records.endpoint_key(sandbox, network.name)) is not None:
         raise Conflict(f"sandbox {sandbox} is already connected to network {network.name}")
-    ip = ipam.allocate(txn, network, sandbox, request.ip)
+    if network.overlay:
+        assert isinstance(txn, NodeTxn)
+        ip = ipam.allocate(txn.root, network, f"{ctx.node}/{sandbox}", request.ip)
+        overlay.register(txn, ctx, network, sandbox, str(ip), mac_for(ip))
+    else:
+        ip = ipam.allocate(txn, network, sandbox, request.ip)
     ep = Endpoint(
         sandbox=sandbox,
         network=network.name,
@@ -44,18 +49,24 @@ def allocate(txn: Txn, ctx: Context, sandbox: str, request: EndpointRequest, ifn
         gateway=network.gateway,
         mac=mac_for(ip),
         mtu=network.mtu,
+        overlay=network.overlay,
     )
     txn.put(records.endpoint_key(sandbox, network.name), ep.to_record())
     return ep
 
 
 def release(ctx: Context, eps: list[Endpoint]) -> None:
-    def drop(txn: Txn) -> None:
+    def drop(txn: NodeTxn) -> None:
         for ep in eps:
             txn.delete(records.endpoint_key(ep.sandbox, ep.network))
-            ipam.release(txn, ep.network, ep.ip)
+            if ep.overlay:
+                ipam.release(txn.root, ep.network, ep.ip)
+                overlay.unregister(txn, ctx, ep.network, ep.sandbox)
+            else:
+                ipam.release(txn, ep.network, ep.ip)
 
-    transact(ctx.store, drop)
+    ctx.transact(drop)
+    leave_overlays(ctx, eps)
 
 
 def mark_ready(txn: Txn, eps: list[Endpoint]) -> None:
@@ -65,10 +76,13 @@ def mark_ready(txn: Txn, eps: list[Endpoint]) -> None:
 
 def wire(ctx: Context, host: Links, sandbox: Links, sandbox_path: Path, eps: list[Endpoint], undo: Undo) -> None:
     """Make the kernel match the pending endpoints ``eps`` (their bridges first)."""
-    networks = transact(ctx.store, lambda txn: {ep.network: records.get_network(txn, ep.network) for ep in eps})
+    networks = ctx.transact(lambda txn: {ep.network: records.get_network(txn, ep.network) for ep in eps})
     for ep in eps:
         network: Network = networks[ep.network]
-        bridge.setup_network(host, network, ctx.instance)  # completes a network left half-made
+        if network.overlay:
+            overlay.ensure_here(ctx, host, network)  # undone by release(), which leaves unused overlays
+        else:
+            bridge.setup_network(host, network, ctx.instance)  # completes a network left half-made
         bridge.attach(host, sandbox, sandbox_path, network, ep, ctx.instance, undo)
 
 
@@ -83,11 +97,11 @@ def connect(ctx: Context, network: str, sandbox: str, ip: IPAddress | None = Non
         return allocate(txn, ctx, sandbox, request, ifname)
 
     with ctx.open_host() as host:
-        ep = transact(ctx.store, record)
+        ep = ctx.transact(record)
         undo = Undo()
         undo.push(f"release endpoint {sandbox}/{network}", release, ctx, [ep])
         try:
-            box = transact(ctx.store, lambda txn: records.get_sandbox(txn, sandbox))
+            box = ctx.transact(lambda txn: records.get_sandbox(txn, sandbox))
             path = ctx.kernel.netns_path(box.netns)
             with ctx.kernel.open_path(box.netns, path) as inside:
                 wire(ctx, host, inside, path, [ep], undo)
@@ -97,7 +111,7 @@ def connect(ctx: Context, network: str, sandbox: str, ip: IPAddress | None = Non
             after = ports.published(ctx, box)
             undo.push(f"move the ports of {sandbox} back", firewall.retarget, ctx, after, before)
             firewall.retarget(ctx, before, after)
-            transact(ctx.store, lambda txn: mark_ready(txn, [ep]))
+            ctx.transact(lambda txn: mark_ready(txn, [ep]))
         except BaseException:
             undo.rollback()
             raise
@@ -115,14 +129,34 @@ def disconnect(ctx: Context, network: str, sandbox: str) -> None:
             raise NotFound(f"sandbox {sandbox} is not connected to network {network}")
         return ep, box
 
-    ep, box = transact(ctx.store, read)
+    ep, box = ctx.transact(read)
     remaining = [e for e in box.endpoints if e.network != network]
     netns_name = box.netns
     # Ports leading to this endpoint move to the next non-internal one, or wait for a connect.
     firewall.retarget(ctx, ports.published(ctx, box), ports.published(ctx, replace(box, endpoints=tuple(remaining))))
     with ctx.open_host() as host:
         bridge.detach(host, ep)
-    if remaining and ctx.kernel.netns_exists(netns_name):
+    routable = [e for e in remaining if not e.overlay]
+    if routable and ctx.kernel.netns_exists(netns_name):
         with ctx.kernel.open_path(netns_name, ctx.kernel.netns_path(netns_name)) as inside:
-            inside.ensure_default_route(str(remaining[0].gateway))
+            inside.ensure_default_route(str(routable[0].gateway))
     release(ctx, [ep])
+
+
+def leave_overlays(ctx: Context, eps: list[Endpoint]) -> None:
+    """After endpoints went away: drop the devices of overlay networks this host no longer uses."""
+    names = sorted({ep.network for ep in eps if ep.overlay})
+    if not names or not ctx.host_exists():
+        return
+    with ctx.open_host() as host:
+        for name in names:
+            found = ctx.transact(lambda txn, name=name: _maybe_network(txn, name))  # type: ignore[misc]
+            if found is not None:
+                overlay.leave_if_unused(ctx, host, found)
+
+
+def _maybe_network(txn: Txn, name: str) -> Network | None:
+    try:
+        return records.get_network(txn, name)
+    except NotFound:
+        return None

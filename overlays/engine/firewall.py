@@ -21,7 +21,6 @@ from overlays.engine import records
 from overlays.engine.context import Context
 from overlays.errors import StoreError
 from overlays.model.specs import Network
-from overlays.store.base import transact
 
 
 @contextmanager
@@ -72,7 +71,7 @@ def network_up(ctx: Context, net: Network) -> None:
 def network_down(ctx: Context, net: Network) -> None:
     """``net`` leaves the table; with no other network recorded, the table goes."""
     with _locked(ctx):
-        others = [n for n in transact(ctx.store, records.list_networks) if n.name != net.name]
+        others = [n for n in ctx.transact(records.list_networks) if n.name != net.name and not n.overlay]
         if others:
             ctx.kernel.nft_apply(ctx.host_netns, firewall.network_down(ctx.instance, net))
         else:

@@ -7,20 +7,22 @@ from collections.abc import Callable
 
 from overlays import ipam
 from overlays.drivers import bridge
-from overlays.engine import firewall, records
+from overlays.engine import firewall, overlay, records
 from overlays.engine.context import Context
 from overlays.errors import Conflict, OverlaysError
 from overlays.model.names import bridge_name
-from overlays.model.specs import IPNetwork, Network, NetworkSpec
-from overlays.store.base import Txn, transact
+from overlays.model.specs import DEFAULT_MTU, IPNetwork, Network, NetworkSpec
+from overlays.store.base import Txn
 from overlays.undo import Undo
 
 
 def create(ctx: Context, spec: NetworkSpec) -> Network:
     """Record the network (subnet checked against all others), then build its bridge."""
+    if spec.driver == "overlay":
+        return overlay.create(ctx, spec)
     with ctx.open_host() as host:
         host_routes = host.route_prefixes()
-        network = transact(ctx.store, lambda txn: _record(txn, ctx, spec, list(host_routes)))
+        network = ctx.transact(lambda txn: _record(txn, ctx, spec, list(host_routes)))
         undo = Undo()
         undo.push(f"forget network {spec.name}", _forget, ctx, network.name)
         try:
@@ -52,7 +54,7 @@ def _record(txn: Txn, ctx: Context, spec: NetworkSpec, host_routes: list[IPNetwo
         subnet=subnet,
         gateway=spec.gateway or ipam.default_gateway(subnet),
         ip_range=spec.ip_range,
-        mtu=spec.mtu,
+        mtu=spec.mtu or DEFAULT_MTU,
         bridge=bridge_dev,
         created=time.time(),
         internal=spec.internal,
@@ -79,40 +81,39 @@ def _forget(ctx: Context, name: str) -> None:
         txn.delete(records.network_key(name))
         ipam.release_all(txn, name)
 
-    transact(ctx.store, drop)
+    ctx.transact(drop)
 
 
 def list_all(ctx: Context) -> list[Network]:
-    return transact(ctx.store, records.list_networks)
+    return ctx.transact(records.list_networks)
 
 
 def inspect(ctx: Context, name: str) -> tuple[Network, list[str]]:
     """The network and the names of the sandboxes attached to it."""
 
-    def read(txn: Txn) -> tuple[Network, list[str]]:
-        net = records.get_network(txn, name)
-        return net, sorted(e.sandbox for e in records.all_endpoints(txn) if e.network == name)
-
-    return transact(ctx.store, read)
+    net, local = ctx.transact(lambda txn: (records.get_network(txn, name), _local_users(txn, name)))
+    return net, (overlay.users(ctx, name) if net.overlay else local)
 
 
-def attached(ctx: Context, name: str) -> list[str]:
-    return inspect(ctx, name)[1]
+def _local_users(txn: Txn, name: str) -> list[str]:
+    return sorted(e.sandbox for e in records.all_endpoints(txn) if e.network == name)
 
 
 def remove(ctx: Context, name: str, force: bool = False) -> None:
     """Remove a network; with sandboxes attached only with ``force`` (they are disconnected)."""
     from overlays.engine import endpoints  # endpoints imports us for get_network
 
-    network, users = inspect(ctx, name)
-    if users and not force:
-        listed = ", ".join(users)
-        raise Conflict(
-            f"network {name} has {len(users)} sandbox(es) attached ({listed}); disconnect them or use --force"
-        )
+    network, everywhere = inspect(ctx, name)
+    users = ctx.transact(lambda txn: _local_users(txn, name))
+    if everywhere and not force:
+        raise Conflict(f"network {name} has {len(everywhere)} sandbox(es) attached ({', '.join(everywhere)});"
+                       " disconnect them or use --force")
     failures: list[str] = []
     for user in users:
         failures += _try(lambda user=user: endpoints.disconnect(ctx, name, user))  # type: ignore[misc]
+    if network.overlay:  # other hosts' sandboxes are theirs to disconnect
+        overlay.remove(ctx, network)  # refused while other hosts still have sandboxes on it
+        return
     failures += _try(lambda: firewall.network_down(ctx, network))
     with ctx.open_host() as host:
         failures += _try(lambda: bridge.teardown_network(host, network))
@@ -125,7 +126,7 @@ def prune(ctx: Context) -> list[str]:
     """Remove every network that has no sandbox attached; return their names."""
     removed = []
     for network in list_all(ctx):
-        if not attached(ctx, network.name):
+        if not inspect(ctx, network.name)[1]:
             remove(ctx, network.name)
             removed.append(network.name)
     return removed

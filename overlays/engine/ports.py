@@ -23,7 +23,7 @@ from overlays.errors import Conflict, InvalidSpec
 from overlays.kernel.api import Links
 from overlays.model.ports import PortMapping
 from overlays.model.specs import Endpoint, IPAddress, Network, Sandbox
-from overlays.store.base import Txn, transact
+from overlays.store.base import Txn
 
 
 def claim_key(m: PortMapping) -> str:
@@ -73,7 +73,7 @@ def target(eps: Iterable[Endpoint], networks: Mapping[str, Network]) -> IPAddres
     """The address published ports lead to: the first endpoint on a network that is not internal."""
     for ep in sorted(eps, key=lambda e: (len(e.ifname), e.ifname)):
         net = networks.get(ep.network)
-        if net is not None and not net.internal:
+        if net is not None and not net.internal and not net.overlay:  # overlays have no way in from the host
             return ep.ip
     return None
 
@@ -95,5 +95,5 @@ def published(ctx: Context, box: Sandbox) -> list[Publish]:
     """The map elements ``box``'s ports have with its endpoints as given (none if no endpoint can take them)."""
     if not box.ports:
         return []
-    networks = transact(ctx.store, records.list_networks)
+    networks = ctx.transact(records.list_networks)
     return publishes(box.ports, target(box.endpoints, {n.name: n for n in networks}))

@@ -1,5 +1,6 @@
 """Where each object lives in the store, and typed reads of it.
 
+    (all under nodes/<node>/, this host's own; overlay networks are shared: see overlay.py)
     networks/<name>                 a Network
     sandboxes/<name>                a Sandbox (without its endpoints)
     endpoints/<sandbox>/<network>   an Endpoint
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+from overlays.engine.context import NodeTxn
 from overlays.errors import NotFound
 from overlays.model.specs import Endpoint, Network, Sandbox
 from overlays.store.base import Txn
@@ -30,14 +32,21 @@ def endpoint_key(sandbox: str, network: str) -> str:
 
 
 def get_network(txn: Txn, name: str) -> Network:
+    """This host's network of that name, else the shared (overlay) network."""
     record = txn.get(network_key(name))
+    if record is None and isinstance(txn, NodeTxn):
+        record = txn.root.get(network_key(name))
     if record is None:
         raise NotFound(f"network {name} does not exist")
     return Network.from_record(record)
 
 
 def list_networks(txn: Txn) -> list[Network]:
-    return [Network.from_record(v) for v in txn.range("networks/").values()]
+    """This host's networks and the shared (overlay) ones."""
+    found = [Network.from_record(v) for v in txn.range("networks/").values()]
+    if isinstance(txn, NodeTxn):
+        found += [Network.from_record(v) for v in txn.root.range("networks/").values()]
+    return sorted(found, key=lambda n: n.name)
 
 
 def endpoints_of(txn: Txn, sandbox: str) -> list[Endpoint]:

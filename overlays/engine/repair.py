@@ -10,12 +10,11 @@ from __future__ import annotations
 from overlays.drivers import bridge
 from overlays.engine import endpoints, records, sandboxes
 from overlays.engine.context import Context
-from overlays.store.base import transact
 from overlays.undo import Undo
 
 
 def network_problems(ctx: Context, name: str) -> list[str]:
-    net = transact(ctx.store, lambda txn: records.get_network(txn, name))
+    net = ctx.transact(lambda txn: records.get_network(txn, name))
     with ctx.open_host() as host:
         link = host.link(net.bridge)
     return [] if link is not None and link.up else [f"bridge {net.bridge} of network {name} is missing or down"]
@@ -28,7 +27,7 @@ def sandbox_problems(ctx: Context, name: str) -> list[str]:
     found = []
     with ctx.open_host() as host:
         for ep in box.endpoints:
-            net = transact(ctx.store, lambda txn, ep=ep: records.get_network(txn, ep.network))  # type: ignore[misc]
+            net = ctx.transact(lambda txn, ep=ep: records.get_network(txn, ep.network))  # type: ignore[misc]
             veth, br = host.link(ep.host_ifname), host.link(net.bridge)
             if veth is None or br is None or veth.master != br.index or not veth.up:
                 found.append(f"veth {ep.host_ifname} of sandbox {name} on {ep.network} is missing or detached")
@@ -36,7 +35,7 @@ def sandbox_problems(ctx: Context, name: str) -> list[str]:
 
 
 def repair_network(ctx: Context, name: str) -> None:
-    net = transact(ctx.store, lambda txn: records.get_network(txn, name))
+    net = ctx.transact(lambda txn: records.get_network(txn, name))
     with ctx.open_host() as host:
         bridge.setup_network(host, net, ctx.instance)
 

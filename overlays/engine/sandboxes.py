@@ -21,7 +21,7 @@ from overlays.errors import Conflict, InvalidSpec, NotFound, OverlaysError
 from overlays.kernel import process
 from overlays.model.names import netns_name, sandbox_ifname, validate_name
 from overlays.model.specs import Endpoint, Sandbox, SandboxSpec
-from overlays.store.base import Txn, transact
+from overlays.store.base import Txn
 from overlays.undo import Undo, best_effort
 
 
@@ -40,7 +40,7 @@ def _record(ctx: Context, box: Sandbox, requests: SandboxSpec | None) -> tuple[l
         ports.claim(txn, box.name, box.ports)
         return eps, ports.publishes(box.ports, to)
 
-    return transact(ctx.store, do)
+    return ctx.transact(do)
 
 
 def _forget(ctx: Context, name: str, eps: Sequence[Endpoint]) -> None:
@@ -52,7 +52,7 @@ def _forget(ctx: Context, name: str, eps: Sequence[Endpoint]) -> None:
             ports.release(txn, name, Sandbox.from_record(record).ports)
         txn.delete(records.sandbox_key(name))
 
-    transact(ctx.store, drop)
+    ctx.transact(drop)
 
 
 def _mark_ready(ctx: Context, box: Sandbox, eps: list[Endpoint]) -> Sandbox:
@@ -62,7 +62,7 @@ def _mark_ready(ctx: Context, box: Sandbox, eps: list[Endpoint]) -> Sandbox:
         txn.put(records.sandbox_key(box.name), ready.to_record())
         endpoints.mark_ready(txn, eps)
 
-    transact(ctx.store, do)
+    ctx.transact(do)
     return replace(ready, endpoints=tuple(replace(e, state="ready") for e in eps))
 
 
@@ -143,6 +143,8 @@ def _remove_endpoints(ctx: Context, box: Sandbox) -> None:
     """Adopted namespaces live on: delete our veths. Our own: deleting the netns is faster."""
     if not box.endpoints:
         return
+    if not ctx.host_exists():
+        return  # the host is gone, and our veths with it
     with ctx.open_host() as host:
         if box.adopted:
             for ep in box.endpoints:
@@ -155,11 +157,11 @@ def _remove_endpoints(ctx: Context, box: Sandbox) -> None:
 
 
 def get(ctx: Context, name: str) -> Sandbox:
-    return transact(ctx.store, lambda txn: records.get_sandbox(txn, name))
+    return ctx.transact(lambda txn: records.get_sandbox(txn, name))
 
 
 def list_all(ctx: Context) -> list[Sandbox]:
-    return transact(ctx.store, records.list_sandboxes)
+    return ctx.transact(records.list_sandboxes)
 
 
 def _startable(ctx: Context, name: str, argv: Sequence[str]) -> Sandbox:
@@ -173,7 +175,7 @@ def _startable(ctx: Context, name: str, argv: Sequence[str]) -> Sandbox:
 
 def _record_process(ctx: Context, box: Sandbox, pid: int, argv: Sequence[str]) -> None:
     running = replace(box, pid=pid, pid_start=process.start_time(pid), command=tuple(argv))
-    transact(ctx.store, lambda txn: txn.put(records.sandbox_key(box.name), running.to_record()))
+    ctx.transact(lambda txn: txn.put(records.sandbox_key(box.name), running.to_record()))
 
 
 def start(ctx: Context, name: str, argv: Sequence[str]) -> int:

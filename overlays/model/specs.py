@@ -18,6 +18,8 @@ from overlays.model.ports import PortMapping, check_distinct
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+DRIVERS = ("bridge", "overlay")
+VNI_MIN, VNI_MAX = 1, 16777215
 MTU_MIN = 576
 MTU_MAX = 65535
 DEFAULT_MTU = 1500
@@ -63,10 +65,11 @@ class NetworkSpec:
     subnet: IPNetwork | None = None
     gateway: IPAddress | None = None
     ip_range: IPNetwork | None = None
-    mtu: int = DEFAULT_MTU
+    mtu: int | None = DEFAULT_MTU  # None (overlays only): the underlay's MTU minus the VXLAN overhead
     driver: str = "bridge"
     internal: bool = False  # no route out, no published ports
     masquerade: bool = True  # False: routed mode, sandbox addresses leave the host as they are
+    vni: int | None = None  # overlays: None picks a free one
 
     @classmethod
     def parse(
@@ -78,15 +81,27 @@ class NetworkSpec:
         mtu: int | None = None,
         internal: bool = False,
         masquerade: bool = True,
+        driver: str = "bridge",
+        vni: int | None = None,
     ) -> NetworkSpec:
         validate_name("network", name)
+        if driver not in DRIVERS:
+            raise InvalidSpec(f"network {name}: unknown driver {driver!r} (known: {', '.join(DRIVERS)})")
+        if vni is not None and (driver != "overlay" or not VNI_MIN <= vni <= VNI_MAX):
+            raise InvalidSpec(f"network {name}: --vni takes {VNI_MIN}-{VNI_MAX}, for --driver overlay only")
+        if driver == "overlay" and (internal or not masquerade):
+            raise InvalidSpec(f"network {name}: an overlay network has no way out: --internal and "
+                              "--no-masquerade do not apply")
         net = parse_cidr(f"network {name}: subnet", subnet) if subnet else None
         if net is None and (gateway or ip_range):
             raise InvalidSpec(f"network {name}: --gateway and --ip-range need --subnet")
         gw = parse_ip(f"network {name}: gateway", gateway) if gateway else None
         rng = parse_cidr(f"network {name}: ip-range", ip_range) if ip_range else None
-        mtu = check_mtu(f"network {name}", mtu if mtu is not None else DEFAULT_MTU)
-        spec = cls(name, net, gw, rng, mtu, internal=internal, masquerade=masquerade)
+        if mtu is not None:
+            check_mtu(f"network {name}", mtu)
+        elif driver == "bridge":
+            mtu = DEFAULT_MTU
+        spec = cls(name, net, gw, rng, mtu, driver, internal=internal, masquerade=masquerade, vni=vni)
         if net is not None:
             spec.check_subnet(net)
         return spec
@@ -118,6 +133,11 @@ class Network:
     created: float
     internal: bool = False
     masquerade: bool = True
+    vni: int | None = None  # overlay networks: the VXLAN network identifier, the same on every host
+
+    @property
+    def overlay(self) -> bool:
+        return self.driver == "overlay"
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -131,6 +151,7 @@ class Network:
             "created": self.created,
             "internal": self.internal,
             "masquerade": self.masquerade,
+            "vni": self.vni,
         }
 
     @classmethod
@@ -146,6 +167,7 @@ class Network:
             created=float(r["created"]),
             internal=bool(r.get("internal", False)),  # records written before issue 3 lack these
             masquerade=bool(r.get("masquerade", True)),
+            vni=r.get("vni"),
         )
 
 
@@ -216,9 +238,11 @@ class Endpoint:
     mac: str
     mtu: int
     state: str = "pending"
+    overlay: bool = False  # on a multi-host overlay network: address and registration live in the shared scope
 
     def to_record(self) -> dict[str, Any]:
         return {
+            "overlay": self.overlay,
             "sandbox": self.sandbox,
             "network": self.network,
             "ifname": self.ifname,
@@ -244,6 +268,7 @@ class Endpoint:
             mac=r["mac"],
             mtu=int(r["mtu"]),
             state=r.get("state", "ready"),
+            overlay=bool(r.get("overlay", False)),
         )
 
 

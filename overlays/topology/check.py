@@ -109,8 +109,8 @@ def _plan_probes(lab: Lab) -> list[tuple[Probe, Any]]:
         for b, (decl_b, box_b) in boxes.items():
             if a == b:
                 continue
-            shared = [e for e in box_b.endpoints if decl_a.host == decl_b.host
-                      and e.network in {x.network for x in box_a.endpoints}]
+            shared = [e for e in box_b.endpoints if e.network in {x.network for x in box_a.endpoints}
+                      and (decl_a.host == decl_b.host or lab.topology.network(e.network).overlay)]
             if shared:
                 ep = shared[0]
                 probes.append((Probe("reach", a, b, str(ep.ip), True), lambda p=path_a, ip=str(ep.ip): _ping(p, ip)))

@@ -2,7 +2,8 @@
 
 A Lab holds one engine per host: for a file without ``hosts:`` that is the
 engine of ``--host-netns``/``--state-dir``; for a lab, each simulated host is a
-namespace of its own with its own state dir under ``<state-dir>/labs/<lab>/``.
+namespace of its own with an engine of its own, all sharing one store (each host
+under its own node name, ``<lab>.<host>``), as machines share etcd.
 The topology's record lives in the main state store, updated after every
 action, so an interrupted ``up`` leaves a record that ``down`` can trust.
 
@@ -13,20 +14,23 @@ action, so an interrupted ``up`` leaves a record that ``down`` can trust.
 from __future__ import annotations
 
 import contextlib
-import shutil
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from overlays.drivers import fabric
-from overlays.engine import DEFAULT_STATE_DIR, Engine, repair
+from overlays.engine import DEFAULT_STATE_DIR, Engine, overlay, repair
 from overlays.engine import endpoints as endpoint_ops
 from overlays.errors import NotFound, OverlaysError
+from overlays.kernel import process
 from overlays.kernel.api import Kernel
 from overlays.model.specs import Sandbox
-from overlays.store.base import transact
 from overlays.topology import check as checks
 from overlays.topology.plan import (
+    AGENT,
+    EVERYWHERE,
     HOST,
     NETWORK,
     OUTSIDE,
@@ -45,18 +49,21 @@ Progress = Callable[[Action], None]
 
 class Lab:
     def __init__(self, topology: Topology, host_netns: str | None = None, state_dir: str | Path | None = None,
-                 *, kernel: Kernel | None = None) -> None:
+                 *, kernel: Kernel | None = None, store_url: str | None = None, agent_ttl: float = 10.0) -> None:
         self.topology = topology
+        self.agent_ttl = agent_ttl
         self.local_netns = host_netns
         self.state_dir = Path(state_dir) if state_dir else DEFAULT_STATE_DIR
-        self.main = Engine(host_netns=host_netns, state_dir=self.state_dir, kernel=kernel)
+        # All hosts of a lab share one store (each under its own node name), as real hosts share etcd.
+        self.store_url = store_url or str(self.state_dir / "state.db")
+        self.main = Engine(host_netns=host_netns, state_dir=self.state_dir, kernel=kernel, store_url=self.store_url)
         self.kernel = self.main.ctx.kernel
         self._engines: dict[str, Engine] = {}
 
     @classmethod
     def from_file(cls, path: str | Path, host_netns: str | None = None, state_dir: str | Path | None = None,
-                  *, kernel: Kernel | None = None) -> Lab:
-        return cls(load(path), host_netns, state_dir, kernel=kernel)
+                  *, kernel: Kernel | None = None, store_url: str | None = None) -> Lab:
+        return cls(load(path), host_netns, state_dir, kernel=kernel, store_url=store_url)
 
     # -- context manager: up on enter, always down on exit -------------------------
 
@@ -87,17 +94,22 @@ class Lab:
     def name(self) -> str:
         return self.topology.name
 
+    def node_of(self, host: str) -> str:
+        """A lab host's name in the shared store: lab and host, so two labs never mix."""
+        return f"{self.name}.{host}"
+
     def host_netns(self, host: str) -> str | None:
         """The namespace that plays ``host``."""
         return self.local_netns if host == LOCAL_HOST else fabric.netns_of(self.name, host)
 
     def engine(self, host: str) -> Engine:
+        if host == EVERYWHERE:  # an overlay network is made (once) through any one host
+            host = self.topology.host_names()[0]
         if host == LOCAL_HOST:
             return self.main
         if host not in self._engines:
-            state = self.state_dir / "labs" / self.name / host
-            self._engines[host] = Engine(host_netns=fabric.netns_of(self.name, host), state_dir=state,
-                                         kernel=self.kernel)
+            self._engines[host] = Engine(host_netns=fabric.netns_of(self.name, host), state_dir=self.state_dir,
+                                         kernel=self.kernel, store_url=self.store_url, node=self.node_of(host))
         return self._engines[host]
 
     def _wire(self, role: str) -> fabric.Wire:
@@ -148,17 +160,51 @@ class Lab:
         return f"topologies/{self.name}"
 
     def record(self) -> Record:
-        return Record.from_value(transact(self.main.ctx.store, lambda txn: txn.get(self._record_key())))
+        return Record.from_value(self.main.ctx.transact(lambda txn: txn.get(self._record_key())))
 
     def _save(self, record: Record) -> None:
         value = record.to_value()
-        transact(self.main.ctx.store, lambda txn: txn.put(self._record_key(), value))
+        self.main.ctx.transact(lambda txn: txn.put(self._record_key(), value))
 
     # -- plan / up / down -----------------------------------------------------------
 
     def plan(self) -> list[Action]:
         self.main.ctx.require_root()
-        return plan(self.topology, self.record(), self.engine, self._infra_ok)
+        return plan(self.topology, self.record(), self.engine, self._infra_ok, self._agent_ok)
+
+    # -- agents ---------------------------------------------------------------------
+
+    def _agent_ok(self, host: str) -> bool:
+        found = self.record().agents.get(host)
+        return found is not None and process.alive(found[0], found[1])
+
+    def _start_agent(self, host: str, record: Record) -> None:
+        """An ``overlays agent`` daemon for ``host``; returns once it has registered."""
+        if host in record.agents:
+            self._stop_agent(host, record)
+        eng = self.engine(host)
+        argv = [sys.executable, "-m", "overlays", "--state-dir", str(self.state_dir), "--store", self.store_url,
+                "--node", eng.ctx.node, *(["--host-netns", eng.ctx.host_netns] if eng.ctx.host_netns else []),
+                "agent", "--ttl", str(self.agent_ttl)]
+        log = eng.ctx.log_dir() / "agent.log"
+        netns_path = self.kernel.netns_path(eng.ctx.host_netns) if eng.ctx.host_netns else Path("/proc/self/ns/net")
+        pid = process.spawn_detached(netns_path, argv, None, log)
+        record.agents[host] = [pid, process.start_time(pid) or 0]
+        deadline = time.monotonic() + 15
+        while eng.ctx.store.get(overlay.host_key(eng.ctx.node)) is None:
+            if not process.alive(pid, record.agents[host][1]) or time.monotonic() > deadline:
+                tail = log.read_text()[-400:] if log.exists() else ""
+                raise OverlaysError(f"the agent of host {host} did not register: {tail.strip()}")
+            time.sleep(0.02)
+
+    def _stop_agent(self, host: str, record: Record) -> None:
+        found = record.agents.pop(host, None)
+        if found:
+            process.stop(found[0], found[1])
+        eng = self.engine(host)
+        entry = eng.ctx.store.get(overlay.host_key(eng.ctx.node))
+        if entry is not None:  # its endpoints are gone already: drop the host at once, not at lease expiry
+            eng.ctx.store.revoke_lease(int(entry.value["lease"]))
 
     def up(self, progress: Progress | None = None) -> list[Action]:
         """Converge to the topology; returns the actions taken (none when nothing changed)."""
@@ -173,7 +219,9 @@ class Lab:
         return actions
 
     def _apply(self, action: Action, record: Record) -> None:
-        if action.kind in (HOST, OUTSIDE):
+        if action.kind == AGENT:
+            (self._start_agent if action.verb == "start" else self._stop_agent)(action.host, record)
+        elif action.kind in (HOST, OUTSIDE):
             self._apply_infra(action, record)
         elif action.kind == NETWORK:
             self._apply_network(action, record)
@@ -204,7 +252,6 @@ class Lab:
             eng = self._engines.pop(role, None)
             if eng:
                 eng.close()
-            shutil.rmtree(self.state_dir / "labs" / self.name / role, ignore_errors=True)
 
     def _apply_network(self, action: Action, record: Record) -> None:
         eng, k = self.engine(action.host), key(action.host, NETWORK, action.name)
@@ -245,10 +292,13 @@ class Lab:
         record = self.record()
         actions = [Action("remove", kind, host, name) for kind in (SANDBOX, NETWORK)
                    for host, k, name in (o.split("/", 2) for o in sorted(record.objects)) if k == kind]
+        actions += [Action("stop", AGENT, h, h) for h in record.agents]
         if record.outside:
             actions.append(Action("remove", OUTSIDE, "", OUTSIDE))
         actions += [Action("remove", HOST, h, h) for h in record.hosts]
         failures = []
+        for host in record.hosts:  # a lab host is the lab's own: whatever runs on it goes with it
+            failures += self._clear_host(host)
         for action in actions:
             if progress:
                 progress(action)
@@ -259,11 +309,21 @@ class Lab:
             self._save(record)
         if self.topology.lab or record.hosts:
             self.kernel.delete_netns(fabric.netns_of(self.name, "fabric"))
-            shutil.rmtree(self.state_dir / "labs" / self.name, ignore_errors=True)
-        transact(self.main.ctx.store, lambda txn: txn.delete(self._record_key()))
+        self.main.ctx.transact(lambda txn: txn.delete(self._record_key()))
         if failures:
             raise OverlaysError("down finished with errors: " + "; ".join(failures))
         return actions
+
+    def _clear_host(self, host: str) -> list[str]:
+        if not self.kernel.netns_exists(fabric.netns_of(self.name, host)):
+            return []
+        eng, failures = self.engine(host), []
+        for box in eng.sandboxes():
+            try:
+                eng.remove_sandbox(box.name, force=True)
+            except OverlaysError as e:
+                failures.append(f"remove sandbox {box.name} on {host}: {e}")
+        return failures
 
     # -- using a lab -----------------------------------------------------------------
 

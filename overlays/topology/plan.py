@@ -26,7 +26,8 @@ from overlays.engine import sandboxes as sandbox_ops
 from overlays.errors import Conflict, NotFound
 from overlays.topology.spec import NetworkDecl, SandboxDecl, Topology
 
-HOST, OUTSIDE, NETWORK, SANDBOX = "host", "outside", "network", "sandbox"
+HOST, OUTSIDE, AGENT, NETWORK, SANDBOX = "host", "outside", "agent", "network", "sandbox"
+EVERYWHERE = "*"  # the "host" of an overlay network: it spans them all
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,17 @@ class Record:
     hosts: list[str] = field(default_factory=list)
     outside: bool = False
     source: str = ""
+    agents: dict[str, list[int]] = field(default_factory=dict)  # host -> [pid, start time]
 
     def to_value(self) -> dict[str, Any]:
-        return {"objects": self.objects, "hosts": self.hosts, "outside": self.outside, "source": self.source}
+        return {"objects": self.objects, "hosts": self.hosts, "outside": self.outside, "source": self.source,
+                "agents": self.agents}
 
     @classmethod
     def from_value(cls, v: dict[str, Any] | None) -> Record:
         v = v or {}
-        return cls(dict(v.get("objects", {})), list(v.get("hosts", [])), bool(v.get("outside")), v.get("source", ""))
+        return cls(dict(v.get("objects", {})), list(v.get("hosts", [])), bool(v.get("outside")), v.get("source", ""),
+                   {h: list(p) for h, p in (v.get("agents") or {}).items()})
 
 
 def key(host: str, kind: str, name: str) -> str:
@@ -73,7 +77,7 @@ def network_print(decl: NetworkDecl) -> str:
     s = decl.spec
     return json.dumps({"subnet": str(s.subnet) if s.subnet else None, "gateway": str(s.gateway) if s.gateway else None,
                        "ip_range": str(s.ip_range) if s.ip_range else None, "mtu": s.mtu, "internal": s.internal,
-                       "masquerade": s.masquerade}, sort_keys=True)
+                       "masquerade": s.masquerade, "driver": s.driver, "vni": s.vni}, sort_keys=True)
 
 
 def sandbox_print(decl: SandboxDecl) -> str:
@@ -94,7 +98,7 @@ def _same_but_networks(old: str, new: str) -> bool:
 
 
 def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
-         infra_ok: Callable[[str], bool]) -> list[Action]:
+         infra_ok: Callable[[str], bool], agent_ok: Callable[[str], bool] = lambda host: True) -> list[Action]:
     """The actions that make the running system match ``topo``, in the order to apply them."""
     actions: list[Action] = []
     desired_hosts = list(topo.hosts)
@@ -104,6 +108,10 @@ def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
             actions.append(Action("create" if host not in record.hosts else "repair", HOST, host, host))
     if topo.outside and not infra_ok(OUTSIDE):
         actions.append(Action("create" if not record.outside else "repair", OUTSIDE, "", OUTSIDE))
+    if topo.overlays:
+        for host in topo.host_names():
+            if host in broken or not agent_ok(host):
+                actions.append(Action("start", AGENT, host, host))
 
     desired = _desired(topo)
     gone = [k for k in record.objects if k not in desired]
@@ -114,7 +122,7 @@ def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
 
     recreated_networks: set[tuple[str, str]] = set()
     for decl in topo.networks:
-        for host in decl.hosts:
+        for host in network_hosts(decl):
             k = key(host, NETWORK, decl.spec.name)
             old = record.objects.get(k)
             if host in broken and old == desired[k]:
@@ -132,6 +140,9 @@ def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
             continue
         actions += _sandbox_actions(box, record.objects.get(k), desired[k], engine_of(box.host), recreated_networks)
 
+    for host in record.agents:
+        if not topo.overlays or host not in topo.host_names():
+            actions.append(Action("stop", AGENT, host, host))
     if not topo.outside and record.outside:
         actions.append(Action("remove", OUTSIDE, "", OUTSIDE))
     for host in record.hosts:
@@ -140,8 +151,13 @@ def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
     return actions
 
 
+def network_hosts(decl: NetworkDecl) -> tuple[str, ...]:
+    """Where a network is recorded: each of its hosts, or once for all (an overlay)."""
+    return (EVERYWHERE,) if decl.overlay else decl.hosts
+
+
 def _desired(topo: Topology) -> dict[str, str]:
-    found = {key(h, NETWORK, n.spec.name): network_print(n) for n in topo.networks for h in n.hosts}
+    found = {key(h, NETWORK, n.spec.name): network_print(n) for n in topo.networks for h in network_hosts(n)}
     found.update({key(s.host, SANDBOX, s.spec.name): sandbox_print(s) for s in topo.sandboxes})
     return found
 
@@ -158,6 +174,8 @@ def _network_actions(decl: NetworkDecl, host: str, old: str | None, new: str, en
         return [Action("recreate", NETWORK, host, name, "its declaration changed")]
     if not exists:
         return [Action("create", NETWORK, host, name, "it was removed")]
+    if decl.overlay:
+        return []  # its devices live where its sandboxes are: their checks cover them
     problems = repair.network_problems(engine.ctx, name)
     return [Action("repair", NETWORK, host, name, problems[0])] if problems else []
 

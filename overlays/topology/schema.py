@@ -21,7 +21,9 @@ NETWORK = {
     "type": ["object", "null"],
     "additionalProperties": False,
     "properties": {
-        "driver": {"enum": ["bridge"], "default": "bridge"},
+        "driver": {"enum": ["bridge", "overlay"], "default": "bridge",
+                   "description": "bridge: per host; overlay: one L2 network across hosts (VXLAN)"},
+        "vni": {"type": "integer", "minimum": 1, "maximum": 16777215, "description": "overlay: VXLAN id"},
         "subnet": CIDR,
         "gateway": IP,
         "ip_range": CIDR,

@@ -43,6 +43,10 @@ class NetworkDecl:
     spec: NetworkSpec
     hosts: tuple[str, ...]
 
+    @property
+    def overlay(self) -> bool:
+        return self.spec.driver == "overlay"
+
 
 @dataclass(frozen=True)
 class SandboxDecl:
@@ -64,6 +68,11 @@ class Topology:
     @property
     def lab(self) -> bool:
         return bool(self.hosts)
+
+    @property
+    def overlays(self) -> bool:
+        """Whether any network spans hosts (then every host runs an agent)."""
+        return any(n.overlay for n in self.networks)
 
     def host_names(self) -> tuple[str, ...]:
         return self.hosts or (LOCAL_HOST,)
@@ -122,7 +131,7 @@ def _join(path: str, key: str | int) -> str:
 
 
 TOP_KEYS = {"name", "hosts", "fabric", "outside", "networks", "sandboxes"}
-NETWORK_KEYS = {"subnet", "gateway", "ip_range", "mtu", "internal", "masquerade", "hosts", "driver"}
+NETWORK_KEYS = {"subnet", "gateway", "ip_range", "mtu", "internal", "masquerade", "hosts", "driver", "vni"}
 SANDBOX_KEYS = {"host", "networks", "ports", "command", "hostname"}
 
 
@@ -198,8 +207,10 @@ def _networks(r: _Reader, raw: dict[str, Any], hosts: tuple[str, ...]) -> tuple[
         path = _join("networks", name)
         net = r.mapping(body, path, NETWORK_KEYS)
         driver = r.typed(net.get("driver"), _join(path, "driver"), str, "a string") or "bridge"
-        if driver != "bridge":
-            raise r.fail(_join(path, "driver"), f"unknown driver {driver!r} (known: bridge)")
+        if driver not in ("bridge", "overlay"):
+            raise r.fail(_join(path, "driver"), f"unknown driver {driver!r} (known: bridge, overlay)")
+        if driver == "overlay" and "hosts" in net:
+            raise r.fail(_join(path, "hosts"), "an overlay network spans every host: no hosts list")
         spec = r.at(
             path, NetworkSpec.parse, name,
             subnet=r.typed(net.get("subnet"), _join(path, "subnet"), str, "a CIDR string"),
@@ -208,6 +219,8 @@ def _networks(r: _Reader, raw: dict[str, Any], hosts: tuple[str, ...]) -> tuple[
             mtu=r.typed(net.get("mtu"), _join(path, "mtu"), int, "a number"),
             internal=bool(r.typed(net.get("internal"), _join(path, "internal"), bool, "true or false")),
             masquerade=r.typed(net.get("masquerade"), _join(path, "masquerade"), bool, "true or false") is not False,
+            driver=driver,
+            vni=r.typed(net.get("vni"), _join(path, "vni"), int, "a number"),
         )
         decls.append(NetworkDecl(spec, _on_hosts(r, net.get("hosts"), _join(path, "hosts"), hosts)))
     return tuple(decls)

@@ -129,14 +129,19 @@ def ours_left() -> list[str]:
         return []
     return sorted(
         n for n in os.listdir(netns.NETNS_DIR)
-        if n.startswith(SESSION) or any(n.startswith(f"ov-{i}-") for i in _instances)
+        if n.startswith((SESSION, f"ovl-{SESSION}")) or any(n.startswith(f"ov-{i}-") for i in _instances)
     )
 
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_leaks() -> Iterator[None]:
-    """After the whole session: no namespace of ours may remain."""
+    """After the whole session: no namespace and no agent of ours may remain."""
     yield
+    agents = subprocess.run(["pgrep", "-f", f"--node ({SESSION}|ovl-{SESSION}).* agent"], capture_output=True,
+                            text=True).stdout.split()
+    for pid in agents:
+        subprocess.run(["kill", "-9", pid], check=False)
+    assert not agents, f"agents left running: {agents}"
     left = ours_left()
     for name in left:
         subprocess.run(["ip", "netns", "del", name], check=False)

@@ -38,7 +38,7 @@ def leftovers(lab_name: str) -> list[str]:
     return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(f"ovl-{lab_name}-"))
 
 
-@pytest.mark.parametrize("name", ["seed.yaml", "three-tier.yaml", "two-host-lab.yaml"])
+@pytest.mark.parametrize("name", ["seed.yaml", "three-tier.yaml", "two-host-lab.yaml", "overlay-lab.yaml"])
 def test_example_goes_up_checks_out_is_idempotent_and_goes_down(name: str, host: str, state_dir: Path) -> None:
     raw = example(name)
     lab = lab_for(raw, host, state_dir)

@@ -18,7 +18,7 @@ EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 
 
 def test_there_are_examples() -> None:
-    assert {p.name for p in EXAMPLES} >= {"seed.yaml", "three-tier.yaml", "two-host-lab.yaml"}
+    assert {p.name for p in EXAMPLES} >= {"seed.yaml", "three-tier.yaml", "two-host-lab.yaml", "overlay-lab.yaml"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

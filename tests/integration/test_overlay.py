@@ -1,0 +1,172 @@
+"""Overlay networks across simulated hosts: reachability, MTU, agent restarts, host loss, global IPAM."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overlays.drivers import fabric
+from overlays.kernel import process
+from overlays.topology import Lab, resolve
+
+from .conftest import _instances, sh, unique
+
+LAB: dict[str, Any] = {
+    "hosts": ["h1", "h2", "h3"],
+    "networks": {"mesh": {"driver": "overlay", "subnet": "10.81.0.0/24"}},
+    "sandboxes": {"a1": {"host": "h1", "networks": ["mesh"]}, "a2": {"host": "h1", "networks": ["mesh"]},
+                  "b1": {"host": "h2", "networks": ["mesh"]}, "c1": {"host": "h3", "networks": ["mesh"]}},
+}
+
+
+def make_lab(raw: dict[str, Any], state_dir: Path, **kwargs: Any) -> Lab:
+    raw = copy.deepcopy(raw)
+    raw.setdefault("name", unique("v"))
+    lab = Lab(resolve(raw, "overlay-test.yaml"), state_dir=state_dir, **kwargs)
+    _instances.add(lab.main.ctx.instance)
+    return lab
+
+
+@pytest.fixture
+def lab(state_dir: Path) -> Iterator[Lab]:
+    lab = make_lab(LAB, state_dir, agent_ttl=5.0)
+    try:
+        lab.up()
+        for host in lab.topology.hosts:
+            _instances.add(lab.engine(host).ctx.instance)
+        yield lab
+    finally:
+        lab.down()
+        lab.close()
+
+
+def fdb(lab: Lab, host: str) -> set[tuple[str, str]]:
+    out = subprocess.run(["bridge", "-j", "-n", fabric.netns_of(lab.name, host), "fdb", "show", "dev", "ovx-mesh"],
+                         capture_output=True, text=True, check=True).stdout
+    return {(e["mac"], e["dst"]) for e in json.loads(out or "[]") if "dst" in e}
+
+
+def expected_fdb(lab: Lab, host: str) -> set[tuple[str, str]]:
+    """What the store says ``host`` must have: each remote endpoint's MAC, and a flood entry per remote host."""
+    mine = lab.host_address(host)
+    regs = [e.value for e in lab.main.ctx.store.range("overlay/mesh/")]
+    remote = [r for r in regs if r["vtep"] != mine]
+    return {(r["mac"], r["vtep"]) for r in remote} | {("00:00:00:00:00:00", r["vtep"]) for r in remote}
+
+
+def wait_for(condition: Any, timeout: float, step: float = 0.05) -> float:
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout} s")
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+def agent_pid(lab: Lab, host: str) -> int:
+    return lab.record().agents[host][0]
+
+
+def test_every_sandbox_reaches_every_other_across_hosts(lab: Lab) -> None:
+    report = lab.check()
+    assert report.passed, report.matrix()
+    assert len([p for p in report.probes if p.kind == "reach"]) == 12
+    for host in lab.topology.hosts:
+        assert fdb(lab, host) == expected_fdb(lab, host)
+    assert lab.plan() == []
+
+
+def test_mtu_is_the_underlay_minus_vxlan_and_big_packets_fail_loudly(lab: Lab) -> None:
+    net, users = lab.engine("h1").network("mesh")
+    assert net.mtu == 1450 and len(users) == 4
+    a1 = lab.sandbox("a1")
+    c1 = lab.sandbox("c1")
+    assert a1.endpoints[0].mtu == 1450
+    assert sh(a1.netns, "ping", "-c1", "-W1", "-M", "do", "-s", "1422", str(c1.endpoints[0].ip)).returncode == 0
+    big = sh(a1.netns, "ping", "-c1", "-W1", "-M", "do", "-s", "1472", str(c1.endpoints[0].ip), check=False)
+    assert big.returncode != 0
+    assert "message too long, mtu=1450" in big.stdout + big.stderr
+
+
+def test_killed_agent_resyncs_with_no_stale_and_no_missing_entries(lab: Lab) -> None:
+    os.kill(agent_pid(lab, "h2"), signal.SIGKILL)
+    # While it is dead: an entry removed by hand on h2, and a new sandbox on h3.
+    victim = next(iter(fdb(lab, "h2")))
+    subprocess.run(["bridge", "-n", fabric.netns_of(lab.name, "h2"), "fdb", "del", victim[0], "dev", "ovx-mesh",
+                    "dst", victim[1], "self"], check=True)
+    from overlays import EndpointRequest, SandboxSpec
+
+    lab.engine("h3").create_sandbox(SandboxSpec.parse("late", [EndpointRequest.parse("mesh")]))
+    try:
+        assert fdb(lab, "h2") != expected_fdb(lab, "h2")
+        assert [str(a) for a in lab.plan()] == ["start agent h2"]
+        lab.up()
+        wait_for(lambda: fdb(lab, "h2") == expected_fdb(lab, "h2"), timeout=5)
+        late = lab.engine("h3").sandbox("late")
+        assert sh(lab.sandbox("b1").netns, "ping", "-c1", "-W1", str(late.endpoints[0].ip)).returncode == 0
+    finally:
+        lab.engine("h3").remove_sandbox("late", force=True)
+    wait_for(lambda: all(fdb(lab, h) == expected_fdb(lab, h) for h in ("h1", "h2")), timeout=5)
+
+
+def test_a_host_that_disappears_is_removed_everywhere_within_its_lease(lab: Lab) -> None:
+    h3_vtep = lab.host_address("h3")
+    assert any(dst == h3_vtep for _, dst in fdb(lab, "h1"))
+    os.kill(agent_pid(lab, "h3"), signal.SIGKILL)
+    subprocess.run(["ip", "netns", "del", fabric.netns_of(lab.name, "h3")], check=True)
+    gone = lambda: all(dst != h3_vtep for h in ("h1", "h2") for _, dst in fdb(lab, h))  # noqa: E731
+    took = wait_for(gone, timeout=lab.agent_ttl + 3)
+    assert took <= lab.agent_ttl + 2.5
+    assert lab.check().failures(), "c1 is gone with its host"
+    lab.up()  # brings h3 back, with its agent and sandbox
+    report = lab.check()
+    assert report.passed, report.matrix()
+
+
+def test_sixty_concurrent_runs_on_three_hosts_get_sixty_addresses(lab: Lab, state_dir: Path) -> None:
+    procs = []
+    for host in lab.topology.hosts:
+        eng = lab.engine(host)
+        env = dict(os.environ, OVERLAYS_STATE_DIR=str(state_dir), OVERLAYS_STORE=lab.store_url,
+                   OVERLAYS_NODE=eng.ctx.node, OVERLAYS_HOST_NETNS=eng.ctx.host_netns or "")
+        for i in range(20):
+            procs.append(subprocess.Popen([sys.executable, "-m", "overlays", "run", "--name", f"x{host}{i}",
+                                           "--network", "mesh"], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1] for r in results if r[1]]
+    ips = [e.value["ip"] for e in lab.main.ctx.store.range("overlay/mesh/")]
+    assert len(ips) == 64 and len(set(ips)) == 64
+    # The control plane is eventually consistent: every agent converges to the store.
+    wait_for(lambda: all(fdb(lab, h) == expected_fdb(lab, h) for h in lab.topology.hosts), timeout=30, step=0.2)
+    far = lab.engine("h3").sandbox("xh319").endpoints[0].ip
+    assert sh(lab.engine("h1").sandbox("xh10").netns, "ping", "-c1", "-W1", str(far)).returncode == 0
+    for host in lab.topology.hosts:
+        for i in range(20):
+            lab.engine(host).remove_sandbox(f"x{host}{i}")
+
+
+def test_overlay_needs_an_agent_and_refuses_removal_while_used(lab: Lab, make_netns: Any, tmp_path: Path) -> None:
+    from overlays import Conflict, EndpointRequest, Engine, NotFound, SandboxSpec
+
+    lonely = Engine(host_netns=make_netns("n"), state_dir=tmp_path, store_url=lab.store_url, node=unique("n"))
+    _instances.add(lonely.ctx.instance)
+    try:
+        with pytest.raises(NotFound, match="no overlays agent runs for host"):
+            lonely.create_sandbox(SandboxSpec.parse("s", [EndpointRequest.parse("mesh")]))
+        assert lonely.sandboxes() == []
+        with pytest.raises(Conflict, match="still has sandboxes"):
+            lonely.remove_network("mesh")
+    finally:
+        lonely.close()
+    assert process.alive(agent_pid(lab, "h1"), lab.record().agents["h1"][1])
