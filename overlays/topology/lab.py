@@ -187,8 +187,8 @@ class Lab:
                 "--node", eng.ctx.node, *(["--host-netns", eng.ctx.host_netns] if eng.ctx.host_netns else []),
                 "agent", "--ttl", str(self.agent_ttl)]
         log = eng.ctx.log_dir() / "agent.log"
-        netns_path = self.kernel.netns_path(eng.ctx.host_netns) if eng.ctx.host_netns else Path("/proc/self/ns/net")
-        pid = process.spawn_detached(netns_path, argv, None, log)
+        # The agent runs where we run (it reaches the store from here) and works on its host through --host-netns.
+        pid = process.spawn_detached(Path("/proc/self/ns/net"), argv, None, log)
         record.agents[host] = [pid, process.start_time(pid) or 0]
         deadline = time.monotonic() + 15
         while eng.ctx.store.get(overlay.host_key(eng.ctx.node)) is None:
