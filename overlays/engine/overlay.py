@@ -28,7 +28,7 @@ from overlays.engine import records
 from overlays.engine.context import Context, NodeTxn
 from overlays.errors import Conflict, InvalidSpec, NotFound
 from overlays.kernel.api import Links
-from overlays.model.names import bridge_name
+from overlays.model.names import bridge_name, vxlan_name
 from overlays.model.specs import IPNetwork, Network, NetworkSpec
 from overlays.store.base import Txn
 
@@ -148,6 +148,10 @@ def remotes(root: Txn, network: str) -> list[vxlan.Remote]:
 def ensure_here(ctx: Context, host: Links, network: Network) -> None:
     """This host has the network's bridge and VXLAN device, with every remote endpoint programmed."""
     me = ctx.transact(lambda txn: live_host(txn.root, ctx.node))
+    device, bridge = host.link(vxlan_name(network.name, ctx.instance)), host.link(network.bridge)
+    if device is not None and bridge is not None and device.master == bridge.index and device.up:
+        sync_here(ctx, host, network, me["underlay"])  # the usual case: another sandbox made it already
+        return
     underlay = host.underlay()
     if underlay is None or underlay.ip != me["underlay"]:
         raise Conflict(f"host {ctx.node}: underlay address changed ({me['underlay']} registered, "

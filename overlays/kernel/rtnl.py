@@ -89,7 +89,8 @@ class Rtnl:
 
     def link(self, name: str) -> Link | None:
         try:
-            msgs = self._ipr.get_links(ifname=name)
+            # One RTM_GETLINK by name: get_links(ifname=...) would dump every link and filter in Python.
+            msgs = self._ipr.link("get", ifname=name)
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 return None
