@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := iproute2 nftables iputils-ping procps python3-venv curl etcd-server
 
-.PHONY: demo test lint unit integration setup clean
+.PHONY: demo test lint unit integration setup clean bench bench-quick compile
 
 setup: $(STAMP)
 
@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# Bytecode is cached explicitly: PYTHONDONTWRITEBYTECODE (set on some machines) would
+# otherwise make every overlays command recompile the package (~60 ms a start).
+compile: $(STAMP)
+	@$(PY) -m compileall -q overlays benchmarks
+
+demo: compile
 	@PATH=$(abspath $(VENV))/bin:$$PATH ./examples/seed-demo.sh
 
 lint: $(STAMP)
@@ -29,6 +34,15 @@ test: lint
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
+
+# The slow checks: speed side by side with the CNI plugins, netavark and `ip` per step.
+bench: compile
+	./scripts/install-bench-deps
+	$(PY) -m benchmarks all
+
+bench-quick: compile
+	./scripts/install-bench-deps
+	$(PY) -m benchmarks all --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

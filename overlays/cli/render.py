@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from overlays.engine import sandboxes
+from overlays.engine import views
 from overlays.model.ports import PortMapping
 from overlays.model.specs import Endpoint, Network, Sandbox
 
@@ -59,7 +59,7 @@ def endpoint_dict(ep: Endpoint) -> dict[str, Any]:
 def sandbox_dict(box: Sandbox, netns_path: str) -> dict[str, Any]:
     return {
         "name": box.name,
-        "status": sandboxes.status(box),
+        "status": views.status(box),
         "netns": box.netns,
         "netns_path": netns_path,
         "pid": box.pid,
@@ -94,8 +94,8 @@ def sandboxes_table(boxes: list[Sandbox]) -> str:
     rows = []
     for box in boxes:
         nets = ", ".join(f"{e.network}={e.ip}" for e in box.endpoints) or "none"
-        pid = box.pid if sandboxes.status(box) == "running" else ""
-        rows.append((box.name, sandboxes.status(box), pid, nets, " ".join(box.command)))
+        pid = box.pid if views.status(box) == "running" else ""
+        rows.append((box.name, views.status(box), pid, nets, " ".join(box.command)))
     return table(("NAME", "STATUS", "PID", "NETWORKS", "COMMAND"), rows)
 
 

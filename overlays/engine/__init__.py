@@ -1,7 +1,9 @@
 """The engine: one user operation is one transaction over store and kernel.
 
 ``Engine`` is the public face; each method is a short list of named steps kept
-in the modules beside this one (networks, sandboxes, endpoints).
+in the modules beside this one (networks, sandboxes, endpoints). Those are
+imported by the methods that change things: commands that only read (``ps``)
+stay fast by importing views only.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from overlays.engine import endpoints, networks, sandboxes
+from overlays.engine import views
 from overlays.engine.context import Context, instance_id
 from overlays.errors import NotPermitted, StoreError
 from overlays.kernel.api import Kernel
@@ -101,50 +103,74 @@ class Engine:
 
     # networks
     def create_network(self, spec: NetworkSpec) -> Network:
+        from overlays.engine import networks
+
         return networks.create(self.ctx, spec)
 
     def networks(self) -> list[Network]:
-        return networks.list_all(self.ctx)
+        return views.networks(self.ctx)
 
     def network(self, name: str) -> tuple[Network, list[str]]:
+        from overlays.engine import networks
+
         return networks.inspect(self.ctx, name)
 
     def remove_network(self, name: str, force: bool = False) -> None:
+        from overlays.engine import networks
+
         networks.remove(self.ctx, name, force)
 
     def prune_networks(self) -> list[str]:
+        from overlays.engine import networks
+
         return networks.prune(self.ctx)
 
     # sandboxes
     def create_sandbox(self, spec: SandboxSpec) -> Sandbox:
+        from overlays.engine import sandboxes
+
         return sandboxes.create(self.ctx, spec)
 
     def adopt(self, name: str, pid: int | None = None, netns_path: str | None = None) -> Sandbox:
+        from overlays.engine import sandboxes
+
         return sandboxes.adopt(self.ctx, name, pid, netns_path)
 
     def start(self, name: str, argv: Sequence[str]) -> int:
         """Run ``argv`` in the sandbox in the background; returns its PID."""
+        from overlays.engine import sandboxes
+
         return sandboxes.start(self.ctx, name, argv)
 
     def start_foreground(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        from overlays.engine import sandboxes
+
         return sandboxes.start_foreground(self.ctx, name, argv)
 
     def execute(self, name: str, argv: Sequence[str]) -> int:
+        from overlays.engine import sandboxes
+
         return sandboxes.execute(self.ctx, name, argv)
 
     def sandboxes(self) -> list[Sandbox]:
-        return sandboxes.list_all(self.ctx)
+        return views.sandboxes(self.ctx)
 
     def sandbox(self, name: str) -> Sandbox:
-        return sandboxes.get(self.ctx, name)
+        return views.sandbox(self.ctx, name)
 
     def remove_sandbox(self, name: str, force: bool = False) -> None:
+        from overlays.engine import sandboxes
+
         sandboxes.remove(self.ctx, name, force)
 
     def connect(self, network: str, sandbox: str, ip: IPAddress | None = None) -> Endpoint:
+        from overlays.engine import endpoints
+
         return endpoints.connect(self.ctx, network, sandbox, ip)
 
     def disconnect(self, network: str, sandbox: str) -> None:
+        from overlays.engine import endpoints
+
         endpoints.disconnect(self.ctx, network, sandbox)
 
     def netns_path(self, sandbox: str) -> Path:

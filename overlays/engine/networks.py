@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from overlays import ipam
 from overlays.drivers import bridge
-from overlays.engine import firewall, overlay, records
+from overlays.engine import firewall, overlay, records, views
 from overlays.engine.context import Context
 from overlays.errors import Conflict, OverlaysError
 from overlays.model.names import bridge_name
@@ -84,8 +84,7 @@ def _forget(ctx: Context, name: str) -> None:
     ctx.transact(drop)
 
 
-def list_all(ctx: Context) -> list[Network]:
-    return ctx.transact(records.list_networks)
+list_all = views.networks
 
 
 def inspect(ctx: Context, name: str) -> tuple[Network, list[str]]:

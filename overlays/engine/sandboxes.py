@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from overlays.drivers.firewall import Publish
-from overlays.engine import endpoints, firewall, ports, records
+from overlays.engine import endpoints, firewall, ports, records, views
 from overlays.engine.context import Context
 from overlays.errors import Conflict, InvalidSpec, NotFound, OverlaysError
 from overlays.kernel import process
@@ -156,12 +156,7 @@ def _remove_endpoints(ctx: Context, box: Sandbox) -> None:
             host.delete_link(left)
 
 
-def get(ctx: Context, name: str) -> Sandbox:
-    return ctx.transact(lambda txn: records.get_sandbox(txn, name))
-
-
-def list_all(ctx: Context) -> list[Sandbox]:
-    return ctx.transact(records.list_sandboxes)
+get, list_all, status = views.sandbox, views.sandboxes, views.status
 
 
 def _startable(ctx: Context, name: str, argv: Sequence[str]) -> Sandbox:
@@ -202,13 +197,3 @@ def execute(ctx: Context, name: str, argv: Sequence[str]) -> int:
     box = get(ctx, name)
     ctx.require_root()
     return process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname).wait()
-
-
-def status(box: Sandbox) -> str:
-    if box.state != "ready":
-        return box.state
-    if box.pid and process.alive(box.pid, box.pid_start):
-        return "running"
-    if box.adopted:
-        return "adopted"
-    return "exited" if box.command else "created"

@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from overlays.engine import Engine, repair
-from overlays.engine import sandboxes as sandbox_ops
+from overlays.engine import Engine, repair, views
 from overlays.errors import Conflict, NotFound
 from overlays.topology.spec import NetworkDecl, SandboxDecl, Topology
 
@@ -208,7 +207,7 @@ def _sandbox_actions(box: SandboxDecl, old: str | None, new: str, engine: Engine
         problems = repair.sandbox_problems(engine.ctx, name)
         if problems:
             actions.append(Action("repair", SANDBOX, host, name, problems[0]))
-    if box.command and sandbox_ops.status(current) != "running":
+    if box.command and views.status(current) != "running":
         actions.append(Action("start", SANDBOX, host, name, " ".join(box.command)))
     return actions
 

@@ -1,0 +1,453 @@
+"""The things that attach sandboxes to one bridge network, each driven the way its users drive it.
+
+Every subject gets a host namespace of its own and does the same job per
+sandbox: a network namespace, a veth pair with one end on the network's bridge
+and the other as eth0 inside, an address, a default route via the gateway, and
+loopback up; teardown leaves nothing. ``prepare`` (untimed) builds the network.
+
+- ``overlays``: the Python API, ``create_sandbox`` / ``remove_sandbox``.
+- ``raw``: careful netlink from Python (pyroute2): one socket per namespace,
+  made inside it without a fork; the veth's peer created straight into the sandbox
+  with its index, MAC, master and "up" in the one request; ``addrgenmode none``
+  in the message that brings eth0 up; IPv6 quieted in the host namespace; teardown
+  by deleting the namespace. The floor the issue's "within 2x" is measured against.
+- ``packed``: ``raw``'s messages packed by hand (struct, a plain socket, no library): the
+  kernel's own cost, which shows how much of ``raw`` is pyroute2's per-request overhead.
+- ``ip``: one ``ip`` process per step, the same steps (and the same quiet host).
+- ``cni``: the reference plugins ``bridge`` + ``host-local`` and ``loopback``, exec'd as
+  containerd does (CNI_* environment, config on stdin), from a thread inside the host
+  namespace so the plugin's "host" is ours and no ``ip netns exec`` process sits between.
+- ``netavark``: podman's backend, ``netavark --config DIR setup|teardown NETNS`` with the
+  network JSON on stdin, exec'd the same way; its iptables rules land in our host namespace.
+
+Design note: the baselines import nothing from overlays, so a slow path there cannot
+make its own yardstick slow too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import socket
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any, Protocol
+
+from benchmarks import netns
+
+CNI_PATH = Path("/usr/lib/cni")
+NETAVARK = Path("/usr/lib/podman/netavark")
+NETWORK = "bench"
+Done = subprocess.CompletedProcess[bytes]
+
+
+class Subject(Protocol):
+    name: str
+    bridge: str
+
+    def prepare(self) -> None: ...
+    def attach(self, i: int) -> None: ...
+    def detach(self, i: int) -> None: ...
+    def sandbox_netns(self, i: int) -> str: ...
+    def close(self) -> None: ...
+
+
+class Base:
+    """What every subject shares: its host namespace, sandbox names and addresses."""
+
+    name = "base"
+    bridge = "bbr0"
+
+    def __init__(self, host: str, subnet: str, workdir: Path) -> None:
+        self.host = host
+        self.host_path = netns.path_of(host)
+        self.subnet = ipaddress.IPv4Network(subnet)
+        self.gateway = str(self.subnet.network_address + 1)
+        self.workdir = workdir
+        self.made: set[int] = set()
+
+    def sandbox_netns(self, i: int) -> str:
+        return f"{self.host}-s{i}"
+
+    def address(self, i: int) -> str:
+        return str(self.subnet.network_address + 2 + i)
+
+    def mac(self, i: int) -> str:
+        return "02:62:" + ":".join(f"{b:02x}" for b in (i + 2).to_bytes(4, "big"))
+
+    # While probing, each tool runs under /usr/bin/time: its peak RSS is then its own. (Exec'd straight
+    # from this process, a child's ru_maxrss starts at our RSS: exec carries the old mm's high-water mark.)
+    rss_probe = False
+    tool_rss_kib = 0
+
+    def run_tool(self, argv: list[str], stdin: bytes | None = None, env: dict[str, str] | None = None) -> bytes:
+        """Run a tool process; raises with its output if it fails."""
+        probe = self.workdir / "rss-probe"
+        if self.rss_probe:
+            argv = ["/usr/bin/time", "-f", "%M", "-o", str(probe), *argv]
+        done = self._spawn(argv, stdin, env)
+        if done.returncode != 0:
+            what = f"{' '.join(argv)} {(env or {}).get('CNI_COMMAND', '')}".strip()
+            raise RuntimeError(f"{what} failed: {(done.stdout + done.stderr).decode(errors='replace').strip()[:500]}")
+        if self.rss_probe:
+            self.tool_rss_kib = max(self.tool_rss_kib, int(probe.read_text().split()[-1]))
+        return done.stdout
+
+    def _spawn(self, argv: list[str], stdin: bytes | None, env: dict[str, str] | None) -> Done:
+        return subprocess.run(argv, input=stdin, env=env, capture_output=True)
+
+    def quiet_ipv6(self) -> None:
+        for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
+            netns.write_sysctl(self.host_path, key, "1")
+
+    def close(self) -> None:
+        for i in sorted(self.made):
+            netns.delete(self.sandbox_netns(i))
+        self.made.clear()
+
+
+# -- overlays -----------------------------------------------------------------
+
+
+class OverlaysSubject(Base):
+    name = "overlays"
+
+    def __init__(self, host: str, subnet: str, workdir: Path) -> None:
+        super().__init__(host, subnet, workdir)
+        from overlays import Engine
+
+        self.engine = Engine(host_netns=host, state_dir=workdir / "state")
+        self.bridge = ""
+
+    def prepare(self) -> None:
+        from overlays import NetworkSpec
+
+        self.bridge = self.engine.create_network(NetworkSpec.parse(NETWORK, subnet=str(self.subnet))).bridge
+
+    def attach(self, i: int) -> None:
+        from overlays import EndpointRequest, SandboxSpec
+
+        self.engine.create_sandbox(SandboxSpec.parse(f"s{i}", [EndpointRequest.parse(NETWORK)]))
+        self.made.add(i)  # a failed create rolls itself back
+
+    def detach(self, i: int) -> None:
+        self.engine.remove_sandbox(f"s{i}")
+        self.made.discard(i)
+
+    def sandbox_netns(self, i: int) -> str:
+        return self.engine.sandbox(f"s{i}").netns
+
+    def close(self) -> None:
+        from overlays import OverlaysError
+
+        # After a failure or an interrupt: delete the namespaces outright (fast, and the state dir is
+        # scratch); the host namespace takes the host-side veths with it.
+        for i in sorted(self.made):
+            with contextlib.suppress(OverlaysError, OSError):
+                netns.delete(self.sandbox_netns(i))
+        self.made.clear()
+        self.engine.close()
+
+
+# -- careful raw netlink ------------------------------------------------------
+
+# IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE = IN6_ADDR_GEN_MODE_NONE } }
+NO_ADDRGEN = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
+
+
+class RawSubject(Base):
+    name = "raw"
+    EXPECTED_ETH0_INDEX = 2  # a fresh namespace holds lo (1) only; we ask for this index outright
+
+    def __init__(self, host: str, subnet: str, workdir: Path) -> None:
+        super().__init__(host, subnet, workdir)
+        from pyroute2 import IPRoute
+
+        self._iproute = IPRoute
+        self.hostlink = IPRoute(fileno=netns.netlink_socket(self.host_path).detach())
+        self.bridge_index = 0
+
+    def prepare(self) -> None:
+        self.quiet_ipv6()
+        h = self.hostlink
+        h.link("add", ifname=self.bridge, kind="bridge")
+        self.bridge_index = h.link_lookup(ifname=self.bridge)[0]
+        h.link("set", index=self.bridge_index, state="up")
+        h.addr("add", index=self.bridge_index, address=self.gateway, prefixlen=self.subnet.prefixlen)
+
+    def attach(self, i: int) -> None:
+        path, sock = netns.create(self.sandbox_netns(i), with_socket=True)
+        self.made.add(i)
+        inside = self._iproute(fileno=sock.detach())  # type: ignore[union-attr]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                peer = {"ifname": "eth0", "net_ns_fd": fd, "address": self.mac(i), "index": self.EXPECTED_ETH0_INDEX}
+                self.hostlink.link("add", ifname=f"bv{i}", kind="veth", master=self.bridge_index, state="up",
+                                   peer=peer)
+            finally:
+                os.close(fd)
+            eth0 = self.EXPECTED_ETH0_INDEX
+            inside.link("set", index=1, state="up")
+            inside.link("set", index=eth0, state="up", IFLA_AF_SPEC=NO_ADDRGEN)
+            inside.addr("add", index=eth0, address=self.address(i), prefixlen=self.subnet.prefixlen)
+            inside.route("add", dst="0.0.0.0/0", gateway=self.gateway)
+        finally:
+            inside.close()  # an open socket would keep the namespace alive past its deletion
+
+    def detach(self, i: int) -> None:
+        netns.delete(self.sandbox_netns(i))  # the kernel removes both veth ends with it
+        self.made.discard(i)
+
+    def close(self) -> None:
+        super().close()
+        self.hostlink.close()
+
+
+# -- hand-packed netlink: the kernel's cost without a library's ------------------
+
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+RTM_NEWLINK, RTM_SETLINK, RTM_NEWADDR, RTM_NEWROUTE, NLMSG_ERROR = 16, 19, 20, 24, 2
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_AF_SPEC, IFLA_NET_NS_FD = 1, 3, 10, 18, 26, 28
+IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER, IFLA_INET6_ADDR_GEN_MODE = 1, 2, 1, 8
+IFA_ADDRESS, IFA_LOCAL, RTA_GATEWAY = 1, 2, 5
+AF_INET, AF_INET6, IFF_UP = 2, 10, 1
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    size = 4 + len(payload)
+    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
+
+
+def _ifinfo(index: int = 0, up: bool = False) -> bytes:
+    return struct.pack("=BxHiII", 0, 0, index, IFF_UP if up else 0, IFF_UP if up else 0)
+
+
+class Netlink:
+    """The smallest synchronous rtnetlink client: one request, one ack, errors as OSError."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.seq = 0
+
+    def request(self, kind: int, flags: int, body: bytes) -> None:
+        self.seq += 1
+        header = struct.pack("=LHHLL", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, self.seq, 0)
+        self.sock.sendto(header + body, (0, 0))
+        reply = self.sock.recv(65536)
+        _, rtype, _, _, _ = struct.unpack_from("=LHHLL", reply)
+        if rtype == NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", reply, 16)
+            if code:
+                raise OSError(-code, f"netlink request {kind}: {os.strerror(-code)}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class PackedSubject(RawSubject):
+    """``raw``'s steps, with each message packed by hand: what the kernel costs on its own."""
+
+    name = "packed"
+
+    def __init__(self, host: str, subnet: str, workdir: Path) -> None:
+        Base.__init__(self, host, subnet, workdir)  # not RawSubject's: no pyroute2 here
+        self.hostnl = Netlink(netns.netlink_socket(self.host_path))
+        self.bridge_index = 0
+
+    def prepare(self) -> None:
+        self.quiet_ipv6()
+        for args in (["link", "add", self.bridge, "type", "bridge"],
+                     ["addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge],
+                     ["link", "set", self.bridge, "up"]):
+            self.run_tool(["ip", "-n", self.host, *args])
+        self.bridge_index = self._index_of(self.bridge)
+
+    def _index_of(self, name: str) -> int:
+        out = subprocess.run(["ip", "-j", "-n", self.host, "link", "show", name], capture_output=True, text=True)
+        return int(json.loads(out.stdout)[0]["ifindex"])
+
+    def attach(self, i: int) -> None:
+        path, sock = netns.create(self.sandbox_netns(i), with_socket=True)
+        self.made.add(i)
+        inside = Netlink(sock)  # type: ignore[arg-type]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                peer = (_ifinfo(self.EXPECTED_ETH0_INDEX) + _attr(IFLA_IFNAME, b"eth0\0")
+                        + _attr(IFLA_ADDRESS, bytes.fromhex(self.mac(i).replace(":", "")))
+                        + _attr(IFLA_NET_NS_FD, struct.pack("=I", fd)))
+                info = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer))
+                body = (_ifinfo(up=True) + _attr(IFLA_IFNAME, f"bv{i}".encode() + b"\0")
+                        + _attr(IFLA_MASTER, struct.pack("=I", self.bridge_index)) + _attr(IFLA_LINKINFO, info))
+                self.hostnl.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+            finally:
+                os.close(fd)
+            eth0 = self.EXPECTED_ETH0_INDEX
+            inside.request(RTM_SETLINK, 0, _ifinfo(1, up=True))
+            no_addrgen = _attr(AF_INET6, _attr(IFLA_INET6_ADDR_GEN_MODE, b"\x01"))
+            inside.request(RTM_SETLINK, 0, _ifinfo(eth0, up=True) + _attr(IFLA_AF_SPEC, no_addrgen))
+            ip = socket.inet_aton(self.address(i))
+            ifa = struct.pack("=BBBBI", AF_INET, self.subnet.prefixlen, 0, 0, eth0)
+            inside.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, ifa + _attr(IFA_LOCAL, ip) + _attr(IFA_ADDRESS, ip))
+            rtm = struct.pack("=BBBBBBBBI", AF_INET, 0, 0, 0, 254, 4, 0, 1, 0)  # main table, static, unicast
+            gateway = _attr(RTA_GATEWAY, socket.inet_aton(self.gateway))
+            inside.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, rtm + gateway)
+        finally:
+            inside.close()
+
+    def close(self) -> None:
+        Base.close(self)
+        self.hostnl.close()
+
+
+# -- one `ip` process per step ------------------------------------------------
+
+
+class IpSubject(Base):
+    name = "ip"
+
+    def ip(self, *args: str) -> None:
+        self.run_tool(["ip", *args])
+
+    def prepare(self) -> None:
+        self.quiet_ipv6()
+        h = ("-n", self.host)
+        self.ip(*h, "link", "add", self.bridge, "type", "bridge")
+        self.ip(*h, "addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
+        self.ip(*h, "link", "set", self.bridge, "up")
+
+    def attach(self, i: int) -> None:
+        ns, veth, h = self.sandbox_netns(i), f"iv{i}", ("-n", self.host)
+        addr = f"{self.address(i)}/{self.subnet.prefixlen}"
+        self.ip("netns", "add", ns)
+        self.made.add(i)
+        self.ip(*h, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "address", self.mac(i), "netns", ns)
+        self.ip(*h, "link", "set", veth, "master", self.bridge, "up")
+        self.ip("-n", ns, "link", "set", "lo", "up")
+        self.ip("-n", ns, "link", "set", "eth0", "addrgenmode", "none", "up")
+        self.ip("-n", ns, "addr", "add", addr, "dev", "eth0")
+        self.ip("-n", ns, "route", "add", "default", "via", self.gateway)
+
+    def detach(self, i: int) -> None:
+        self.ip("netns", "del", self.sandbox_netns(i))
+        self.made.discard(i)
+
+
+# -- exec'd plugins: CNI and netavark -------------------------------------------
+
+
+class ExecSubject(Base):
+    """Plugins exec'd from a thread that lives in the host namespace (children inherit it)."""
+
+    def __init__(self, host: str, subnet: str, workdir: Path) -> None:
+        super().__init__(host, subnet, workdir)
+        self.thread = netns.NsThread(self.host_path)
+
+    def _spawn(self, argv: list[str], stdin: bytes | None, env: dict[str, str] | None) -> Done:
+        return self.thread.call(lambda: subprocess.run(argv, input=stdin, env=env, capture_output=True))
+
+    def close(self) -> None:
+        super().close()
+        self.thread.close()
+
+
+class CniSubject(ExecSubject):
+    name = "cni"
+    bridge = "cni0"
+
+    def prepare(self) -> None:
+        self.bridge_conf = json.dumps({
+            "cniVersion": "1.0.0", "name": NETWORK, "type": "bridge", "bridge": self.bridge,
+            "isGateway": True, "ipMasq": False,  # overlays has no masquerade yet: compare like with like
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": str(self.subnet), "gateway": self.gateway}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": str(self.workdir / "host-local"),
+            },
+        }).encode()
+        self.loopback_conf = json.dumps({"cniVersion": "1.0.0", "name": "cni-loopback", "type": "loopback"}).encode()
+
+    def _plugin(self, plugin: str, command: str, i: int, ifname: str, conf: bytes) -> None:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": f"bench{i:08d}",
+            "CNI_NETNS": str(netns.path_of(self.sandbox_netns(i))),
+            "CNI_IFNAME": ifname,
+            "CNI_PATH": str(CNI_PATH),
+        }
+        self.run_tool([str(CNI_PATH / plugin)], conf, env)
+
+    def attach(self, i: int) -> None:
+        netns.create(self.sandbox_netns(i))  # the runtime makes the namespace, the plugins fill it
+        self.made.add(i)
+        self._plugin("loopback", "ADD", i, "lo", self.loopback_conf)
+        self._plugin("bridge", "ADD", i, "eth0", self.bridge_conf)
+
+    def detach(self, i: int) -> None:
+        self._plugin("bridge", "DEL", i, "eth0", self.bridge_conf)
+        self._plugin("loopback", "DEL", i, "lo", self.loopback_conf)
+        netns.delete(self.sandbox_netns(i))
+        self.made.discard(i)
+
+
+class NetavarkSubject(ExecSubject):
+    name = "netavark"
+    bridge = "nvbr0"
+
+    def prepare(self) -> None:
+        self.config = self.workdir / "netavark"
+        self.config.mkdir(parents=True, exist_ok=True)
+        # Netavark 1.4 has firewall drivers iptables and firewalld only; iptables acts on the
+        # namespace it runs in, ours. The harness checks that the root firewall is unchanged.
+        self.env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "NETAVARK_FW": "iptables"}
+        self.info = {
+            "name": NETWORK, "id": "b" * 64, "driver": "bridge", "network_interface": self.bridge,
+            "subnets": [{"subnet": str(self.subnet), "gateway": self.gateway}],
+            "ipv6_enabled": False, "internal": False, "dns_enabled": False,
+            "ipam_options": {"driver": "host-local"},
+        }
+
+    def _options(self, i: int) -> bytes:
+        doc: dict[str, Any] = {
+            "container_id": f"{i:064x}",
+            "container_name": f"s{i}",
+            "networks": {
+                NETWORK: {"interface_name": "eth0", "static_ips": [self.address(i)], "static_mac": self.mac(i)},
+            },
+            "network_info": {NETWORK: self.info},
+        }
+        return json.dumps(doc).encode()
+
+    def _run(self, command: str, i: int) -> None:
+        path = str(netns.path_of(self.sandbox_netns(i)))
+        self.run_tool([str(NETAVARK), "--config", str(self.config), command, path], self._options(i), self.env)
+
+    def attach(self, i: int) -> None:
+        netns.create(self.sandbox_netns(i))  # podman makes the namespace, netavark fills it
+        self.made.add(i)
+        self._run("setup", i)
+
+    def detach(self, i: int) -> None:
+        self._run("teardown", i)
+        netns.delete(self.sandbox_netns(i))
+        self.made.discard(i)
+
+
+SUBJECTS: dict[str, type[Base]] = {
+    s.name: s for s in (OverlaysSubject, RawSubject, PackedSubject, IpSubject, CniSubject, NetavarkSubject)
+}
+
+
+def available(name: str) -> str | None:
+    """None if the subject can run here, else why not."""
+    if name == "cni" and not (CNI_PATH / "bridge").exists():
+        return f"{CNI_PATH}/bridge missing (run scripts/install-bench-deps)"
+    if name == "netavark" and not NETAVARK.exists():
+        return f"{NETAVARK} missing (run scripts/install-bench-deps)"
+    return None
