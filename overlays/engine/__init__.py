@@ -163,6 +163,12 @@ class Engine:
 
         sandboxes.remove(self.ctx, name, force)
 
+    def remove_sandboxes(self, names: Sequence[str], force: bool = False) -> None:
+        """Remove several sandboxes at once: faster than one by one (one wait for all their veths)."""
+        from overlays.engine import sandboxes
+
+        sandboxes.remove_many(self.ctx, names, force)
+
     def connect(self, network: str, sandbox: str, ip: IPAddress | None = None) -> Endpoint:
         from overlays.engine import endpoints
 

@@ -81,9 +81,15 @@ def wire(ctx: Context, host: Links, sandbox: Links, sandbox_path: Path, eps: lis
         network: Network = networks[ep.network]
         if network.overlay:
             overlay.ensure_here(ctx, host, network)  # undone by release(), which leaves unused overlays
-        else:
+        elif not _bridge_ready(host, network):
             bridge.setup_network(host, network, ctx.instance)  # completes a network left half-made
         bridge.attach(host, sandbox, sandbox_path, network, ep, ctx.instance, undo)
+
+
+def _bridge_ready(host: Links, network: Network) -> bool:
+    """The usual case, checked with one lookup: the bridge is there and up (its address came with it)."""
+    link = host.link(network.bridge)
+    return link is not None and link.up
 
 
 def connect(ctx: Context, network: str, sandbox: str, ip: IPAddress | None = None) -> Endpoint:

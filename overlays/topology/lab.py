@@ -299,6 +299,9 @@ class Lab:
         failures = []
         for host in record.hosts:  # a lab host is the lab's own: whatever runs on it goes with it
             failures += self._clear_host(host)
+        owned_here = [k.split("/", 2)[2] for k in record.objects if k.startswith(f"{LOCAL_HOST}/{SANDBOX}/")]
+        existing = {box.name for box in self.main.sandboxes()} if owned_here else set()
+        failures += self._remove_batch(self.main, [n for n in owned_here if n in existing], LOCAL_HOST)
         for action in actions:
             if progress:
                 progress(action)
@@ -315,15 +318,18 @@ class Lab:
         return actions
 
     def _clear_host(self, host: str) -> list[str]:
+        """Every sandbox on a lab host (the host is the lab's own), in one batch."""
         if not self.kernel.netns_exists(fabric.netns_of(self.name, host)):
             return []
-        eng, failures = self.engine(host), []
-        for box in eng.sandboxes():
-            try:
-                eng.remove_sandbox(box.name, force=True)
-            except OverlaysError as e:
-                failures.append(f"remove sandbox {box.name} on {host}: {e}")
-        return failures
+        eng = self.engine(host)
+        return self._remove_batch(eng, [box.name for box in eng.sandboxes()], host)
+
+    def _remove_batch(self, eng: Engine, names: list[str], host: str) -> list[str]:
+        try:
+            eng.remove_sandboxes(names, force=True)
+        except OverlaysError as e:
+            return [f"remove sandboxes on {host}: {e}"]
+        return []
 
     # -- using a lab -----------------------------------------------------------------
 
