@@ -18,11 +18,16 @@ FILE = click.option("-f", "--file", "path", default="overlays.yaml", show_defaul
                     help="Topology file.")
 
 
-def _lab(s: Settings, path: str) -> Any:
+@contextmanager
+def _lab(s: Settings, path: str) -> Iterator[Any]:
+    """The file's lab, closed afterwards; a bad file fails here, before any engine is opened."""
     from overlays.topology import Lab, load
 
-    topo = load(path)  # a bad file fails here, before any engine is opened
-    return Lab(topo, host_netns=s.host_netns, state_dir=s.state_dir, store_url=s.store)
+    lab = Lab(load(path), host_netns=s.host_netns, state_dir=s.state_dir, store_url=s.store)
+    try:
+        yield lab
+    finally:
+        lab.close()
 
 
 @contextmanager
@@ -47,8 +52,7 @@ def _progress(total: int) -> Iterator[Any]:
 @pass_settings
 def up(s: Settings, path: str) -> None:
     """Converge to the topology file: create, change and remove only what it owns."""
-    lab = _lab(s, path)
-    try:
+    with _lab(s, path) as lab:
         planned = lab.plan()
         if not planned:
             click.echo(f"topology {lab.name}: up to date, no changes")
@@ -57,8 +61,6 @@ def up(s: Settings, path: str) -> None:
         with _progress(len(planned)) as step, held_signals():
             lab.up(progress=step)
         click.echo(f"topology {lab.name} is up")
-    finally:
-        lab.close()
 
 
 @click.command()
@@ -67,11 +69,8 @@ def up(s: Settings, path: str) -> None:
 @pass_settings
 def plan(s: Settings, path: str, as_json: bool) -> None:
     """Show what `up` would do, changing nothing."""
-    lab = _lab(s, path)
-    try:
+    with _lab(s, path) as lab:
         actions = lab.plan()
-    finally:
-        lab.close()
     if as_json:
         render.emit_json([a.to_dict() for a in actions])
     elif not actions:
@@ -85,12 +84,8 @@ def plan(s: Settings, path: str, as_json: bool) -> None:
 @pass_settings
 def down(s: Settings, path: str) -> None:
     """Remove everything the topology created, and nothing else."""
-    lab = _lab(s, path)
-    try:
-        with held_signals():
-            actions = lab.down(progress=lambda a: click.echo(f"  {a}"))
-    finally:
-        lab.close()
+    with _lab(s, path) as lab, held_signals():
+        actions = lab.down(progress=lambda a: click.echo(f"  {a}"))
     click.echo(f"topology {lab.name} is down ({len(actions)} removed)")
 
 
@@ -100,11 +95,8 @@ def down(s: Settings, path: str) -> None:
 @pass_settings
 def check(s: Settings, path: str, as_json: bool) -> int:
     """Test the running topology: who must reach whom, who must not, published ports."""
-    lab = _lab(s, path)
-    try:
+    with _lab(s, path) as lab:
         report = lab.check()
-    finally:
-        lab.close()
     if as_json:
         render.emit_json(report.to_dict())
     else:
