@@ -9,7 +9,7 @@ import pytest
 from overlays import EndpointRequest, SandboxSpec
 
 from .etcd import ETCD, MISSING, etcd_cluster
-from .test_overlay import LAB, expected_fdb, fdb, make_lab, wait_for
+from .test_overlay import LAB, eventually_pings, expected_fdb, fdb, make_lab, wait_for
 
 pytestmark = pytest.mark.skipif(ETCD is None, reason=MISSING)
 
@@ -28,9 +28,7 @@ def test_overlay_lab_on_three_etcd_members_survives_losing_the_leader(state_dir:
             wait_for(lambda: all(fdb(lab, h) == expected_fdb(lab, h) for h in lab.topology.hosts), timeout=20,
                      step=0.2)
             after = lab.engine("h2").sandbox("after").endpoints[0].ip
-            from .conftest import sh
-
-            assert sh(lab.sandbox("a1").netns, "ping", "-c1", "-W1", str(after)).returncode == 0
+            assert eventually_pings(lab.sandbox("a1").netns, str(after))
             report = lab.check()
             assert report.passed, report.matrix()
         finally:
