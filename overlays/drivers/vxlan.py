@@ -97,6 +97,13 @@ def _wanted(local_vtep: str, remotes: Iterable[Remote]) -> tuple[set[tuple[str, 
     return fdb, neighbours
 
 
+def in_sync(host: Links, net: Network, instance: str, local_vtep: str, remotes: Iterable[Remote]) -> bool:
+    """Read-only: whether the device's entries are exactly those ``remotes`` call for."""
+    device = vxlan_name(net.name, instance)
+    want_fdb, want_neigh = _wanted(local_vtep, remotes)
+    return host.fdb(device) == want_fdb and host.neighbours(device) == want_neigh
+
+
 def sync(host: Links, net: Network, instance: str, local_vtep: str, remotes: Iterable[Remote]) -> tuple[int, int]:
     """Make the device's static FDB and neighbour entries exactly those of ``remotes``; return (added, removed).
 

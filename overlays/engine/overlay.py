@@ -173,6 +173,20 @@ def sync_here(ctx: Context, host: Links, network: Network, vtep: str) -> tuple[i
         return vxlan.sync(host, network, ctx.instance, vtep, found)
 
 
+def converged(ctx: Context, host: Links) -> bool:
+    """Whether every overlay device on this host matches the store (what the agent works towards)."""
+    me = ctx.transact(lambda txn: txn.root.get(host_key(ctx.node)))
+    if me is None:
+        return False
+    local = ctx.transact(lambda txn: {e.network for e in records.all_endpoints(txn) if e.overlay})
+    for name in sorted(local):
+        net = ctx.transact(lambda txn, n=name: records.get_network(txn, n))  # type: ignore[misc]
+        found = ctx.transact(lambda txn, n=name: remotes(txn.root, n))  # type: ignore[misc]
+        if not vxlan.in_sync(host, net, ctx.instance, me["underlay"], found):
+            return False
+    return True
+
+
 def leave_if_unused(ctx: Context, host: Links, network: Network) -> None:
     """Remove the network's devices from this host once its last local endpoint has gone."""
     local = ctx.transact(lambda txn: [e for e in records.all_endpoints(txn) if e.network == network.name])

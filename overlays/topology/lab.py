@@ -216,7 +216,21 @@ class Lab:
                 progress(action)
             self._apply(action, record)
             self._save(record)
+        if actions and self.topology.overlays:
+            self.wait_converged()
         return actions
+
+    def wait_converged(self, timeout: float = 15.0) -> None:
+        """Block until every host's agent has programmed what the store says (the overlay is usable)."""
+        deadline = time.monotonic() + timeout
+        for host in self.topology.host_names():
+            eng = self.engine(host)
+            with eng.ctx.open_host() as links:
+                while not overlay.converged(eng.ctx, links):
+                    if time.monotonic() > deadline:
+                        raise OverlaysError(f"host {host}: overlay entries did not converge within {timeout:.0f} s;"
+                                            " is its agent running? (overlays agent)")
+                    time.sleep(0.02)
 
     def _apply(self, action: Action, record: Record) -> None:
         if action.kind == AGENT:
