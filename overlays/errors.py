@@ -49,6 +49,7 @@ class KernelError(OverlaysError):
         self.operation = operation
         self.obj = obj
         self.netns = netns
+        self.cause = cause
 
 
 class StoreError(OverlaysError):

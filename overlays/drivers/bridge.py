@@ -8,12 +8,17 @@ window in which a half-made interface is visible.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
+from overlays.errors import Conflict, KernelError
 from overlays.kernel.api import Links
 from overlays.model.names import owner_alias
 from overlays.model.specs import Endpoint, Network
 from overlays.undo import Undo
+
+BRIDGE_PORTS_MAX = 1023
 
 
 def network_alias(instance: str, network: str) -> str:
@@ -41,7 +46,13 @@ def attach(
     its bridge has no address on the host)."""
     host.ensure_veth(ep.host_ifname, endpoint_alias(instance, ep), ep.mtu, ep.ifname, sandbox_path, ep.mac)
     undo.push(f"delete veth {ep.host_ifname}", host.delete_link, ep.host_ifname)
-    host.ensure_port(ep.host_ifname, net.bridge)
+    try:
+        host.ensure_port(ep.host_ifname, net.bridge)
+    except KernelError as e:
+        if e.cause == os.strerror(errno.EXFULL):  # the kernel's way of saying "1,023 ports, no more"
+            raise Conflict(f"network {net.name} is full: a Linux bridge takes at most {BRIDGE_PORTS_MAX} ports "
+                           f"and {net.bridge} has them all; create another network") from e
+        raise
     sandbox.ensure_address(ep.ifname, str(ep.ip), ep.prefixlen)
     sandbox.ensure_up(ep.ifname)
     if not net.overlay:
