@@ -3,7 +3,12 @@
 Two verbs only: ``ensure_*`` (idempotent: an object that exists already is read
 back and verified, never blindly recreated) and ``delete_*`` (a missing object is
 success). Every failure becomes a KernelError that names the step, the object
-and the namespace. This is the only module that imports pyroute2.
+and the namespace. Only the kernel layer imports pyroute2.
+
+Links, addresses and routes go through ``nl.Channel`` (pyroute2's message classes,
+our own synchronous I/O: see nl.py for why). The rare VXLAN, FDB and neighbour
+requests still use pyroute2's ``IPRoute``, made on first use only, so opening a
+handle costs one socket.
 """
 
 from __future__ import annotations
@@ -18,16 +23,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from overlays.errors import Conflict, KernelError
-from overlays.kernel import netns
+from overlays.kernel import netns, nl
 from overlays.kernel.rtnl_types import Link, Underlay
 
 IFF_UP = 1
 IFF_LOOPBACK = 8
 AF_INET = 2
+AF_INET6 = 10
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTEXT_FILTER_SKIP_STATS = 8
+RT_TABLE_MAIN = 254
+RTPROT_STATIC = 4
+RTN_UNICAST = 1
+GET = nl.NLM_F_REQUEST
+DUMP = nl.NLM_F_REQUEST | nl.NLM_F_DUMP
+CHANGE = nl.NLM_F_REQUEST | nl.NLM_F_ACK
+CREATE = CHANGE | nl.NLM_F_CREATE | nl.NLM_F_EXCL
+# What we read of a link: pyroute2 decodes only these (a link carries some forty attributes).
+LINK_ATTRS = ("IFLA_IFNAME", "IFLA_ADDRESS", "IFLA_MTU", "IFLA_IFALIAS", "IFLA_MASTER", "IFLA_LINKINFO")
+ROUTE_ATTRS = ("RTA_TABLE", "RTA_DST", "RTA_OIF", "RTA_PRIORITY", "RTA_MULTIPATH")
 IFA_F_SECONDARY = 0x01
 RT_SCOPE_UNIVERSE = 0
 NUD_NOARP = 0x40
@@ -35,6 +57,37 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 ZERO_MAC = "00:00:00:00:00:00"
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def _ifinfmsg(index: int = 0, up: bool | None = None, attrs: list[tuple[str, Any]] | None = None) -> Any:
+    """A link message; ``up`` True/False also sets/clears IFF_UP, None leaves it alone."""
+    msg = ifinfmsg()
+    msg["index"] = index
+    msg["flags"] = IFF_UP if up else 0
+    msg["change"] = IFF_UP if up is not None else 0
+    msg["attrs"] = attrs or []
+    return msg
+
+
+def _ifaddrmsg(family: int, index: int = 0, prefixlen: int = 0, attrs: list[tuple[str, Any]] | None = None) -> Any:
+    msg = ifaddrmsg()
+    msg["family"] = family
+    msg["index"] = index
+    msg["prefixlen"] = prefixlen
+    msg["attrs"] = attrs or []
+    return msg
+
+
+def _main_routes() -> Any:
+    """A dump request for the IPv4 main table (the kernel filters by table: strict checking is on)."""
+    msg = rtmsg()
+    msg["family"] = AF_INET
+    msg["table"] = RT_TABLE_MAIN
+    return msg
+
+
+def _in_main(route: Any) -> bool:
+    return bool((route.get_attr("RTA_TABLE") or route["table"]) == RT_TABLE_MAIN)
 
 
 def _link_from(msg: Any) -> Link:
@@ -58,8 +111,16 @@ class Rtnl:
     def __init__(self, netns_name: str | None, path: Path | None) -> None:
         self.netns = netns_name
         self.path = path
-        sock = netns.netlink_socket(path)
-        self._ipr = IPRoute(fileno=sock.detach())
+        self._nl = nl.Channel(netns.netlink_socket(path))
+        self._ipr: Any = None
+
+    def _iproute(self) -> Any:
+        """pyroute2's IPRoute, for the rare requests we do not make ourselves (made on first use)."""
+        if self._ipr is None:
+            from pyroute2 import IPRoute  # the heavy part of pyroute2: only when needed
+
+            self._ipr = IPRoute(fileno=netns.netlink_socket(self.path).detach())
+        return self._ipr
 
     @classmethod
     def open(cls, netns_name: str | None) -> Rtnl:
@@ -70,7 +131,10 @@ class Rtnl:
         return cls(label, path)
 
     def close(self) -> None:
-        self._ipr.close()
+        self._nl.close()
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
 
     def __enter__(self) -> Rtnl:
         return self
@@ -87,29 +151,52 @@ class Rtnl:
 
     # -- reading -----------------------------------------------------------
 
-    def link(self, name: str) -> Link | None:
+    def _get_link(self, name: str | None = None, index: int = 0, keep: tuple[str, ...] = LINK_ATTRS) -> Any:
+        """One RTM_GETLINK by name or index (not a dump); None if there is no such link."""
+        attrs: list[tuple[str, Any]] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
+        if name is not None:
+            attrs.append(("IFLA_IFNAME", name))
         try:
-            # One RTM_GETLINK by name: get_links(ifname=...) would dump every link and filter in Python.
-            msgs = self._ipr.link("get", ifname=name)
+            msgs = self._nl.request(_ifinfmsg(index, attrs=attrs), RTM_GETLINK, GET, keep=keep)
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 return None
-            raise KernelError("read link", name, self.netns, os.strerror(e.code)) from e
-        return _link_from(msgs[0]) if msgs else None
+            raise KernelError("read link", name or f"#{index}", self.netns, os.strerror(e.code)) from e
+        return msgs[0] if msgs else None
+
+    def link(self, name: str) -> Link | None:
+        msg = self._get_link(name)
+        return _link_from(msg) if msg is not None else None
 
     def links(self) -> list[Link]:
         with self._step("list", "links"):
-            return [_link_from(m) for m in self._ipr.get_links()]
+            msg = _ifinfmsg(attrs=[("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)])
+            return [_link_from(m) for m in self._nl.request(msg, RTM_GETLINK, DUMP, keep=LINK_ATTRS)]
+
+    def _routes(self) -> list[Any]:
+        """The IPv4 main-table routes."""
+        try:
+            msgs = self._nl.request(_main_routes(), RTM_GETROUTE, DUMP, keep=ROUTE_ATTRS)
+        except NetlinkError as e:
+            if e.code == errno.ENOENT:  # a fresh namespace has no main table until its first route
+                return []
+            raise
+        return [r for r in msgs if _in_main(r)]
+
+    def _addresses(self, family: int, index: int = 0) -> list[Any]:
+        """The addresses of one family (of link ``index`` only, if given: the kernel filters them)."""
+        msgs = self._nl.request(_ifaddrmsg(family, index), RTM_GETADDR, DUMP, keep=("IFA_ADDRESS", "IFA_LOCAL"))
+        return [a for a in msgs if a["family"] == family and (not index or a["index"] == index)]
 
     def route_prefixes(self) -> list[ipaddress.IPv4Network]:
         """Every IPv4 destination this namespace routes to (to keep new subnets clear of them)."""
         with self._step("list", "routes"):
             found = []
-            for r in self._ipr.get_routes(family=2, table=254):
+            for r in self._routes():
                 dst = r.get_attr("RTA_DST")
                 if dst and r["dst_len"] > 0:
                     found.append(ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False))
-            for a in self._ipr.get_addr(family=2):
+            for a in self._addresses(AF_INET):
                 found.append(ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False))
             return found
 
@@ -118,7 +205,7 @@ class Rtnl:
         with self._step("list", "addresses"):
             return [
                 ipaddress.IPv4Address(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"))
-                for a in self._ipr.get_addr(family=2)
+                for a in self._addresses(AF_INET)
             ]
 
     def underlay(self) -> Underlay | None:
@@ -128,7 +215,7 @@ class Rtnl:
         address. None if there is neither.
         """
         with self._step("list", "routes"):
-            defaults = [r for r in self._ipr.get_routes(family=AF_INET, table=254) if r["dst_len"] == 0]
+            defaults = [r for r in self._routes() if r["dst_len"] == 0]
         for route in sorted(defaults, key=lambda r: r.get_attr("RTA_PRIORITY") or 0):
             oif = route.get_attr("RTA_OIF")
             hops = route.get_attr("RTA_MULTIPATH")
@@ -144,23 +231,23 @@ class Rtnl:
         return None
 
     def _underlay_on(self, index: int) -> Underlay | None:
-        with self._step("read link", f"#{index}"):
-            msgs = self._ipr.get_links(index)
-            if not msgs or msgs[0]["flags"] & IFF_LOOPBACK:
-                return None
+        msg = self._get_link(index=index)
+        if msg is None or msg["flags"] & IFF_LOOPBACK:
+            return None
+        with self._step("read addresses of", f"#{index}"):
             addrs = [
-                a for a in self._ipr.get_addr(family=AF_INET, index=index)
+                a for a in self._addresses(AF_INET, index)
                 if a["scope"] == RT_SCOPE_UNIVERSE and not a["flags"] & IFA_F_SECONDARY
             ]
         if not addrs:
             return None
-        link = _link_from(msgs[0])
+        link = _link_from(msg)
         ip = addrs[0].get_attr("IFA_LOCAL") or addrs[0].get_attr("IFA_ADDRESS")
         return Underlay(ifname=link.name, ip=ip, mtu=link.mtu)
 
     def has_default_route(self) -> bool:
         with self._step("list", "routes"):
-            return any(r["dst_len"] == 0 for r in self._ipr.get_routes(family=2, table=254))
+            return any(r["dst_len"] == 0 for r in self._routes())
 
     # -- ensure ------------------------------------------------------------
 
@@ -194,14 +281,29 @@ class Rtnl:
         existing = self.link(name)
         if existing:
             self._require_ours(existing, "bridge", alias)
-        elif not self._created(name, "create bridge", lambda: self._ipr.link("add", ifname=name, kind="bridge",
-                                                                              mtu=mtu)):
+            if not existing.up:
+                self.ensure_up(name)
+        elif not self._created(name, "create bridge", lambda: self._new_link(name, "bridge", mtu)):
             self._require_ours(self._need(name), "bridge", alias)  # a concurrent operation made it just now
+            self.ensure_up(name)
         else:
             with self._step("tag bridge", name):
                 # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: tag (and bring up) in one set.
-                self._ipr.link("set", index=self._need(name).index, ifalias=alias, state="up")
-        self.ensure_up(name)
+                self._set_named(name, [("IFLA_IFALIAS", alias)], up=True)
+
+    def _new_link(self, name: str, kind: str, mtu: int, data: list[tuple[str, Any]] | None = None) -> None:
+        info: list[tuple[str, Any]] = [("IFLA_INFO_KIND", kind)]
+        if data:
+            info.append(("IFLA_INFO_DATA", {"attrs": data}))
+        attrs = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu), ("IFLA_LINKINFO", {"attrs": info})]
+        self._nl.request(_ifinfmsg(attrs=attrs), RTM_NEWLINK, CREATE)
+
+    def _set_named(self, name: str, attrs: list[tuple[str, Any]], up: bool | None = None) -> None:
+        """One RTM_NEWLINK (no create) on the link called ``name``: the kernel finds it by name."""
+        self._nl.request(_ifinfmsg(attrs=[("IFLA_IFNAME", name), *attrs], up=up), RTM_NEWLINK, CHANGE)
+
+    def _set(self, index: int, attrs: list[tuple[str, Any]], up: bool | None = None) -> None:
+        self._nl.request(_ifinfmsg(index, attrs=attrs, up=up), RTM_NEWLINK, CHANGE)
 
     def ensure_veth(
         self, name: str, alias: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str
@@ -214,42 +316,68 @@ class Rtnl:
         fd = os.open(str(peer_netns), os.O_RDONLY | os.O_CLOEXEC)
         try:
             with self._step("create veth", f"{name} (peer {peer})"):
-                self._ipr.link(
-                    "add", ifname=name, kind="veth", mtu=mtu,
-                    peer={"ifname": peer, "net_ns_fd": fd, "mtu": mtu, "address": peer_mac},
-                )
+                end = [("IFLA_IFNAME", peer), ("IFLA_NET_NS_FD", fd), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", peer_mac)]
+                self._new_link(name, "veth", mtu, [("VETH_INFO_PEER", {"attrs": end})])
         finally:
             os.close(fd)
         with self._step("tag veth", name):
-            self._ipr.link("set", index=self._need(name).index, ifalias=alias)
+            self._set_named(name, [("IFLA_IFALIAS", alias)])
 
     def ensure_port(self, name: str, bridge: str) -> None:
-        """``name`` is a port of ``bridge`` and up."""
-        link, br = self._need(name), self._need(bridge)
-        if link.master != br.index or not link.up:
-            with self._step("attach to bridge", f"{name} -> {bridge}"):
-                self._ipr.link("set", index=link.index, master=br.index, state="up")
+        """``name`` is a port of ``bridge`` and up.
+
+        One set by name, without reading the port first: the kernel treats enslaving
+        to the current master and raising an up link as no-ops, so this is idempotent.
+        """
+        br = self._need(bridge)
+        self._set_existing("attach to bridge", name, f"{name} -> {bridge}", [("IFLA_MASTER", br.index)])
 
     def ensure_up(self, name: str) -> None:
-        link = self._need(name)
-        if not link.up:
-            with self._step("bring up", name):
-                self._ipr.link("set", index=link.index, state="up")
+        """One set by name (raising an up link is a no-op in the kernel)."""
+        self._set_existing("bring up", name, name, [])
+
+    def _set_existing(self, operation: str, name: str, obj: str, attrs: list[tuple[str, Any]]) -> None:
+        """Set ``attrs`` and IFF_UP on the existing link ``name``; its absence reads as before (find link)."""
+        try:
+            self._set_named(name, attrs, up=True)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                raise KernelError("find link", name, self.netns, "no such device") from e
+            raise KernelError(operation, obj, self.netns, os.strerror(e.code) if e.code else str(e)) from e
 
     def ensure_address(self, name: str, ip: str, prefixlen: int) -> None:
+        """Add first, then verify on EEXIST: the common case (a new link) costs no read of its addresses."""
         link = self._need(name)
-        with self._step("read addresses of", name):
-            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in self._ipr.get_addr(index=link.index)}
-        if (ip, prefixlen) in have:
+        want = ipaddress.ip_address(ip)
+        family = AF_INET if want.version == 4 else AF_INET6
+        attrs = [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)] if family == AF_INET else [("IFA_ADDRESS", ip)]
+        try:
+            self._nl.request(_ifaddrmsg(family, link.index, prefixlen, attrs), RTM_NEWADDR, CREATE)
             return
-        with self._step("add address", f"{ip}/{prefixlen} on {name}"):
-            self._ipr.addr("add", index=link.index, address=ip, prefixlen=prefixlen)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise KernelError("add address", f"{ip}/{prefixlen} on {name}", self.netns,
+                                  os.strerror(e.code) if e.code else str(e)) from e
+            refused = e
+        # IPv4 answers EEXIST only for this address with this prefix; IPv6 for this address with any.
+        with self._step("read addresses of", name):
+            have = {
+                (ipaddress.ip_address(a.get_attr("IFA_ADDRESS")), a["prefixlen"])
+                for a in self._addresses(family, link.index)
+            }
+        if (want, prefixlen) not in have:
+            raise KernelError("add address", f"{ip}/{prefixlen} on {name}", self.netns,
+                              f"{ip} is there already with another prefix length") from refused
 
     def ensure_default_route(self, gateway: str) -> None:
         if self.has_default_route():
             return
+        msg = rtmsg()
+        msg.update(family=AF_INET, dst_len=0, table=RT_TABLE_MAIN, proto=RTPROT_STATIC,
+                   scope=RT_SCOPE_UNIVERSE, type=RTN_UNICAST)
+        msg["attrs"] = [("RTA_GATEWAY", gateway)]
         with self._step("add default route", f"via {gateway}"):
-            self._ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+            self._nl.request(msg, RTM_NEWROUTE, CREATE)
 
     def ensure_vxlan(
         self, name: str, alias: str, vni: int, local_ip: str, underlay_ifname: str, mtu: int, port: int = 4789
@@ -264,7 +392,7 @@ class Rtnl:
         else:
             dev = self._need(underlay_ifname)
             # Offloads are left at their defaults on purpose (see ARCHITECTURE.md, Offloads).
-            if not self._created(name, f"create vxlan (vni {vni} on {underlay_ifname})", lambda: self._ipr.link(
+            if not self._created(name, f"create vxlan (vni {vni} on {underlay_ifname})", lambda: self._iproute().link(
                 "add", ifname=name, kind="vxlan", mtu=mtu, vxlan_id=vni, vxlan_local=local_ip,
                 vxlan_link=dev.index, vxlan_port=port, vxlan_learning=0, vxlan_proxy=1,
             )):
@@ -281,13 +409,12 @@ class Rtnl:
                 )
             with self._step("tag vxlan", name):
                 # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: tag (and bring up) in one set.
-                self._ipr.link("set", index=made.index, ifalias=alias, state="up")
+                self._set(made.index, [("IFLA_IFALIAS", alias)], up=True)
         self.ensure_up(name)
 
     def _vni(self, index: int) -> int | None:
-        with self._step("read vxlan", f"#{index}"):
-            msgs = self._ipr.get_links(index)
-        info = msgs[0].get_attr("IFLA_LINKINFO") if msgs else None
+        msg = self._get_link(index=index, keep=("IFLA_LINKINFO",))
+        info = msg.get_attr("IFLA_LINKINFO") if msg is not None else None
         data = info.get_attr("IFLA_INFO_DATA") if info else None
         vni = data.get_attr("IFLA_VXLAN_ID") if data else None
         return int(vni) if vni is not None else None
@@ -296,7 +423,7 @@ class Rtnl:
         """The static (mac, remote VTEP) entries of a VXLAN device, all-zero flood entries included."""
         index = self._need(name).index
         with self._step("read fdb of", name):
-            msgs = self._ipr.fdb("dump")
+            msgs = self._iproute().fdb("dump")
             return {
                 (str(m.get_attr("NDA_LLADDR")).lower(), str(m.get_attr("NDA_DST")))
                 for m in msgs
@@ -319,7 +446,7 @@ class Rtnl:
         with self._step("add fdb entry", f"{mac} dst {dst} on {name}"):
             # Explicit flags: pyroute2 adds NTF_SELF and NUD_NOARP for add/append/del only, and
             # without NTF_SELF a "replace" on a bridge port lands in the bridge's FDB instead.
-            self._ipr.fdb(
+            self._iproute().fdb(
                 command, ifindex=index, lladdr=mac, dst=dst, flags=NTF_SELF, state=NUD_PERMANENT | NUD_NOARP
             )
 
@@ -333,7 +460,7 @@ class Rtnl:
         """The permanent IPv4 neighbour entries of a device: ip -> mac."""
         index = self._need(name).index
         with self._step("read neighbours of", name):
-            msgs = self._ipr.get_neighbours(family=AF_INET)
+            msgs = self._iproute().get_neighbours(family=AF_INET)
             return {
                 str(m.get_attr("NDA_DST")): str(m.get_attr("NDA_LLADDR")).lower()
                 for m in msgs
@@ -344,7 +471,7 @@ class Rtnl:
         mac = self._mac("set neighbour", name, mac)
         index = self._need(name).index
         with self._step("set neighbour", f"{ip} lladdr {mac} on {name}"):
-            self._ipr.neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT)
+            self._iproute().neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT)
 
     # -- delete ------------------------------------------------------------
 
@@ -353,7 +480,7 @@ class Rtnl:
         if link is None:
             return
         try:
-            self._ipr.fdb("del", ifindex=link.index, lladdr=mac.lower(), dst=dst, flags=NTF_SELF)
+            self._iproute().fdb("del", ifindex=link.index, lladdr=mac.lower(), dst=dst, flags=NTF_SELF)
         except NetlinkError as e:
             if e.code not in (errno.ENOENT, errno.ENODEV):
                 raise KernelError("delete fdb entry", f"{mac} dst {dst} on {name}", self.netns,
@@ -364,17 +491,15 @@ class Rtnl:
         if link is None:
             return
         try:
-            self._ipr.neigh("del", ifindex=link.index, dst=ip)
+            self._iproute().neigh("del", ifindex=link.index, dst=ip)
         except NetlinkError as e:
             if e.code not in (errno.ENOENT, errno.ENODEV):
                 raise KernelError("delete neighbour", f"{ip} on {name}", self.netns, os.strerror(e.code)) from e
 
     def delete_link(self, name: str) -> None:
-        link = self.link(name)
-        if link is None:
-            return
         try:
-            self._ipr.link("del", index=link.index)
+            # One RTM_DELLINK by name; a missing link answers ENODEV.
+            self._nl.request(_ifinfmsg(attrs=[("IFLA_IFNAME", name)]), RTM_DELLINK, CHANGE)
         except NetlinkError as e:
             if e.code not in (errno.ENODEV, errno.ENOENT):
                 raise KernelError("delete link", name, self.netns, os.strerror(e.code)) from e

@@ -147,3 +147,16 @@ def test_an_interrupted_dump_is_retried_with_a_new_sequence_number() -> None:
     channel = nl.Channel(sock)  # type: ignore[arg-type]
     assert len(channel.request(ifinfmsg(), RTM_GETLINK, nl.NLM_F_REQUEST | nl.NLM_F_DUMP)) == 1
     assert [seq for _, _, seq in sock.sent] == [1, 2]
+
+
+def test_encoding_is_remembered_by_content_only() -> None:
+    def named(name: str) -> ifinfmsg:
+        msg = ifinfmsg()
+        msg["attrs"] = [("IFLA_IFNAME", name)]
+        return msg
+
+    first = nl.encoded(named("eth0"), RTM_GETLINK, nl.NLM_F_REQUEST)
+    assert nl.encoded(named("eth0"), RTM_GETLINK, nl.NLM_F_REQUEST) is first
+    assert nl.encoded(named("eth1"), RTM_GETLINK, nl.NLM_F_REQUEST) != first
+    assert nl.encoded(named("eth0"), RTM_GETLINK, nl.NLM_F_REQUEST | nl.NLM_F_DUMP) != first
+    assert b"eth0" in first and struct.unpack_from("=I", first, 8) == (0,)
