@@ -134,7 +134,8 @@ class OverlaysSubject(Base):
         self.made.add(i)  # a failed create rolls itself back
 
     def detach(self, i: int) -> None:
-        self.engine.remove_sandbox(f"s{i}")
+        # Like the baselines: the namespace goes now, the kernel frees the veth later (waited for once, after all).
+        self.engine.remove_sandbox(f"s{i}", wait=False)
         self.made.discard(i)
 
     def sandbox_netns(self, i: int) -> str:

@@ -158,10 +158,11 @@ class Engine:
     def sandbox(self, name: str) -> Sandbox:
         return views.sandbox(self.ctx, name)
 
-    def remove_sandbox(self, name: str, force: bool = False) -> None:
+    def remove_sandbox(self, name: str, force: bool = False, wait: bool = True) -> None:
+        """Remove a sandbox; ``wait=False`` returns before the kernel has freed its veth."""
         from overlays.engine import sandboxes
 
-        sandboxes.remove(self.ctx, name, force)
+        sandboxes.remove(self.ctx, name, force, wait)
 
     def remove_sandboxes(self, names: Sequence[str], force: bool = False) -> None:
         """Remove several sandboxes at once: faster than one by one (one wait for all their veths)."""

@@ -80,6 +80,9 @@ def create(ctx: Context, spec: SandboxSpec) -> Sandbox:
             undo.push(f"delete netns {box.netns}", ctx.kernel.delete_netns, box.netns)
             with ctx.kernel.open_path(box.netns, path) as inside:
                 inside.ensure_up("lo")
+                for ep in eps:  # a veth of an earlier sandbox of this name, not yet freed (rm without waiting)
+                    if host.link(ep.host_ifname) is not None:
+                        host.delete_link(ep.host_ifname)
                 endpoints.wire(ctx, host, inside, path, eps, undo)
             undo.push(f"unpublish the ports of {box.name}", firewall.unpublish, ctx, publishes)
             firewall.publish(ctx, publishes)
@@ -117,17 +120,18 @@ def adopt(ctx: Context, name: str, pid: int | None = None, netns_path: str | Non
     return _mark_ready(ctx, box, [])
 
 
-def remove(ctx: Context, name: str, force: bool = False) -> None:
+def remove(ctx: Context, name: str, force: bool = False, wait: bool = True) -> None:
     """Stop the process, remove the endpoints and namespace, release the addresses."""
-    remove_many(ctx, [name], force)
+    remove_many(ctx, [name], force, wait)
 
 
-def remove_many(ctx: Context, names: Sequence[str], force: bool = False) -> None:
+def remove_many(ctx: Context, names: Sequence[str], force: bool = False, wait: bool = True) -> None:
     """Remove several sandboxes, waiting once for all their veths (the kernel frees them asynchronously).
 
     Deleting a namespace takes about a millisecond, but the kernel removes its veths
     some tens of milliseconds later; waiting once for a whole batch, instead of once per
-    sandbox, is what makes tearing down a large topology fast.
+    sandbox, is what makes tearing down a large topology fast. ``wait=False`` leaves the
+    veths to the kernel altogether (a caller removing many one by one waits once at the end).
     """
     boxes = [get(ctx, name) for name in names]
     for box in boxes:
@@ -136,7 +140,8 @@ def remove_many(ctx: Context, names: Sequence[str], force: bool = False) -> None
     failures: list[str] = []
     for box in boxes:
         failures += [f"sandbox {box.name}: {f}" for f in best_effort(_teardown_steps(ctx, box))]
-    failures += best_effort([("wait for veths", lambda: _wait_veths_gone(ctx, boxes))])
+    if wait:
+        failures += best_effort([("wait for veths", lambda: _wait_veths_gone(ctx, boxes))])
     for box in boxes:
         failures += [f"sandbox {box.name}: {f}" for f in best_effort([("forget", lambda b=box: _forget(  # type: ignore[misc]
             ctx, b.name, b.endpoints))])]
