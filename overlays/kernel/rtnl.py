@@ -26,6 +26,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from overlays.errors import Conflict, KernelError
@@ -36,6 +37,8 @@ IFF_UP = 1
 IFF_LOOPBACK = 8
 AF_INET = 2
 AF_INET6 = 10
+AF_BRIDGE = 7
+RTM_GETNEIGH = 30
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
@@ -66,6 +69,18 @@ def _ifinfmsg(index: int = 0, up: bool | None = None, attrs: list[tuple[str, Any
     msg["flags"] = IFF_UP if up else 0
     msg["change"] = IFF_UP if up is not None else 0
     msg["attrs"] = attrs or []
+    return msg
+
+
+def _ndmsg(family: int, index: int) -> Any:
+    """A strict neighbour dump of one device: bridge FDB dumps filter on the header's port index,
+    IP neighbour dumps on an NDA_IFINDEX attribute (their header index must be 0)."""
+    msg = ndmsg()
+    msg["family"] = family
+    if family == AF_BRIDGE:
+        msg["ifindex"] = index
+    else:
+        msg["attrs"] = [("NDA_IFINDEX", index)]
     return msg
 
 
@@ -423,7 +438,8 @@ class Rtnl:
         """The static (mac, remote VTEP) entries of a VXLAN device, all-zero flood entries included."""
         index = self._need(name).index
         with self._step("read fdb of", name):
-            msgs = self._iproute().fdb("dump")
+            # One kernel-filtered dump (strict checking: this port only), not every bridge's whole table.
+            msgs = self._nl.request(_ndmsg(AF_BRIDGE, index), RTM_GETNEIGH, DUMP, keep=("NDA_LLADDR", "NDA_DST"))
             return {
                 (str(m.get_attr("NDA_LLADDR")).lower(), str(m.get_attr("NDA_DST")))
                 for m in msgs
@@ -460,7 +476,7 @@ class Rtnl:
         """The permanent IPv4 neighbour entries of a device: ip -> mac."""
         index = self._need(name).index
         with self._step("read neighbours of", name):
-            msgs = self._iproute().get_neighbours(family=AF_INET)
+            msgs = self._nl.request(_ndmsg(AF_INET, index), RTM_GETNEIGH, DUMP, keep=("NDA_LLADDR", "NDA_DST"))
             return {
                 str(m.get_attr("NDA_DST")): str(m.get_attr("NDA_LLADDR")).lower()
                 for m in msgs
