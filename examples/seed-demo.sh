@@ -82,4 +82,4 @@ run overlays network rm demo
 note "With the last network gone, overlays' nftables table is gone too:"
 run ip netns exec "$HOST" nft list tables
 run ip -n "$HOST" -br link
-say "Done: the host namespace is as it was, and is now removed too."
+say "Done: only the veth we wired to the outside peer by hand is left; the host namespace goes too."
