@@ -56,10 +56,18 @@ def host_settings(ctx: Context, net: Network) -> None:
     published on 127.0.0.1, and the ``input`` chain keeps sandboxes from using it.
     """
     ctx.kernel.set_sysctl(ctx.host_netns, "net.ipv4.ip_forward", "1")
+    bridged_traffic_unfiltered(ctx)
+    ctx.kernel.set_sysctl(ctx.host_netns, f"net/ipv4/conf/{net.bridge}/route_localnet", "1")
+
+
+def bridged_traffic_unfiltered(ctx: Context) -> None:
+    """In a host namespace we manage, frames bridged between ports skip the IP hooks (see host_settings).
+
+    Overlay hosts need it too: their traffic is bridged between a sandbox and the VXLAN device.
+    """
     if ctx.host_netns is not None:
         for family in ("iptables", "ip6tables", "arptables"):
             ctx.kernel.set_sysctl(ctx.host_netns, f"net.bridge.bridge-nf-call-{family}", "0", missing_ok=True)
-    ctx.kernel.set_sysctl(ctx.host_netns, f"net/ipv4/conf/{net.bridge}/route_localnet", "1")
 
 
 def network_up(ctx: Context, net: Network) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from overlays import ipam
 from overlays.drivers import vxlan
-from overlays.engine import records
+from overlays.engine import firewall, records
 from overlays.engine.context import Context, NodeTxn
 from overlays.errors import Conflict, InvalidSpec, NotFound
 from overlays.kernel.api import Links
@@ -156,6 +156,7 @@ def ensure_here(ctx: Context, host: Links, network: Network) -> None:
     if underlay is None or underlay.ip != me["underlay"]:
         raise Conflict(f"host {ctx.node}: underlay address changed ({me['underlay']} registered, "
                        f"{underlay.ip if underlay else 'none'} now); restart the agent")
+    firewall.bridged_traffic_unfiltered(ctx)
     vxlan.setup_network(host, network, underlay, ctx.instance)
     sync_here(ctx, host, network, me["underlay"])
 
