@@ -304,19 +304,21 @@ class Lab:
     def down(self, progress: Progress | None = None) -> list[Action]:
         """Remove everything the topology's record says ``up`` made, and nothing else."""
         record = self.record()
-        actions = [Action("remove", kind, host, name) for kind in (SANDBOX, NETWORK)
-                   for host, k, name in (o.split("/", 2) for o in sorted(record.objects)) if k == kind]
-        actions += [Action("stop", AGENT, h, h) for h in record.agents]
+        sandboxes = [o for o in sorted(record.objects) if o.split("/", 2)[1] == SANDBOX]
+        failures = self._remove_sandboxes_in_batches(record)
+        actions = [Action("remove", SANDBOX, *o.split("/", 2)[::2]) for o in sandboxes]
+        if progress:
+            for action in actions:
+                progress(action)
+        rest = [Action("remove", NETWORK, host, name)
+                for host, k, name in (o.split("/", 2) for o in sorted(record.objects)) if k == NETWORK]
+        rest += [Action("remove", SANDBOX, host, name)  # any the batches could not remove
+                 for host, k, name in (o.split("/", 2) for o in sorted(record.objects)) if k == SANDBOX]
+        rest += [Action("stop", AGENT, h, h) for h in record.agents]
         if record.outside:
-            actions.append(Action("remove", OUTSIDE, "", OUTSIDE))
-        actions += [Action("remove", HOST, h, h) for h in record.hosts]
-        failures = []
-        for host in record.hosts:  # a lab host is the lab's own: whatever runs on it goes with it
-            failures += self._clear_host(host)
-        owned_here = [k.split("/", 2)[2] for k in record.objects if k.startswith(f"{LOCAL_HOST}/{SANDBOX}/")]
-        existing = {box.name for box in self.main.sandboxes()} if owned_here else set()
-        failures += self._remove_batch(self.main, [n for n in owned_here if n in existing], LOCAL_HOST)
-        for action in actions:
+            rest.append(Action("remove", OUTSIDE, "", OUTSIDE))
+        rest += [Action("remove", HOST, h, h) for h in record.hosts]
+        for action in rest:
             if progress:
                 progress(action)
             try:
@@ -329,7 +331,32 @@ class Lab:
         self.main.ctx.transact(lambda txn: txn.delete(self._record_key()))
         if failures:
             raise OverlaysError("down finished with errors: " + "; ".join(failures))
-        return actions
+        return actions + [a for a in rest if not (a.kind == SANDBOX and a in actions)]
+
+    def _remove_sandboxes_in_batches(self, record: Record) -> list[str]:
+        """Sandboxes first, a host at a time in one batch (one wait for all veths); the record follows."""
+        failures: list[str] = []
+        by_host: dict[str, list[str]] = {}
+        for o in record.objects:
+            host, kind, name = o.split("/", 2)
+            if kind == SANDBOX:
+                by_host.setdefault(host, []).append(name)
+        for host in record.hosts:  # a lab host is the lab's own: whatever runs on it goes with it
+            found = self._clear_host(host)
+            failures += found
+            if not found:
+                for name in by_host.get(host, []):
+                    record.objects.pop(key(host, SANDBOX, name), None)
+        owned_here = by_host.get(LOCAL_HOST, [])
+        if owned_here:
+            existing = {box.name for box in self.main.sandboxes()}
+            found = self._remove_batch(self.main, [n for n in owned_here if n in existing], LOCAL_HOST)
+            failures += found
+            if not found:
+                for name in owned_here:
+                    record.objects.pop(key(LOCAL_HOST, SANDBOX, name), None)
+        self._save(record)
+        return failures
 
     def _clear_host(self, host: str) -> list[str]:
         """Every sandbox on a lab host (the host is the lab's own), in one batch."""
