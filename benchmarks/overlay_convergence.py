@@ -180,20 +180,10 @@ def run(run: Run, args: argparse.Namespace, log: Any) -> tuple[list[Row], list[V
 
 
 def main() -> int:
-    from benchmarks.harness import interrupts_as_keyboard, table
+    """``python -m benchmarks.overlay_convergence`` is ``python -m benchmarks overlay``: the same table and JSON."""
+    from benchmarks.__main__ import main as run_benchmarks
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.overlay_convergence", description=__doc__)
-    p.add_argument("--quick", action="store_true")
-    add_arguments(p)
-    args = p.parse_args()
-    bench = Run()
-    try:
-        with interrupts_as_keyboard():
-            rows, _ = run(bench, args, lambda m: print(m, file=sys.stderr, flush=True))
-    finally:
-        bench.close()
-    print(table(rows))
-    return 0
+    return run_benchmarks([NAME, *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -107,6 +107,11 @@ def remove(ctx: Context, name: str, force: bool = False) -> None:
     if everywhere and not force:
         raise Conflict(f"network {name} has {len(everywhere)} sandbox(es) attached ({', '.join(everywhere)});"
                        " disconnect them or use --force")
+    if network.overlay:  # --force disconnects this host's sandboxes only: refuse before touching any
+        elsewhere = [u for u in everywhere if not u.startswith(f"{ctx.node}/")]
+        if elsewhere:
+            raise Conflict(f"network {name} still has sandboxes on other hosts ({', '.join(elsewhere)});"
+                           " disconnect them there first")
     failures: list[str] = []
     for user in users:
         failures += _try(lambda user=user: endpoints.disconnect(ctx, name, user))  # type: ignore[misc]

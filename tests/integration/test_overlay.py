@@ -176,8 +176,12 @@ def test_overlay_needs_an_agent_and_refuses_removal_while_used(lab: Lab, make_ne
         assert lonely.sandboxes() == []
         with pytest.raises(Conflict, match=r"mesh has 4 sandbox\(es\) attached \(.*h1/a1"):
             lonely.remove_network("mesh")
-        with pytest.raises(Conflict, match="still has sandboxes"):  # --force only disconnects this host's
+        with pytest.raises(Conflict, match="still has sandboxes on other hosts"):
             lonely.remove_network("mesh", force=True)
+        # --force from a host with sandboxes of its own: refused before anything is disconnected.
+        with pytest.raises(Conflict, match=r"still has sandboxes on other hosts \(.*h2/b1"):
+            lab.engine("h1").remove_network("mesh", force=True)
+        assert [e.network for e in lab.sandbox("a1").endpoints] == ["mesh"]
     finally:
         lonely.close()
     assert process.alive(agent_pid(lab, "h1"), lab.record().agents["h1"][1])
