@@ -4,11 +4,18 @@ The allocator is pure (which address is free, which subnet is free); the store
 part records each allocation as its own key ``ipam/<network>/<ip>``, created only
 if absent, so two processes that pick the same address cannot both commit: the
 loser's transaction retries and picks the next one.
+
+Allocation goes round the pool from the last address given out (kept as a hint,
+``ipam-next/<network>``), as the CNI host-local plugin does: a fresh network hands
+out .2, .3, ... in order, a new sandbox costs a read or two whatever the network's
+size (reading every allocation made the 1,000th attach 15 ms slower than the first),
+and a just-released address is not handed straight to someone else.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections.abc import Iterable, Iterator
 
 from overlays.errors import Conflict, Exhausted, InvalidSpec
@@ -19,18 +26,31 @@ from overlays.store.base import Txn
 # skipping any that overlap another network or a route of the host namespace.
 DEFAULT_POOLS = (ipaddress.ip_network("10.88.0.0/14"),)
 DEFAULT_PREFIX = 24
+# Addresses tried after the hint before reading the network's whole allocation list.
+PROBES = 8
 
 
 def _key(network: str, ip: IPAddress | None = None) -> str:
     return f"ipam/{network}/" + (str(ip) if ip is not None else "")
 
 
-def host_addresses(subnet: IPNetwork, ip_range: IPNetwork | None) -> Iterator[IPAddress]:
-    """Usable addresses in allocation order: the ip-range if given, else the subnet."""
-    reserved = {subnet.network_address, subnet.broadcast_address}
-    for addr in (ip_range or subnet):
-        if addr not in reserved:
-            yield addr
+def _hint_key(network: str) -> str:
+    return f"ipam-next/{network}"
+
+
+def host_addresses(
+    subnet: IPNetwork, ip_range: IPNetwork | None, after: IPAddress | None = None
+) -> Iterator[IPAddress]:
+    """Usable addresses of the ip-range if given, else the subnet: from just past ``after``
+    (if it lies in the pool) to the end, then from the start round to ``after``."""
+    pool = ip_range or subnet
+    first, last = int(pool.network_address), int(pool.broadcast_address)
+    start = int(after) + 1 if after is not None and first <= int(after) < last else first
+    reserved = {int(subnet.network_address), int(subnet.broadcast_address)}
+    make = type(pool.network_address)
+    for n in itertools.chain(range(start, last + 1), range(first, start)):
+        if n not in reserved:
+            yield make(n)
 
 
 def free_subnet(taken: Iterable[IPNetwork], pools: Iterable[IPNetwork] = DEFAULT_POOLS) -> IPNetwork:
@@ -60,13 +80,26 @@ def allocate(txn: Txn, network: Network, owner: str, requested: IPAddress | None
         _check_static(network, requested)
         reserve(txn, network, requested, owner)
         return requested
+    hint = txn.peek(_hint_key(network.name))
+    after = ipaddress.ip_address(hint["last"]) if hint else None
+    candidates = host_addresses(network.subnet, network.ip_range, after)
+    for addr in itertools.islice(candidates, PROBES):
+        if txn.create(_key(network.name, addr), {"owner": owner}):
+            return _given(txn, network, addr)
+    # Crowded near the hint: read what is taken once, and go on from there.
     used = {k.rsplit("/", 1)[1] for k in txn.range(_key(network.name))}
-    for addr in host_addresses(network.subnet, network.ip_range):
+    for addr in candidates:
         # A writer may have taken it since the range read: then simply try the next one.
         if str(addr) not in used and txn.create(_key(network.name, addr), {"owner": owner}):
-            return addr
+            return _given(txn, network, addr)
     pool = network.ip_range or network.subnet
     raise Exhausted(f"network {network.name}: no free address left in {pool}")
+
+
+def _given(txn: Txn, network: Network, addr: IPAddress) -> IPAddress:
+    """Move the hint on (a blind write: concurrent allocators may race on it, which costs only a probe)."""
+    txn.put(_hint_key(network.name), {"last": str(addr)})
+    return addr
 
 
 def release(txn: Txn, network: str, ip: IPAddress) -> None:
@@ -76,6 +109,7 @@ def release(txn: Txn, network: str, ip: IPAddress) -> None:
 def release_all(txn: Txn, network: str) -> None:
     for key in txn.range(_key(network)):
         txn.delete(key)
+    txn.delete(_hint_key(network))
 
 
 def _check_static(network: Network, ip: IPAddress) -> None:

@@ -34,6 +34,9 @@ class NodeTxn(Txn):
     def get(self, key: str) -> Value | None:
         return self.root.get(self.prefix + key)
 
+    def peek(self, key: str) -> Value | None:
+        return self.root.peek(self.prefix + key)
+
     def range(self, prefix: str) -> dict[str, Value]:
         cut = len(self.prefix)
         return {k[cut:]: v for k, v in self.root.range(self.prefix + prefix).items()}

@@ -127,6 +127,16 @@ class Txn:
         self.compares.setdefault(key, entry.mod_revision if entry else 0)
         return entry.value if entry else None
 
+    def peek(self, key: str) -> Value | None:
+        """``get`` without the compare: for hints whose staleness is harmless (a commit does not
+        fail because another writer changed them)."""
+        if key in self.puts:
+            return self.puts[key]
+        if key in self.deletes:
+            return None
+        entry = self._store.get(key)
+        return entry.value if entry else None
+
     def range(self, prefix: str) -> dict[str, Value]:
         """Keys under ``prefix``; not compared (guard the keys that matter with get/create)."""
         found = {e.key: e.value for e in self._store.range(prefix) if e.key not in self.deletes}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from overlays.errors import Conflict, KernelError
 from overlays.kernel.rtnl_types import Link, Underlay
+from overlays.store import Store
 
 ROOT = Path("/fake/netns")
 
@@ -265,3 +266,8 @@ class FakeLinks:
             ipaddress.ip_address(self.ns.default_gw) in ipaddress.ip_network(f"{a}/{p}", strict=False) for a, p in addrs
         ):
             self.ns.default_gw = None
+
+
+def object_records(store: Store) -> list[tuple[str, object]]:
+    """Every object record: not meta/ (counters) nor ipam-next/ (allocation hints), which may move on."""
+    return [(e.key, e.value) for e in store.range("") if "meta/" not in e.key and "ipam-next/" not in e.key]

@@ -12,7 +12,7 @@ from overlays import Conflict, EndpointRequest, Engine, KernelError, NetworkSpec
 from overlays.kernel.faults import FaultyKernel
 from overlays.store import MemoryStore
 
-from .fakes import FakeKernel
+from .fakes import FakeKernel, object_records
 
 HOST = "fakehost"
 
@@ -70,7 +70,10 @@ def test_removal_releases_addresses_and_namespaces(tmp_path: Path) -> None:
     eng.remove_sandbox("a")
     assert kernel.snapshot() == before
     assert box.netns not in kernel.namespaces
-    again = eng.create_sandbox(sandbox("b", "front"))
+    # Allocation goes round the pool (like host-local): the next sandbox gets the next address,
+    # and the released one is free to be asked for.
+    assert str(eng.create_sandbox(sandbox("b", "front")).endpoints[0].ip) == "10.1.0.3"
+    again = eng.create_sandbox(SandboxSpec.parse("c", [EndpointRequest.parse("front", "10.1.0.2")]))
     assert str(again.endpoints[0].ip) == "10.1.0.2"
 
 
@@ -111,9 +114,7 @@ def test_unknown_objects_are_not_found(tmp_path: Path) -> None:
     assert eng.sandboxes() == []
 
 
-def records(store: MemoryStore) -> list[tuple[str, object]]:
-    """Every object record (meta/ holds counters, which may move on)."""
-    return [(e.key, e.value) for e in store.range("") if "meta/" not in e.key]
+records = object_records
 
 
 def _fails_cleanly_at_every_step(tmp_path: Path, prepare: Callable[[Engine], None],

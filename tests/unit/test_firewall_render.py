@@ -15,7 +15,7 @@ from overlays.model.ports import PortMapping, parse_publish
 from overlays.model.specs import Network, Sandbox
 from overlays.store import MemoryStore, Txn
 
-from .fakes import FakeKernel
+from .fakes import FakeKernel, object_records
 
 HOST = "fakehost"
 IP = ipaddress.IPv4Address
@@ -296,14 +296,14 @@ def test_engine_refuses_bad_publishes_and_changes_nothing(tmp_path: Path) -> Non
     eng.create_network(NetworkSpec.parse("front", subnet="10.1.0.0/24"))
     eng.create_network(NetworkSpec.parse("sealed", subnet="10.2.0.0/24", internal=True))
     run(eng, "web", "8080:80")
-    before = (kernel.snapshot(), [(e.key, e.value) for e in store.range("") if not e.key.startswith("meta/")])
+    before = (kernel.snapshot(), object_records(store))
     with pytest.raises(Conflict, match=re.escape("port 8080/tcp is already published on 0.0.0.0 by sandbox web")):
         run(eng, "other", "10.1.0.1:8080:80")
     with pytest.raises(InvalidSpec, match="cannot publish ports on internal network sealed"):
         run(eng, "other", "9090:80", nets=("sealed",))
     with pytest.raises(InvalidSpec, match=re.escape("cannot publish on 192.0.2.1: it is not an address of the host")):
         run(eng, "other", "192.0.2.1:9090:80")
-    after = (kernel.snapshot(), [(e.key, e.value) for e in store.range("") if not e.key.startswith("meta/")])
+    after = (kernel.snapshot(), object_records(store))
     assert after == before
     both = run(eng, "both", "9090:80", nets=("sealed", "front"))
     assert ("publish_any_tcp", "9090") in (elements(kernel, eng) or set())
@@ -323,10 +323,10 @@ def test_a_failing_publish_rolls_back_the_whole_sandbox(tmp_path: Path) -> None:
     kernel, store = FailingNft(HOST), MemoryStore()
     eng = make_engine(tmp_path, kernel, store)
     eng.create_network(NetworkSpec.parse("front", subnet="10.1.0.0/24"))
-    before = (kernel.snapshot(), [(e.key, e.value) for e in store.range("") if not e.key.startswith("meta/")])
+    before = (kernel.snapshot(), object_records(store))
     with pytest.raises(KernelError, match="injected"):
         run(eng, "web", "8080:80")
-    after = (kernel.snapshot(), [(e.key, e.value) for e in store.range("") if not e.key.startswith("meta/")])
+    after = (kernel.snapshot(), object_records(store))
     assert after == before
     assert eng.sandboxes() == []
 

@@ -171,9 +171,35 @@ def test_release_makes_an_address_reusable(store: Store) -> None:
     first, second, _ = (allocate(store, network, f"box{i}") for i in range(3))
     release(store, network, first)
     assert store.get(f"ipam/front/{first}") is None
-    assert allocate(store, network, "again") == first
+    # Round the pool from the last address given out (.4): .5, .6, then back to the released .2.
+    assert [str(allocate(store, network, f"next{i}")) for i in range(3)] == ["10.1.0.5", "10.1.0.6", str(first)]
     release(store, network, second)
     assert allocate(store, network, "db", str(second)) == second
+
+
+def test_allocation_goes_on_from_the_last_address_given(store: Store) -> None:
+    network = make_network(store, "10.1.0.0/24")
+    given = [allocate(store, network, f"box{i}") for i in range(5)]
+    release(store, network, given[0])
+    assert str(allocate(store, network, "next")) == "10.1.0.7"
+
+
+def test_a_crowded_pool_is_searched_past_the_probes(store: Store) -> None:
+    """More than PROBES taken addresses right after the hint: the rest of the pool is still found."""
+    network = make_network(store, "10.1.0.0/24")
+    for i in range(2, 2 + ipam.PROBES + 5):
+        allocate(store, network, f"static{i}", f"10.1.0.{i}")
+    assert str(allocate(store, network, "dynamic")) == f"10.1.0.{2 + ipam.PROBES + 5}"
+
+
+def test_the_hint_wraps_round_to_free_addresses_at_the_start(store: Store) -> None:
+    network = make_network(store, "10.1.0.0/28")
+    given = [allocate(store, network, f"box{i}") for i in range(13)]  # .2 to .14: the pool is full
+    assert str(given[-1]) == "10.1.0.14"
+    release(store, network, given[3])
+    assert allocate(store, network, "again") == given[3]
+    with pytest.raises(Exhausted):
+        allocate(store, network, "one too many")
 
 
 def test_release_all_frees_every_address_of_one_network(store: Store) -> None:
@@ -183,6 +209,7 @@ def test_release_all_frees_every_address_of_one_network(store: Store) -> None:
     allocate(store, back, "web")
     transact(store, lambda txn: ipam.release_all(txn, "front"))
     assert store.range("ipam/front/") == []
+    assert store.get("ipam-next/front") is None
     assert [e.key for e in store.range("ipam/back/")] == ["ipam/back/10.2.0.1", "ipam/back/10.2.0.2"]
 
 
@@ -280,17 +307,29 @@ def test_concurrent_allocations_all_succeed(tmp_path: Path) -> None:
 
 
 class _RacingStore(MemoryStore):
-    """A store where another writer takes ``steal`` right after the first range() read."""
+    """A store where another writer takes ``steal`` right after the allocator read its hint
+    (or, in a crowded pool, the list of taken addresses)."""
 
-    def __init__(self) -> None:
+    def __init__(self, after: str = "hint") -> None:
         super().__init__()
         self.steal: str | None = None
+        self.after = after
 
-    def range(self, prefix: str) -> list[Entry]:
-        found = super().range(prefix)
+    def _race(self) -> None:
         if self.steal is not None:
             key, self.steal = self.steal, None
             assert self.commit({key: 0}, {key: {"owner": "racer"}}, [])
+
+    def get(self, key: str) -> Entry | None:
+        found = super().get(key)
+        if key.startswith("ipam-next/") and self.after == "hint":
+            self._race()
+        return found
+
+    def range(self, prefix: str) -> list[Entry]:
+        found = super().range(prefix)
+        if self.after == "range":
+            self._race()
         return found
 
 
@@ -299,3 +338,13 @@ def test_dynamic_allocation_survives_a_racing_writer() -> None:
     network = make_network(store)
     store.steal = "ipam/front/10.1.0.2"
     assert allocate(store, network, "web") == ip("10.1.0.3")
+
+
+def test_dynamic_allocation_in_a_crowded_pool_survives_a_racing_writer() -> None:
+    store = _RacingStore(after="range")
+    network = make_network(store)
+    for n in range(2, 2 + ipam.PROBES):
+        allocate(store, network, f"static{n}", f"10.1.0.{n}")
+    taken_next = 2 + ipam.PROBES
+    store.steal = f"ipam/front/10.1.0.{taken_next}"  # taken between the range read and our create
+    assert allocate(store, network, "web") == ip(f"10.1.0.{taken_next + 1}")
