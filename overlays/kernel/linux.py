@@ -11,7 +11,7 @@ from overlays.kernel.api import Links
 
 class LinuxKernel:
     def open(self, netns_name: str | None) -> Links:
-        from overlays.kernel.rtnl import Rtnl  # pyroute2 is slow to import: only when needed
+        from overlays.kernel.rtnl import Rtnl  # only commands that change the kernel need it
 
         return Rtnl.open(netns_name)
 
@@ -33,6 +33,7 @@ class LinuxKernel:
         return netns.adopt(name, source)
 
     def delete_netns(self, name: str) -> None:
+        nft.release(netns.path_of(name))  # a cached nft context would keep the namespace alive
         netns.delete(name)
 
     def wait_links_gone(self, links: Links, names: list[str], timeout: float = 2.0) -> list[str]:

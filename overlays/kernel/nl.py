@@ -1,38 +1,33 @@
-"""A small synchronous rtnetlink channel: pyroute2's message classes, our own I/O.
+"""A small synchronous rtnetlink client: messages packed with ``struct``, our own I/O.
 
-Why: pyroute2 0.9's synchronous ``IPRoute`` runs every request through an asyncio
-event loop and its generic request machinery, about 1.2 ms per request here,
-while one sandbox attach makes a dozen or more requests. The kernel answers a
-rtnetlink request synchronously (the reply is queued before ``send`` returns),
-so a blocking socket, one ``send`` and a ``recv`` or two do the I/O in a few
-microseconds.
+Why not pyroute2 on this path: importing it costs about 200 ms (a whole ``overlays
+run`` is meant to take 250), its synchronous ``IPRoute`` runs every request through
+an asyncio loop (about 1 ms each), and its codec about 100 us to encode a message and
+5 us per attribute to decode one. An attach makes a dozen requests of five kinds, so
+we pack those few messages ourselves, as iproute2 does in C. pyroute2 still serves
+the rare VXLAN, FDB and neighbour requests of the overlay control plane (rtnl.py).
 
-What we keep from pyroute2: the message classes (``ifinfmsg``, ``ifaddrmsg``,
-``rtmsg``, ...), which encode and decode the binary layout and attributes, and
-``NetlinkError``, so callers map failures exactly as before. What we do here:
-sequence numbers, the send, and reading the reply until the request's end (the
-ACK, an error, ``NLMSG_DONE`` for a dump, or the single answer to a plain get).
+The kernel answers a rtnetlink request synchronously (the reply is queued before
+``send`` returns), so a blocking socket, one ``send`` and a ``recv`` or two do the
+I/O. We keep sequence numbers and read until the request's end: the ACK, an error,
+``NLMSG_DONE`` for a dump, or the single answer to a plain get.
 
-Then pyroute2's codec is most of the cost (about 100 us to encode a message,
-5 us per attribute to decode one, and a link carries some forty), so: answers are
-decoded with only the attributes the caller reads (``keep``), and the encoding of
-each distinct request is remembered (``encoded``): bytes only, never kernel state.
+Answers decode lazily: a ``Message`` holds its fixed header fields and the raw bytes
+of each attribute by number; the caller reads the few it needs with typed getters.
 
-The socket comes from ``netns.netlink_socket(path)``: made in a thread that
-entered the namespace, it keeps that namespace for life, so the channel is used
-from any thread without switching namespaces (one thread at a time).
+The socket comes from ``netns.netlink_socket(path)``: made in a thread that entered
+the namespace, it keeps that namespace for life, so the channel is used from any
+thread without switching namespaces (one thread at a time).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import struct
-from collections.abc import Iterable
-from typing import Any
-
-from pyroute2.netlink.exceptions import NetlinkError
+from dataclasses import dataclass
 
 NLM_F_REQUEST = 0x01
 NLM_F_MULTI = 0x02
@@ -41,8 +36,10 @@ NLM_F_DUMP_INTR = 0x10
 NLM_F_ROOT = 0x100
 NLM_F_MATCH = 0x200
 NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
-NLM_F_EXCL = 0x200  # for new* requests (same bit as MATCH, which only get* requests use)
+NLM_F_REPLACE = 0x100  # for new* requests (the bits mean other things on get* requests)
+NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
+NLM_F_APPEND = 0x800
 
 NLMSG_NOOP = 1
 NLMSG_ERROR = 2
@@ -55,70 +52,170 @@ NETLINK_GET_STRICT_CHK = 12  # dumps honour the filter in the request header (if
 _HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence number, port id
 _ERRNO = struct.Struct("=i")
 _NLA = struct.Struct("=HH")  # length, type
-_SEQ = struct.Struct("=I")
+_U8, _U16, _U32 = struct.Struct("=B"), struct.Struct("=H"), struct.Struct("=I")
+_BE16 = struct.Struct("!H")
 _SEQ_OFFSET = 8  # of the sequence number in the message header
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 _RECV_SIZE = 1 << 16  # a dump part is at most 32 KiB unless one message is larger
 _DUMP_ATTEMPTS = 5
 
-Message = Any  # a pyroute2 nlmsg subclass instance (untyped upstream)
+
+class NetlinkError(Exception):
+    """The kernel refused a request: ``code`` is the errno."""
+
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(code, message or os.strerror(code))
+        self.code = code
 
 
 class DumpInterrupted(Exception):
     """The table changed while the kernel dumped it (NLM_F_DUMP_INTR): the dump is not consistent."""
 
 
-def _layout(cls: type[Message]) -> tuple[int, dict[str, int]]:
-    """The size of ``cls``'s fixed part and its attribute numbers by name."""
-    fixed = struct.calcsize("=" + "".join(fmt for _, fmt in cls.fields))
-    numbers = {}
-    for position, entry in enumerate(cls.nla_map):
-        number, name = (entry[0], entry[1]) if isinstance(entry[0], int) else (position, entry[0])
-        numbers[name] = number
-    return (fixed + 3) & ~3, numbers
+# -- the fixed part of each message family ---------------------------------------------------------------------------
 
 
-_LAYOUTS: dict[type[Message], tuple[int, dict[str, int]]] = {}
+class Header:
+    """The fixed part that opens one kind of rtnetlink message (struct ifinfomsg, ifaddrmsg, ...)."""
+
+    def __init__(self, layout: str, fields: tuple[str, ...]) -> None:
+        self.struct = struct.Struct(layout)
+        self.fields = fields
+        self.size = (self.struct.size + 3) & ~3
+
+    def pack(self, **values: int) -> bytes:
+        """The header with ``values`` set and every other field 0."""
+        unknown = set(values) - set(self.fields)
+        if unknown:
+            raise TypeError(f"no such field: {sorted(unknown)}")
+        return self.struct.pack(*(values.get(name, 0) for name in self.fields)).ljust(self.size, b"\0")
+
+    def unpack(self, data: bytes, offset: int) -> dict[str, int]:
+        return dict(zip(self.fields, self.struct.unpack_from(data, offset), strict=True))
 
 
-def attr_numbers(cls: type[Message], names: Iterable[str]) -> frozenset[int]:
-    """The attribute type numbers of ``names`` in ``cls`` (for ``keep``)."""
-    if cls not in _LAYOUTS:
-        _LAYOUTS[cls] = _layout(cls)
-    numbers = _LAYOUTS[cls][1]
-    return frozenset(numbers[name] for name in names)
+IFINFO = Header("=BxHiII", ("family", "type", "index", "flags", "change"))
+IFADDR = Header("=BBBBI", ("family", "prefixlen", "flags", "scope", "index"))
+RTMSG = Header("=BBBBBBBBI", ("family", "dst_len", "src_len", "tos", "table", "proto", "scope", "type", "flags"))
+NDMSG = Header("=BxxxiHBB", ("family", "ifindex", "state", "flags", "kind"))
 
 
-def _stripped(data: bytes, offset: int, length: int, cls: type[Message], keep: frozenset[int]) -> bytes:
-    """One message cut down to the attributes in ``keep``: pyroute2 decodes each attribute it is
-    given (about 5 us apiece, and a link carries some forty), so we hand it only those we read."""
-    if cls not in _LAYOUTS:
-        _LAYOUTS[cls] = _layout(cls)
-    start = offset + _HEADER.size + _LAYOUTS[cls][0]
-    end = offset + length
-    parts = [data[offset:start]]
-    at = start
-    while at + _NLA.size <= end:
-        size, kind = _NLA.unpack_from(data, at)
-        if size < _NLA.size:
-            break
-        if kind & NLA_TYPE_MASK in keep:
-            parts.append(data[at : at + ((size + 3) & ~3)])
-        at += (size + 3) & ~3
-    out = bytearray(b"".join(parts))
-    struct.pack_into("=I", out, 0, len(out))
-    return bytes(out)
+# -- attributes: encode ----------------------------------------------------------------------------------------------
 
 
-def parse(
-    data: bytes, seq: int, cls: type[Message], multi: bool, keep: frozenset[int] | None = None
-) -> tuple[list[Message], bool]:
+def attr(kind: int, payload: bytes = b"") -> bytes:
+    """One attribute, padded to 4 bytes (the padding is not counted in its length)."""
+    size = _NLA.size + len(payload)
+    return _NLA.pack(size, kind) + payload + b"\0" * (-size % 4)
+
+
+def attr_str(kind: int, text: str) -> bytes:
+    return attr(kind, text.encode() + b"\0")
+
+
+def attr_u8(kind: int, value: int) -> bytes:
+    return attr(kind, _U8.pack(value))
+
+
+def attr_u32(kind: int, value: int) -> bytes:
+    return attr(kind, _U32.pack(value))
+
+
+def attr_be16(kind: int, value: int) -> bytes:
+    return attr(kind, _BE16.pack(value))
+
+
+def attr_mac(kind: int, mac: str) -> bytes:
+    return attr(kind, bytes.fromhex(mac.replace(":", "")))
+
+
+def attr_ip(kind: int, ip: str) -> bytes:
+    return attr(kind, socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip))
+
+
+def nest(kind: int, *attrs: bytes) -> bytes:
+    return attr(kind, b"".join(attrs))
+
+
+# -- attributes: decode ----------------------------------------------------------------------------------------------
+
+
+class Attrs:
+    """The attributes of a message (or of a nested attribute), raw, by number: read with typed getters."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: dict[int, bytes]) -> None:
+        self.raw = raw
+
+    @classmethod
+    def parse(cls, data: bytes, start: int, end: int) -> Attrs:
+        raw: dict[int, bytes] = {}
+        at = start
+        while at + _NLA.size <= end:
+            size, kind = _NLA.unpack_from(data, at)
+            if size < _NLA.size or at + size > end:
+                break
+            raw.setdefault(kind & NLA_TYPE_MASK, data[at + _NLA.size : at + size])
+            at += (size + 3) & ~3
+        return cls(raw)
+
+    def __contains__(self, kind: int) -> bool:
+        return kind in self.raw
+
+    def blob(self, kind: int) -> bytes | None:
+        return self.raw.get(kind)
+
+    def text(self, kind: int) -> str | None:
+        value = self.raw.get(kind)
+        return value.split(b"\0", 1)[0].decode(errors="replace") if value is not None else None
+
+    def u32(self, kind: int) -> int | None:
+        value = self.raw.get(kind)
+        return _U32.unpack_from(value)[0] if value is not None and len(value) >= 4 else None
+
+    def mac(self, kind: int) -> str | None:
+        value = self.raw.get(kind)
+        return ":".join(f"{b:02x}" for b in value) if value is not None else None
+
+    def ip(self, kind: int) -> str | None:
+        value = self.raw.get(kind)
+        if value is None or len(value) not in (4, 16):
+            return None
+        return socket.inet_ntop(socket.AF_INET if len(value) == 4 else socket.AF_INET6, value)
+
+    def nested(self, kind: int) -> Attrs | None:
+        value = self.raw.get(kind)
+        return Attrs.parse(value, 0, len(value)) if value is not None else None
+
+
+@dataclass(frozen=True)
+class Message:
+    """One answer: its netlink type and flags, its fixed header fields, its attributes."""
+
+    type: int
+    flags: int
+    fields: dict[str, int]
+    attrs: Attrs
+
+    def __getitem__(self, field: str) -> int:
+        return self.fields[field]
+
+
+# -- framing ---------------------------------------------------------------------------------------------------------
+
+
+def frame(msg_type: int, flags: int, body: bytes, seq: int = 0) -> bytes:
+    """A whole request: the netlink header, then the body (a Header's bytes and attributes)."""
+    return _HEADER.pack(_HEADER.size + len(body), msg_type, flags, seq, 0) + body
+
+
+def parse(data: bytes, seq: int, header: Header, multi: bool) -> tuple[list[Message], bool]:
     """Decode one datagram's messages for request ``seq``: (messages, whether the request is complete).
 
     Messages of another sequence number (left over from an abandoned request) are
     skipped. A plain request (``multi`` False) is complete at its first answer;
     a dump at NLMSG_DONE; either at an NLMSG_ERROR, which raises if negative.
-    With ``keep``, answers are decoded with only those attributes.
     """
     found: list[Message] = []
     offset = 0
@@ -136,9 +233,11 @@ def parse(
                 if interrupted:
                     raise DumpInterrupted()
                 return found, True
-            msg = cls(data, offset=offset) if keep is None else cls(_stripped(data, offset, length, cls, keep))
-            msg.decode()
-            found.append(msg)
+            body = offset + _HEADER.size
+            if length < _HEADER.size + header.struct.size:
+                raise NetlinkError(errno.EBADMSG, f"netlink message type {kind} too short for its header")
+            fields = header.unpack(data, body)
+            found.append(Message(kind, flags, fields, Attrs.parse(data, body + header.size, offset + length)))
             if not multi:
                 return found, True
         offset += (length + 3) & ~3
@@ -161,62 +260,34 @@ class Channel:
     def close(self) -> None:
         self._sock.close()
 
-    def request(
-        self, msg: Message, msg_type: int, flags: int = NLM_F_REQUEST | NLM_F_ACK, keep: Iterable[str] | None = None
-    ) -> list[Message]:
-        """Send ``msg`` as ``msg_type``; the decoded answers (none for a plain ACK).
+    def request(self, msg_type: int, flags: int, header: Header, body: bytes) -> list[Message]:
+        """Send ``body`` (``header``'s bytes, then attributes) as ``msg_type``; the answers (none for an ACK).
 
-        The answers decode with ``msg``'s own class, as rtnetlink answers a get or
-        dump of links, addresses or routes with messages of the requested kind.
-        A dump the kernel reports as interrupted by a concurrent change is retried.
-        ``keep`` names the only attributes the answers are decoded with (the rest are dropped).
+        The answers decode with ``header``, as rtnetlink answers a get or dump of links,
+        addresses, routes or neighbours with messages of the requested kind. A change
+        always asks for an ACK: only the ACK says it is done (or refused). A dump the
+        kernel reports as interrupted by a concurrent change is retried.
         """
-        if msg_type % 4 != 2:  # not a get: only an ACK tells us the change is done (or refused)
+        if msg_type % 4 != 2:  # not a get
             flags |= NLM_F_ACK
-        wire = encoded(msg, msg_type, flags)
-        numbers = attr_numbers(type(msg), keep) if keep is not None else None
+        wire = frame(msg_type, flags, body)
         multi = bool(flags & NLM_F_ACK) or flags & NLM_F_DUMP == NLM_F_DUMP
         for attempt in range(_DUMP_ATTEMPTS):
             try:
-                return self._exchange(wire, type(msg), multi, numbers)
+                return self._exchange(wire, header, multi)
             except DumpInterrupted:
                 if attempt == _DUMP_ATTEMPTS - 1:
                     raise NetlinkError(errno.EINTR, "dump kept being interrupted by concurrent changes") from None
         raise AssertionError("unreachable")
 
-    def _exchange(self, wire: bytes, cls: type[Message], multi: bool, keep: frozenset[int] | None) -> list[Message]:
+    def _exchange(self, wire: bytes, header: Header, multi: bool) -> list[Message]:
         self._seq = self._seq % 0xFFFFFFFF + 1
         data = bytearray(wire)
-        _SEQ.pack_into(data, _SEQ_OFFSET, self._seq)
+        _U32.pack_into(data, _SEQ_OFFSET, self._seq)
         self._sock.send(data)
         found: list[Message] = []
         while True:
-            got, done = parse(self._sock.recv(_RECV_SIZE), self._seq, cls, multi, keep)
+            got, done = parse(self._sock.recv(_RECV_SIZE), self._seq, header, multi)
             found.extend(got)
             if done:
                 return found
-
-
-_ENCODED: dict[tuple[object, ...], bytes] = {}
-_ENCODED_MAX = 512
-
-
-def encoded(msg: Message, msg_type: int, flags: int) -> bytes:
-    """``msg`` encoded by pyroute2 with sequence number 0, remembered by content.
-
-    pyroute2's encoder costs about 100 us a message; the encoding is a pure function of
-    the message's fields and attributes, and most requests recur (the bridge, ``lo``,
-    ``eth0``, the route dump), so each distinct request is encoded once per process.
-    Only bytes are remembered, never kernel state.
-    """
-    content = repr(sorted((k, v) for k, v in dict.items(msg) if k not in ("header", "value")))
-    key = (type(msg), msg_type, flags, content)
-    wire = _ENCODED.get(key)
-    if wire is None:
-        msg["header"] = {"type": msg_type, "flags": flags, "sequence_number": 0, "pid": 0}
-        msg.encode()
-        wire = bytes(msg.data)
-        if len(_ENCODED) >= _ENCODED_MAX:
-            _ENCODED.clear()
-        _ENCODED[key] = wire
-    return wire

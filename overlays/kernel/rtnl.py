@@ -3,12 +3,12 @@
 Two verbs only: ``ensure_*`` (idempotent: an object that exists already is read
 back and verified, never blindly recreated) and ``delete_*`` (a missing object is
 success). Every failure becomes a KernelError that names the step, the object
-and the namespace. Only the kernel layer imports pyroute2.
+and the namespace. Only the kernel layer speaks netlink.
 
-Links, addresses and routes go through ``nl.Channel`` (pyroute2's message classes,
-our own synchronous I/O: see nl.py for why). The rare VXLAN, FDB and neighbour
-requests still use pyroute2's ``IPRoute``, made on first use only, so opening a
-handle costs one socket.
+Links, addresses, routes and neighbour reads go through ``nl.Channel``: messages
+packed with ``struct`` (see nl.py for why), so attaching a sandbox never imports
+pyroute2. The rare VXLAN, FDB and neighbour writes of the overlay control plane use
+pyroute2's ``IPRoute``, made on first use only (its errors become ``nl.NetlinkError``).
 """
 
 from __future__ import annotations
@@ -17,20 +17,16 @@ import errno
 import ipaddress
 import os
 import re
+import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.ndmsg import ndmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
 from overlays.errors import Conflict, KernelError
 from overlays.kernel import netns, nl
+from overlays.kernel.nl import IFADDR, IFINFO, NDMSG, RTMSG, NetlinkError, attr, attr_ip, attr_mac, attr_str, attr_u32
 from overlays.kernel.rtnl_types import Link, Underlay
 
 IFF_UP = 1
@@ -38,10 +34,20 @@ IFF_LOOPBACK = 8
 AF_INET = 2
 AF_INET6 = 10
 AF_BRIDGE = 7
-RTM_GETNEIGH = 30
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTM_GETNEIGH = 30
+# rtnetlink attribute numbers (linux/if_link.h, if_addr.h, rtnetlink.h, neighbour.h, veth.h)
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
+IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK = 18, 20, 26, 28, 29
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
+IFLA_VXLAN_ID = 1
+VETH_INFO_PEER = 1
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 9, 15
+NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
 RTEXT_FILTER_SKIP_STATS = 8
 RT_TABLE_MAIN = 254
 RTPROT_STATIC = 4
@@ -50,9 +56,6 @@ GET = nl.NLM_F_REQUEST
 DUMP = nl.NLM_F_REQUEST | nl.NLM_F_DUMP
 CHANGE = nl.NLM_F_REQUEST | nl.NLM_F_ACK
 CREATE = CHANGE | nl.NLM_F_CREATE | nl.NLM_F_EXCL
-# What we read of a link: pyroute2 decodes only these (a link carries some forty attributes).
-LINK_ATTRS = ("IFLA_IFNAME", "IFLA_ADDRESS", "IFLA_MTU", "IFLA_IFALIAS", "IFLA_MASTER", "IFLA_LINKINFO")
-ROUTE_ATTRS = ("RTA_TABLE", "RTA_DST", "RTA_OIF", "RTA_PRIORITY", "RTA_MULTIPATH")
 IFA_F_SECONDARY = 0x01
 RT_SCOPE_UNIVERSE = 0
 NUD_NOARP = 0x40
@@ -60,63 +63,43 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 ZERO_MAC = "00:00:00:00:00:00"
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_RTNH_IFINDEX = struct.Struct("=i")
+_SKIP_STATS = attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+# A host-side veth is a bridge port and never needs IPv6 (see netns.SANDBOX_SYSCTLS for the sandbox side).
+_NO_IPV6_ADDRESSES = nl.nest(
+    IFLA_AF_SPEC, nl.nest(AF_INET6, nl.attr_u8(IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE))
+)
 
 
-def _ifinfmsg(index: int = 0, up: bool | None = None, attrs: list[tuple[str, Any]] | None = None) -> Any:
-    """A link message; ``up`` True/False also sets/clears IFF_UP, None leaves it alone."""
-    msg = ifinfmsg()
-    msg["index"] = index
-    msg["flags"] = IFF_UP if up else 0
-    msg["change"] = IFF_UP if up is not None else 0
-    msg["attrs"] = attrs or []
-    return msg
+def _link_msg(index: int = 0, up: bool | None = None) -> bytes:
+    """The fixed part of a link message; ``up`` True/False also sets/clears IFF_UP, None leaves it alone."""
+    return IFINFO.pack(index=index, flags=IFF_UP if up else 0, change=IFF_UP if up is not None else 0)
 
 
-def _ndmsg(family: int, index: int) -> Any:
-    """A strict neighbour dump of one device: bridge FDB dumps filter on the header's port index,
-    IP neighbour dumps on an NDA_IFINDEX attribute (their header index must be 0)."""
-    msg = ndmsg()
-    msg["family"] = family
-    if family == AF_BRIDGE:
-        msg["ifindex"] = index
-    else:
-        msg["attrs"] = [("NDA_IFINDEX", index)]
-    return msg
+def _in_main(route: nl.Message) -> bool:
+    return (route.attrs.u32(RTA_TABLE) or route["table"]) == RT_TABLE_MAIN
 
 
-def _ifaddrmsg(family: int, index: int = 0, prefixlen: int = 0, attrs: list[tuple[str, Any]] | None = None) -> Any:
-    msg = ifaddrmsg()
-    msg["family"] = family
-    msg["index"] = index
-    msg["prefixlen"] = prefixlen
-    msg["attrs"] = attrs or []
-    return msg
+def _first_hop_oif(route: nl.Message) -> int | None:
+    """The device of an ECMP route's first next hop (struct rtnexthop: len, flags, hops, ifindex)."""
+    hops = route.attrs.blob(RTA_MULTIPATH)
+    if not hops or len(hops) < 8:
+        return None
+    (oif,) = _RTNH_IFINDEX.unpack_from(hops, 4)
+    return int(oif) or None
 
 
-def _main_routes() -> Any:
-    """A dump request for the IPv4 main table (the kernel filters by table: strict checking is on)."""
-    msg = rtmsg()
-    msg["family"] = AF_INET
-    msg["table"] = RT_TABLE_MAIN
-    return msg
-
-
-def _in_main(route: Any) -> bool:
-    return bool((route.get_attr("RTA_TABLE") or route["table"]) == RT_TABLE_MAIN)
-
-
-def _link_from(msg: Any) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info else None
+def _link_from(msg: nl.Message) -> Link:
+    info = msg.attrs.nested(IFLA_LINKINFO)
     return Link(
         index=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME"),
-        kind=kind,
-        mac=msg.get_attr("IFLA_ADDRESS") or "",
-        mtu=msg.get_attr("IFLA_MTU") or 0,
-        alias=msg.get_attr("IFLA_IFALIAS"),
+        name=msg.attrs.text(IFLA_IFNAME) or "",
+        kind=info.text(IFLA_INFO_KIND) if info else None,
+        mac=msg.attrs.mac(IFLA_ADDRESS) or "",
+        mtu=msg.attrs.u32(IFLA_MTU) or 0,
+        alias=msg.attrs.text(IFLA_IFALIAS),
         up=bool(msg["flags"] & IFF_UP),
-        master=msg.get_attr("IFLA_MASTER"),
+        master=msg.attrs.u32(IFLA_MASTER),
     )
 
 
@@ -128,14 +111,6 @@ class Rtnl:
         self.path = path
         self._nl = nl.Channel(netns.netlink_socket(path))
         self._ipr: Any = None
-
-    def _iproute(self) -> Any:
-        """pyroute2's IPRoute, for the rare requests we do not make ourselves (made on first use)."""
-        if self._ipr is None:
-            from pyroute2 import IPRoute  # the heavy part of pyroute2: only when needed
-
-            self._ipr = IPRoute(fileno=netns.netlink_socket(self.path).detach())
-        return self._ipr
 
     @classmethod
     def open(cls, netns_name: str | None) -> Rtnl:
@@ -164,15 +139,25 @@ class Rtnl:
         except NetlinkError as e:
             raise KernelError(operation, obj, self.netns, os.strerror(e.code) if e.code else str(e)) from e
 
+    def _pyroute2(self, call: Callable[[Any], object]) -> None:
+        """One request through pyroute2's IPRoute (made on first use), its errors as ``nl.NetlinkError``."""
+        from pyroute2 import IPRoute  # the heavy import: only the overlay control plane gets here
+        from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
+
+        if self._ipr is None:
+            self._ipr = IPRoute(fileno=netns.netlink_socket(self.path).detach())
+        try:
+            call(self._ipr)
+        except Pyroute2Error as e:
+            raise NetlinkError(e.code or errno.EIO, str(e)) from e
+
     # -- reading -----------------------------------------------------------
 
-    def _get_link(self, name: str | None = None, index: int = 0, keep: tuple[str, ...] = LINK_ATTRS) -> Any:
+    def _get_link(self, name: str | None = None, index: int = 0) -> nl.Message | None:
         """One RTM_GETLINK by name or index (not a dump); None if there is no such link."""
-        attrs: list[tuple[str, Any]] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
-        if name is not None:
-            attrs.append(("IFLA_IFNAME", name))
+        body = _link_msg(index) + _SKIP_STATS + (attr_str(IFLA_IFNAME, name) if name is not None else b"")
         try:
-            msgs = self._nl.request(_ifinfmsg(index, attrs=attrs), RTM_GETLINK, GET, keep=keep)
+            msgs = self._nl.request(RTM_GETLINK, GET, IFINFO, body)
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 return None
@@ -185,22 +170,21 @@ class Rtnl:
 
     def links(self) -> list[Link]:
         with self._step("list", "links"):
-            msg = _ifinfmsg(attrs=[("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)])
-            return [_link_from(m) for m in self._nl.request(msg, RTM_GETLINK, DUMP, keep=LINK_ATTRS)]
+            return [_link_from(m) for m in self._nl.request(RTM_GETLINK, DUMP, IFINFO, _link_msg() + _SKIP_STATS)]
 
-    def _routes(self) -> list[Any]:
-        """The IPv4 main-table routes."""
+    def _routes(self) -> list[nl.Message]:
+        """The IPv4 main-table routes (the kernel filters by table: strict checking is on)."""
         try:
-            msgs = self._nl.request(_main_routes(), RTM_GETROUTE, DUMP, keep=ROUTE_ATTRS)
+            msgs = self._nl.request(RTM_GETROUTE, DUMP, RTMSG, RTMSG.pack(family=AF_INET, table=RT_TABLE_MAIN))
         except NetlinkError as e:
             if e.code == errno.ENOENT:  # a fresh namespace has no main table until its first route
                 return []
             raise
         return [r for r in msgs if _in_main(r)]
 
-    def _addresses(self, family: int, index: int = 0) -> list[Any]:
+    def _addresses(self, family: int, index: int = 0) -> list[nl.Message]:
         """The addresses of one family (of link ``index`` only, if given: the kernel filters them)."""
-        msgs = self._nl.request(_ifaddrmsg(family, index), RTM_GETADDR, DUMP, keep=("IFA_ADDRESS", "IFA_LOCAL"))
+        msgs = self._nl.request(RTM_GETADDR, DUMP, IFADDR, IFADDR.pack(family=family, index=index))
         return [a for a in msgs if a["family"] == family and (not index or a["index"] == index)]
 
     def route_prefixes(self) -> list[ipaddress.IPv4Network]:
@@ -208,18 +192,18 @@ class Rtnl:
         with self._step("list", "routes"):
             found = []
             for r in self._routes():
-                dst = r.get_attr("RTA_DST")
+                dst = r.attrs.ip(RTA_DST)
                 if dst and r["dst_len"] > 0:
                     found.append(ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False))
             for a in self._addresses(AF_INET):
-                found.append(ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False))
+                found.append(ipaddress.IPv4Network(f"{a.attrs.ip(IFA_ADDRESS)}/{a['prefixlen']}", strict=False))
             return found
 
     def addresses(self) -> list[ipaddress.IPv4Address]:
         """Every IPv4 address of this namespace (a published port's host IP must be one)."""
         with self._step("list", "addresses"):
             return [
-                ipaddress.IPv4Address(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"))
+                ipaddress.IPv4Address(a.attrs.ip(IFA_LOCAL) or a.attrs.ip(IFA_ADDRESS))
                 for a in self._addresses(AF_INET)
             ]
 
@@ -231,11 +215,8 @@ class Rtnl:
         """
         with self._step("list", "routes"):
             defaults = [r for r in self._routes() if r["dst_len"] == 0]
-        for route in sorted(defaults, key=lambda r: r.get_attr("RTA_PRIORITY") or 0):
-            oif = route.get_attr("RTA_OIF")
-            hops = route.get_attr("RTA_MULTIPATH")
-            if oif is None and hops:  # ECMP default: the first next hop's device
-                oif = hops[0]["oif"]
+        for route in sorted(defaults, key=lambda r: r.attrs.u32(RTA_PRIORITY) or 0):
+            oif = route.attrs.u32(RTA_OIF) or _first_hop_oif(route)  # ECMP: the first next hop's device
             found = self._underlay_on(oif) if oif else None
             if found:
                 return found
@@ -257,7 +238,7 @@ class Rtnl:
         if not addrs:
             return None
         link = _link_from(msg)
-        ip = addrs[0].get_attr("IFA_LOCAL") or addrs[0].get_attr("IFA_ADDRESS")
+        ip = addrs[0].attrs.ip(IFA_LOCAL) or addrs[0].attrs.ip(IFA_ADDRESS) or ""
         return Underlay(ifname=link.name, ip=ip, mtu=link.mtu)
 
     def has_default_route(self) -> bool:
@@ -304,26 +285,24 @@ class Rtnl:
         else:
             with self._step("tag bridge", name):
                 # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: tag (and bring up) in one set.
-                self._set_named(name, [("IFLA_IFALIAS", alias)], up=True)
+                self._set_named(name, attr_str(IFLA_IFALIAS, alias), up=True)
 
-    def _new_link(self, name: str, kind: str, mtu: int, data: list[tuple[str, Any]] | None = None) -> None:
-        info: list[tuple[str, Any]] = [("IFLA_INFO_KIND", kind)]
-        if data:
-            info.append(("IFLA_INFO_DATA", {"attrs": data}))
-        attrs = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu), ("IFLA_LINKINFO", {"attrs": info})]
-        self._nl.request(_ifinfmsg(attrs=attrs), RTM_NEWLINK, CREATE)
+    def _new_link(self, name: str, kind: str, mtu: int, data: bytes = b"") -> None:
+        info = attr_str(IFLA_INFO_KIND, kind) + (attr(IFLA_INFO_DATA, data) if data else b"")
+        body = _link_msg() + attr_str(IFLA_IFNAME, name) + attr_u32(IFLA_MTU, mtu) + attr(IFLA_LINKINFO, info)
+        self._nl.request(RTM_NEWLINK, CREATE, IFINFO, body)
 
-    def _set_named(self, name: str, attrs: list[tuple[str, Any]], up: bool | None = None) -> None:
+    def _set_named(self, name: str, attrs: bytes = b"", up: bool | None = None) -> None:
         """One RTM_NEWLINK (no create) on the link called ``name``: the kernel finds it by name."""
-        self._nl.request(_ifinfmsg(attrs=[("IFLA_IFNAME", name), *attrs], up=up), RTM_NEWLINK, CHANGE)
-
-    def _set(self, index: int, attrs: list[tuple[str, Any]], up: bool | None = None) -> None:
-        self._nl.request(_ifinfmsg(index, attrs=attrs, up=up), RTM_NEWLINK, CHANGE)
+        self._nl.request(RTM_NEWLINK, CHANGE, IFINFO, _link_msg(up=up) + attr_str(IFLA_IFNAME, name) + attrs)
 
     def ensure_veth(
         self, name: str, alias: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str
     ) -> None:
-        """A veth pair whose peer is created straight inside ``peer_netns`` (no move, no rename)."""
+        """A veth pair whose peer is created straight inside ``peer_netns`` (no move, no rename).
+
+        Our end is tagged, and kept free of IPv6 addresses (it is a bridge port), before it comes up.
+        """
         existing = self.link(name)
         if existing:
             self._require_ours(existing, "veth", alias)
@@ -331,12 +310,13 @@ class Rtnl:
         fd = os.open(str(peer_netns), os.O_RDONLY | os.O_CLOEXEC)
         try:
             with self._step("create veth", f"{name} (peer {peer})"):
-                end = [("IFLA_IFNAME", peer), ("IFLA_NET_NS_FD", fd), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", peer_mac)]
-                self._new_link(name, "veth", mtu, [("VETH_INFO_PEER", {"attrs": end})])
+                end = (_link_msg() + attr_str(IFLA_IFNAME, peer) + attr_u32(IFLA_NET_NS_FD, fd)
+                       + attr_u32(IFLA_MTU, mtu) + attr_mac(IFLA_ADDRESS, peer_mac))
+                self._new_link(name, "veth", mtu, attr(VETH_INFO_PEER, end))
         finally:
             os.close(fd)
         with self._step("tag veth", name):
-            self._set_named(name, [("IFLA_IFALIAS", alias)])
+            self._set_named(name, attr_str(IFLA_IFALIAS, alias) + _NO_IPV6_ADDRESSES)
 
     def ensure_port(self, name: str, bridge: str) -> None:
         """``name`` is a port of ``bridge`` and up.
@@ -345,13 +325,13 @@ class Rtnl:
         to the current master and raising an up link as no-ops, so this is idempotent.
         """
         br = self._need(bridge)
-        self._set_existing("attach to bridge", name, f"{name} -> {bridge}", [("IFLA_MASTER", br.index)])
+        self._set_existing("attach to bridge", name, f"{name} -> {bridge}", attr_u32(IFLA_MASTER, br.index))
 
     def ensure_up(self, name: str) -> None:
         """One set by name (raising an up link is a no-op in the kernel)."""
-        self._set_existing("bring up", name, name, [])
+        self._set_existing("bring up", name, name)
 
-    def _set_existing(self, operation: str, name: str, obj: str, attrs: list[tuple[str, Any]]) -> None:
+    def _set_existing(self, operation: str, name: str, obj: str, attrs: bytes = b"") -> None:
         """Set ``attrs`` and IFF_UP on the existing link ``name``; its absence reads as before (find link)."""
         try:
             self._set_named(name, attrs, up=True)
@@ -365,9 +345,10 @@ class Rtnl:
         link = self._need(name)
         want = ipaddress.ip_address(ip)
         family = AF_INET if want.version == 4 else AF_INET6
-        attrs = [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)] if family == AF_INET else [("IFA_ADDRESS", ip)]
+        attrs = attr_ip(IFA_LOCAL, ip) + attr_ip(IFA_ADDRESS, ip) if family == AF_INET else attr_ip(IFA_ADDRESS, ip)
         try:
-            self._nl.request(_ifaddrmsg(family, link.index, prefixlen, attrs), RTM_NEWADDR, CREATE)
+            body = IFADDR.pack(family=family, prefixlen=prefixlen, index=link.index) + attrs
+            self._nl.request(RTM_NEWADDR, CREATE, IFADDR, body)
             return
         except NetlinkError as e:
             if e.code != errno.EEXIST:
@@ -377,7 +358,7 @@ class Rtnl:
         # IPv4 answers EEXIST only for this address with this prefix; IPv6 for this address with any.
         with self._step("read addresses of", name):
             have = {
-                (ipaddress.ip_address(a.get_attr("IFA_ADDRESS")), a["prefixlen"])
+                (ipaddress.ip_address(a.attrs.ip(IFA_ADDRESS) or "0.0.0.0"), a["prefixlen"])
                 for a in self._addresses(family, link.index)
             }
         if (want, prefixlen) not in have:
@@ -387,12 +368,10 @@ class Rtnl:
     def ensure_default_route(self, gateway: str) -> None:
         if self.has_default_route():
             return
-        msg = rtmsg()
-        msg.update(family=AF_INET, dst_len=0, table=RT_TABLE_MAIN, proto=RTPROT_STATIC,
-                   scope=RT_SCOPE_UNIVERSE, type=RTN_UNICAST)
-        msg["attrs"] = [("RTA_GATEWAY", gateway)]
+        body = RTMSG.pack(family=AF_INET, table=RT_TABLE_MAIN, proto=RTPROT_STATIC, scope=RT_SCOPE_UNIVERSE,
+                          type=RTN_UNICAST) + attr_ip(RTA_GATEWAY, gateway)
         with self._step("add default route", f"via {gateway}"):
-            self._nl.request(msg, RTM_NEWROUTE, CREATE)
+            self._nl.request(RTM_NEWROUTE, CREATE, RTMSG, body)
 
     def ensure_vxlan(
         self, name: str, alias: str, vni: int, local_ip: str, underlay_ifname: str, mtu: int, port: int = 4789
@@ -407,10 +386,12 @@ class Rtnl:
         else:
             dev = self._need(underlay_ifname)
             # Offloads are left at their defaults on purpose (see ARCHITECTURE.md, Offloads).
-            if not self._created(name, f"create vxlan (vni {vni} on {underlay_ifname})", lambda: self._iproute().link(
-                "add", ifname=name, kind="vxlan", mtu=mtu, vxlan_id=vni, vxlan_local=local_ip,
-                vxlan_link=dev.index, vxlan_port=port, vxlan_learning=0, vxlan_proxy=1,
-            )):
+            if not self._created(name, f"create vxlan (vni {vni} on {underlay_ifname})", lambda: self._pyroute2(
+                lambda ipr: ipr.link(
+                    "add", ifname=name, kind="vxlan", mtu=mtu, vxlan_id=vni, vxlan_local=local_ip,
+                    vxlan_link=dev.index, vxlan_port=port, vxlan_learning=0, vxlan_proxy=1,
+                ))
+            ):
                 self._require_ours(self._need(name), "vxlan", alias)  # a concurrent operation made it just now
                 self.ensure_up(name)
                 return
@@ -424,29 +405,35 @@ class Rtnl:
                 )
             with self._step("tag vxlan", name):
                 # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: tag (and bring up) in one set.
-                self._set(made.index, [("IFLA_IFALIAS", alias)], up=True)
+                self._set_named(name, attr_str(IFLA_IFALIAS, alias), up=True)
         self.ensure_up(name)
 
     def _vni(self, index: int) -> int | None:
-        msg = self._get_link(index=index, keep=("IFLA_LINKINFO",))
-        info = msg.get_attr("IFLA_LINKINFO") if msg is not None else None
-        data = info.get_attr("IFLA_INFO_DATA") if info else None
-        vni = data.get_attr("IFLA_VXLAN_ID") if data else None
-        return int(vni) if vni is not None else None
+        msg = self._get_link(index=index)
+        info = msg.attrs.nested(IFLA_LINKINFO) if msg is not None else None
+        data = info.nested(IFLA_INFO_DATA) if info else None
+        return data.u32(IFLA_VXLAN_ID) if data else None
+
+    def _neighbour_dump(self, family: int, index: int) -> list[nl.Message]:
+        """A strict neighbour dump of one device: bridge FDB dumps filter on the header's port index,
+        IP neighbour dumps on an NDA_IFINDEX attribute (their header index must be 0)."""
+        if family == AF_BRIDGE:
+            body = NDMSG.pack(family=family, ifindex=index)
+        else:
+            body = NDMSG.pack(family=family) + attr_u32(NDA_IFINDEX, index)
+        return [m for m in self._nl.request(RTM_GETNEIGH, DUMP, NDMSG, body) if m["ifindex"] == index]
 
     def fdb(self, name: str) -> set[tuple[str, str]]:
         """The static (mac, remote VTEP) entries of a VXLAN device, all-zero flood entries included."""
         index = self._need(name).index
         with self._step("read fdb of", name):
-            # One kernel-filtered dump (strict checking: this port only), not every bridge's whole table.
-            msgs = self._nl.request(_ndmsg(AF_BRIDGE, index), RTM_GETNEIGH, DUMP, keep=("NDA_LLADDR", "NDA_DST"))
-            return {
-                (str(m.get_attr("NDA_LLADDR")).lower(), str(m.get_attr("NDA_DST")))
-                for m in msgs
+            found = set()
+            for m in self._neighbour_dump(AF_BRIDGE, index):
+                mac, dst = m.attrs.mac(NDA_LLADDR), m.attrs.ip(NDA_DST)
                 # Skip the bridge's own entries for this port (NTF_MASTER, no NDA_DST).
-                if m["ifindex"] == index and m["flags"] & NTF_SELF and m["state"] & NUD_PERMANENT
-                and m.get_attr("NDA_DST") and m.get_attr("NDA_LLADDR")
-            }
+                if mac and dst and m["flags"] & NTF_SELF and m["state"] & NUD_PERMANENT:
+                    found.add((mac, dst))
+            return found
 
     def ensure_fdb(self, name: str, mac: str, dst: str) -> None:
         """``mac`` is sent to VTEP ``dst``.
@@ -462,9 +449,9 @@ class Rtnl:
         with self._step("add fdb entry", f"{mac} dst {dst} on {name}"):
             # Explicit flags: pyroute2 adds NTF_SELF and NUD_NOARP for add/append/del only, and
             # without NTF_SELF a "replace" on a bridge port lands in the bridge's FDB instead.
-            self._iproute().fdb(
+            self._pyroute2(lambda ipr: ipr.fdb(
                 command, ifindex=index, lladdr=mac, dst=dst, flags=NTF_SELF, state=NUD_PERMANENT | NUD_NOARP
-            )
+            ))
 
     def _mac(self, operation: str, name: str, mac: str) -> str:
         """``mac`` in lower case; a malformed one is refused before netlink (pyroute2 raises TypeError)."""
@@ -476,18 +463,18 @@ class Rtnl:
         """The permanent IPv4 neighbour entries of a device: ip -> mac."""
         index = self._need(name).index
         with self._step("read neighbours of", name):
-            msgs = self._nl.request(_ndmsg(AF_INET, index), RTM_GETNEIGH, DUMP, keep=("NDA_LLADDR", "NDA_DST"))
-            return {
-                str(m.get_attr("NDA_DST")): str(m.get_attr("NDA_LLADDR")).lower()
-                for m in msgs
-                if m["ifindex"] == index and m["state"] & NUD_PERMANENT and m.get_attr("NDA_LLADDR")
-            }
+            found = {}
+            for m in self._neighbour_dump(AF_INET, index):
+                ip, mac = m.attrs.ip(NDA_DST), m.attrs.mac(NDA_LLADDR)
+                if ip and mac and m["state"] & NUD_PERMANENT:
+                    found[ip] = mac
+            return found
 
     def ensure_neigh(self, name: str, ip: str, mac: str) -> None:
         mac = self._mac("set neighbour", name, mac)
         index = self._need(name).index
         with self._step("set neighbour", f"{ip} lladdr {mac} on {name}"):
-            self._iproute().neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT)
+            self._pyroute2(lambda ipr: ipr.neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT))
 
     # -- delete ------------------------------------------------------------
 
@@ -496,7 +483,7 @@ class Rtnl:
         if link is None:
             return
         try:
-            self._iproute().fdb("del", ifindex=link.index, lladdr=mac.lower(), dst=dst, flags=NTF_SELF)
+            self._pyroute2(lambda ipr: ipr.fdb("del", ifindex=link.index, lladdr=mac.lower(), dst=dst, flags=NTF_SELF))
         except NetlinkError as e:
             if e.code not in (errno.ENOENT, errno.ENODEV):
                 raise KernelError("delete fdb entry", f"{mac} dst {dst} on {name}", self.netns,
@@ -507,7 +494,7 @@ class Rtnl:
         if link is None:
             return
         try:
-            self._iproute().neigh("del", ifindex=link.index, dst=ip)
+            self._pyroute2(lambda ipr: ipr.neigh("del", ifindex=link.index, dst=ip))
         except NetlinkError as e:
             if e.code not in (errno.ENOENT, errno.ENODEV):
                 raise KernelError("delete neighbour", f"{ip} on {name}", self.netns, os.strerror(e.code)) from e
@@ -515,7 +502,7 @@ class Rtnl:
     def delete_link(self, name: str) -> None:
         try:
             # One RTM_DELLINK by name; a missing link answers ENODEV.
-            self._nl.request(_ifinfmsg(attrs=[("IFLA_IFNAME", name)]), RTM_DELLINK, CHANGE)
+            self._nl.request(RTM_DELLINK, CHANGE, IFINFO, _link_msg() + attr_str(IFLA_IFNAME, name))
         except NetlinkError as e:
             if e.code not in (errno.ENODEV, errno.ENOENT):
                 raise KernelError("delete link", name, self.netns, os.strerror(e.code)) from e

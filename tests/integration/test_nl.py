@@ -8,15 +8,13 @@ import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from overlays.errors import KernelError
-from overlays.kernel import netns, nl
+from overlays.kernel import netns, nl, rtnl
+from overlays.kernel.nl import IFADDR, IFINFO, NetlinkError
 from overlays.kernel.rtnl import Rtnl
 
-from .conftest import ip_json
+from .conftest import ip_json, unique
 
 RTM_NEWLINK, RTM_GETLINK, RTM_GETADDR = 16, 18, 22
 IFF_UP = 1
@@ -38,49 +36,43 @@ def ip(ns: str, *args: str) -> None:
     subprocess.run(["ip", "-n", ns, *args], check=True)
 
 
-def link_msg(index: int = 0, name: str | None = None) -> ifinfmsg:
-    msg = ifinfmsg()
-    msg["index"] = index
-    msg["attrs"] = [("IFLA_IFNAME", name)] if name else []
-    return msg
+def link_msg(index: int = 0, name: str | None = None, up: bool = False) -> bytes:
+    head = IFINFO.pack(index=index, flags=IFF_UP if up else 0, change=IFF_UP if up else 0)
+    return head + (nl.attr_str(rtnl.IFLA_IFNAME, name) if name else b"")
 
 
 def test_get_by_name_answers_one_link(channel: nl.Channel) -> None:
-    (lo,) = channel.request(link_msg(name="lo"), RTM_GETLINK, nl.NLM_F_REQUEST)
-    assert lo["index"] == 1 and lo.get_attr("IFLA_IFNAME") == "lo"
+    (lo,) = channel.request(RTM_GETLINK, nl.NLM_F_REQUEST, IFINFO, link_msg(name="lo"))
+    assert lo["index"] == 1 and lo.attrs.text(rtnl.IFLA_IFNAME) == "lo"
 
 
 def test_get_of_a_missing_link_raises_enodev(channel: nl.Channel) -> None:
     with pytest.raises(NetlinkError) as caught:
-        channel.request(link_msg(name="nothere"), RTM_GETLINK, nl.NLM_F_REQUEST)
+        channel.request(RTM_GETLINK, nl.NLM_F_REQUEST, IFINFO, link_msg(name="nothere"))
     assert caught.value.code == errno.ENODEV
 
 
-def test_dump_lists_every_link_and_keep_trims_them(ns: str, channel: nl.Channel) -> None:
+def test_dump_lists_every_link(ns: str, channel: nl.Channel) -> None:
     for i in range(40):  # enough to span several dump datagrams
         ip(ns, "link", "add", f"d{i}", "type", "bridge")
-    msgs = channel.request(link_msg(), RTM_GETLINK, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, keep=["IFLA_IFNAME"])
-    names = {m.get_attr("IFLA_IFNAME") for m in msgs}
+    msgs = channel.request(RTM_GETLINK, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, IFINFO, link_msg())
+    names = {m.attrs.text(rtnl.IFLA_IFNAME) for m in msgs}
     assert names == {str(link["ifname"]) for link in ip_json(ns, "link", "show")}
-    assert all(len(m["attrs"]) == 1 for m in msgs)
 
 
 def test_a_change_is_acknowledged_and_made(ns: str, channel: nl.Channel) -> None:
     ip(ns, "link", "add", "d0", "type", "bridge")
-    msg = link_msg(name="d0")
-    msg["flags"] = msg["change"] = IFF_UP
-    assert channel.request(msg, RTM_NEWLINK) == []
+    assert channel.request(RTM_NEWLINK, nl.NLM_F_REQUEST, IFINFO, link_msg(name="d0", up=True)) == []
     assert "UP" in ip_json(ns, "link", "show", "d0")[0]["flags"]  # type: ignore[operator]
 
 
 def test_a_refused_change_raises_its_errno(ns: str, channel: nl.Channel) -> None:
-    msg = link_msg(name="lo")
-    msg["attrs"].append(("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]}))
+    body = link_msg(name="lo") + nl.nest(rtnl.IFLA_LINKINFO, nl.attr_str(rtnl.IFLA_INFO_KIND, "bridge"))
     with pytest.raises(NetlinkError) as caught:
-        channel.request(msg, RTM_NEWLINK, nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE | nl.NLM_F_EXCL)
+        channel.request(RTM_NEWLINK, nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE | nl.NLM_F_EXCL, IFINFO, body)
     assert caught.value.code == errno.EEXIST
     # The channel stays usable after an error.
-    assert channel.request(link_msg(name="lo"), RTM_GETLINK, nl.NLM_F_REQUEST)[0]["index"] == 1
+    assert channel.request(RTM_GETLINK, nl.NLM_F_REQUEST, IFINFO, link_msg(name="lo"))[0]["index"] == 1
 
 
 def test_an_address_dump_is_filtered_by_link_in_the_kernel(ns: str, channel: nl.Channel) -> None:
@@ -88,29 +80,27 @@ def test_an_address_dump_is_filtered_by_link_in_the_kernel(ns: str, channel: nl.
         ip(ns, "link", "add", f"d{i}", "type", "bridge")
         ip(ns, "addr", "add", net, "dev", f"d{i}")
     index = int(ip_json(ns, "link", "show", "d1")[0]["ifindex"])  # type: ignore[call-overload]
-    query = ifaddrmsg()
-    query["family"] = 2
-    query["index"] = index
-    msgs = channel.request(query, RTM_GETADDR, nl.NLM_F_REQUEST | nl.NLM_F_DUMP)
-    assert [(m["index"], m.get_attr("IFA_ADDRESS")) for m in msgs] == [(index, "10.2.0.1")]
+    query = IFADDR.pack(family=2, index=index)
+    msgs = channel.request(RTM_GETADDR, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, IFADDR, query)
+    assert [(m["index"], m.attrs.ip(rtnl.IFA_ADDRESS)) for m in msgs] == [(index, "10.2.0.1")]
 
 
 def test_rtnl_on_a_fresh_namespace_has_no_routes(ns: str) -> None:
-    with Rtnl.open(ns) as rtnl:
-        assert not rtnl.has_default_route()
-        assert rtnl.route_prefixes() == [ipaddress.IPv4Network("127.0.0.0/8")]  # lo's address only
+    with Rtnl.open(ns) as links:
+        assert not links.has_default_route()
+        assert links.route_prefixes() == [ipaddress.IPv4Network("127.0.0.0/8")]  # lo's address only
 
 
 def test_rtnl_veth_peer_is_made_in_the_other_namespace(make_netns: Callable[[str], str], ns: str) -> None:
     other = make_netns("nlp")
-    with Rtnl.open(ns) as rtnl:
-        rtnl.ensure_bridge("br0", "ov:test", 1400)
-        rtnl.ensure_veth("v0", "ov:v0", 1400, "eth0", netns.path_of(other), "02:6f:0a:00:00:02")
-        rtnl.ensure_veth("v0", "ov:v0", 1400, "eth0", netns.path_of(other), "02:6f:0a:00:00:02")  # idempotent
-        rtnl.ensure_port("v0", "br0")
-        link = rtnl.link("v0")
+    with Rtnl.open(ns) as links:
+        links.ensure_bridge("br0", "ov:test", 1400)
+        links.ensure_veth("v0", "ov:v0", 1400, "eth0", netns.path_of(other), "02:6f:0a:00:00:02")
+        links.ensure_veth("v0", "ov:v0", 1400, "eth0", netns.path_of(other), "02:6f:0a:00:00:02")  # idempotent
+        links.ensure_port("v0", "br0")
+        link = links.link("v0")
         assert link is not None and link.alias == "ov:v0" and link.up
-        assert link.master == rtnl.link("br0").index  # type: ignore[union-attr]
+        assert link.master == links.link("br0").index  # type: ignore[union-attr]
     (peer,) = ip_json(other, "link", "show", "eth0")
     assert (peer["mtu"], peer["address"]) == (1400, "02:6f:0a:00:00:02")
     with Rtnl.open(other) as inside:
@@ -124,10 +114,32 @@ def test_rtnl_veth_peer_is_made_in_the_other_namespace(make_netns: Callable[[str
 
 
 def test_rtnl_missing_links_read_and_delete_as_before(ns: str) -> None:
-    with Rtnl.open(ns) as rtnl:
-        assert rtnl.link("nothere") is None
-        rtnl.delete_link("nothere")
+    with Rtnl.open(ns) as links:
+        assert links.link("nothere") is None
+        links.delete_link("nothere")
         with pytest.raises(KernelError, match="find link nothere"):
-            rtnl.ensure_up("nothere")
+            links.ensure_up("nothere")
         with pytest.raises(KernelError, match="find link nothere"):
-            rtnl.ensure_port("nothere", "lo")
+            links.ensure_port("nothere", "lo")
+
+
+def test_veths_speak_no_ipv6_on_either_end(ns: str) -> None:
+    """A namespace we create gives new interfaces no IPv6 (lo keeps ::1); our host end gets no addresses."""
+    inner = unique("v6")
+    path = netns.create(inner)
+    try:
+        with Rtnl.open(ns) as links:
+            links.ensure_bridge("br0", "ov:test", 1500)
+            links.ensure_veth("v0", "ov:v0", 1500, "eth0", path, "02:6f:0a:00:00:03")
+            links.ensure_port("v0", "br0")
+        with Rtnl.open(inner) as inside:
+            inside.ensure_up("lo")
+            inside.ensure_up("eth0")
+        v6 = {str(i["ifname"]): [a["local"] for a in i["addr_info"]]  # type: ignore[attr-defined]
+              for i in ip_json(inner, "-6", "addr", "show")}
+        assert {name: addrs for name, addrs in v6.items() if addrs} == {"lo": ["::1"]}
+        (host_end,) = ip_json(ns, "-d", "link", "show", "v0")
+        assert host_end["inet6_addr_gen_mode"] == "none"
+        assert not ip_json(ns, "-6", "addr", "show", "dev", "v0")
+    finally:
+        netns.delete(inner)
