@@ -2,9 +2,12 @@
 
 A namespace is named by a file under /run/netns (a bind mount of an nsfs inode),
 the convention ``ip netns`` uses, so users can inspect ours with ``ip netns``.
-Namespaces are per thread on Linux, so every switch happens in a short-lived
-helper thread: the process's main thread never leaves its own namespace, and
-we avoid the fork that ``pyroute2.netns`` pays for each call.
+
+Namespaces are per thread on Linux. To work inside one (make a socket, write a
+sysctl, create a namespace), the calling thread enters it and always returns to
+where it was (``inside``): about 15 us, against about 0.3-0.8 ms to start and join
+a helper thread for the same job, and no fork (``pyroute2.netns`` forks each
+call). Nothing else runs on this thread meanwhile; other threads never move.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -51,15 +55,21 @@ def _mount(src: str, dst: str, flags: int) -> int:
     return int(_libc.mount(src.encode(), dst.encode(), None, flags, None))
 
 
+_netns_dir_ready = False
+
+
 def _ensure_netns_dir() -> None:
-    """Make /run/netns a shared mount point, as ``ip netns`` does, so mounts propagate."""
-    NETNS_DIR.mkdir(parents=True, exist_ok=True)
-    if _mount("none", str(NETNS_DIR), MS_SHARED | MS_REC) == 0:
+    """Make /run/netns a shared mount point, as ``ip netns`` does, so mounts propagate (once a process)."""
+    global _netns_dir_ready
+    if _netns_dir_ready and NETNS_DIR.is_dir():
         return
-    if ctypes.get_errno() != errno.EINVAL:
-        _check(-1, "make shared", str(NETNS_DIR))
-    _check(_mount(str(NETNS_DIR), str(NETNS_DIR), MS_BIND | MS_REC), "bind-mount", str(NETNS_DIR))
-    _check(_mount("none", str(NETNS_DIR), MS_SHARED | MS_REC), "make shared", str(NETNS_DIR))
+    NETNS_DIR.mkdir(parents=True, exist_ok=True)
+    if _mount("none", str(NETNS_DIR), MS_SHARED | MS_REC) != 0:
+        if ctypes.get_errno() != errno.EINVAL:
+            _check(-1, "make shared", str(NETNS_DIR))
+        _check(_mount(str(NETNS_DIR), str(NETNS_DIR), MS_BIND | MS_REC), "bind-mount", str(NETNS_DIR))
+        _check(_mount("none", str(NETNS_DIR), MS_SHARED | MS_REC), "make shared", str(NETNS_DIR))
+    _netns_dir_ready = True
 
 
 def setns(path: str | Path, nstype: int = CLONE_NEWNET) -> None:
@@ -89,16 +99,34 @@ def in_thread(fn: Callable[[], T]) -> T:
     return box["result"]  # type: ignore[return-value]
 
 
+@contextmanager
+def inside(path: str | Path | None) -> Iterator[None]:
+    """The calling thread inside the namespace at ``path`` (None: stay), back where it was afterwards."""
+    if path is None:
+        yield
+        return
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:  # entering inside the try: an interrupt just after setns still leads home
+            setns(path)
+            yield
+        finally:
+            _return_home(home)
+    finally:
+        os.close(home)
+
+
+def _return_home(home: int) -> None:
+    if _libc.setns(home, CLONE_NEWNET) != 0:
+        # Every later kernel step of this thread would land in the wrong namespace: stop here.
+        err = ctypes.get_errno()
+        raise SystemExit(f"overlays: cannot return to its own network namespace: {os.strerror(err)}")
+
+
 def run_in(path: str | Path | None, fn: Callable[[], T]) -> T:
     """Run ``fn`` inside the namespace at ``path`` (None: this process's own)."""
-    if path is None:
+    with inside(path):
         return fn()
-
-    def entered() -> T:
-        setns(path)
-        return fn()
-
-    return in_thread(entered)
 
 
 # Written in every namespace we create, from inside it, before any interface but lo exists.
@@ -131,17 +159,19 @@ def create(name: str) -> Path:
     except FileExistsError as e:
         raise KernelError("create netns", name, None, "it exists already") from e
 
-    def make() -> None:
-        _check(_libc.unshare(CLONE_NEWNET), "unshare", name)
-        _write_sysctls(name)  # before the mount: a failure leaves nothing to unmount
-        tid = threading.get_native_id()
-        _check(_mount(f"/proc/self/task/{tid}/ns/net", str(path), MS_BIND), "bind-mount netns", name)
-
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        in_thread(make)
+        try:
+            _check(_libc.unshare(CLONE_NEWNET), "unshare", name)
+            _write_sysctls(name)  # before the mount: a failure leaves nothing to unmount
+            _check(_mount("/proc/thread-self/ns/net", str(path), MS_BIND), "bind-mount netns", name)
+        finally:
+            _return_home(home)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(home)
     return path
 
 
