@@ -211,14 +211,32 @@ class Lab:
         actions = self.plan()
         record = self.record()
         record.source = self.topology.source
+        made = self._record_new_sandboxes(actions, record)
         for action in actions:
             if progress:
                 progress(action)
             self._apply(action, record)
-            self._save(record)
+            if action not in made:
+                self._save(record)
+        self._save(record)
         if actions and self.topology.overlays:
             self.wait_converged()
         return actions
+
+    def _record_new_sandboxes(self, actions: list[Action], record: Record) -> list[Action]:
+        """Record the sandboxes about to be created, in one save, before any is made; return their actions.
+
+        A record naming a sandbox that is not there (the up stopped first) only makes the
+        next up create it; a sandbox made but not recorded would look foreign to that up.
+        Saving after each of N creates rewrote the whole record N times: O(N^2).
+        """
+        made = [a for a in actions if a.kind == SANDBOX and a.verb == "create"]
+        for action in made:
+            decl = next(s for s in self.topology.sandboxes if s.spec.name == action.name and s.host == action.host)
+            record.objects[key(action.host, SANDBOX, action.name)] = sandbox_print(decl)
+        if made:
+            self._save(record)
+        return made
 
     def wait_converged(self, timeout: float = 15.0) -> None:
         """Block until every host's agent has programmed what the store says (the overlay is usable)."""

@@ -189,7 +189,8 @@ def _sandbox_actions(box: SandboxDecl, old: str | None, new: str, engine: Engine
                            "remove it or rename the sandbox in the file")
         return [Action("create", SANDBOX, host, name)]
     if current is None:
-        return [Action("create", SANDBOX, host, name, "it was removed")]
+        # Removed behind our back, or recorded by an up that stopped before making it (see Lab.up).
+        return [Action("create", SANDBOX, host, name, "it is missing")]
     if old != new and not _same_but_networks(old, new):
         return [Action("recreate", SANDBOX, host, name, "its ports, command or hostname changed")]
     actions = []

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from overlays.errors import KernelError
 from overlays.kernel.faults import FaultyKernel
 from overlays.kernel.linux import LinuxKernel
 from overlays.kernel.netns import NETNS_DIR
@@ -100,6 +101,51 @@ def test_drift_is_repaired_by_up(host: str, state_dir: Path) -> None:
     finally:
         lab.down()
         lab.close()
+
+
+class _FailsSecondSandbox(FaultyKernel):
+    """The real kernel, except that making the second sandbox's namespace fails."""
+
+    def __init__(self) -> None:
+        super().__init__(LinuxKernel())
+        self.sandboxes = 0
+
+    def create_netns(self, name: str) -> Path:
+        if name.startswith("ov-"):
+            self.sandboxes += 1
+            if self.sandboxes == 2:
+                raise KernelError("create netns", name, None, "injected failure")
+        return super().create_netns(name)
+
+
+def test_an_up_that_stops_halfway_is_completed_by_the_next_up(host: str, state_dir: Path) -> None:
+    raw = example("three-tier.yaml")
+    broken = lab_for(raw, host, state_dir, kernel=_FailsSecondSandbox())
+    with pytest.raises(KernelError, match="injected failure"):
+        broken.up()
+    broken.close()
+    lab = lab_for(raw, host, state_dir)
+    try:
+        missing = [a for a in lab.plan() if a.kind == "sandbox"]
+        assert missing and all(a.verb == "create" and a.detail == "it is missing" for a in missing), missing
+        assert len(missing) == len(raw["sandboxes"]) - 1  # the first one was made
+        lab.up()
+        assert lab.plan() == [] and lab.check().passed
+    finally:
+        lab.down()
+        lab.close()
+    assert [str(link["ifname"]) for link in ip_json(host, "link", "show")] == ["lo"]
+
+
+def test_down_after_an_up_that_stopped_halfway_removes_what_was_made(host: str, state_dir: Path) -> None:
+    raw = example("three-tier.yaml")
+    broken = lab_for(raw, host, state_dir, kernel=_FailsSecondSandbox())
+    with pytest.raises(KernelError, match="injected failure"):
+        broken.up()
+    broken.down()  # the record names sandboxes that were never made: down must not trip on them
+    broken.close()
+    assert leftovers(raw["name"]) == []
+    assert [str(link["ifname"]) for link in ip_json(host, "link", "show")] == ["lo"]
 
 
 def test_down_leaves_what_the_file_did_not_create(cli: Cli, host: str, state_dir: Path, tmp_path: Path) -> None:
