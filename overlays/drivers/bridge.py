@@ -54,7 +54,7 @@ def attach(
                            f"and {net.bridge} has them all; create another network") from e
         raise
     sandbox.ensure_address(ep.ifname, str(ep.ip), ep.prefixlen)
-    sandbox.ensure_up(ep.ifname)
+    sandbox.ensure_up(ep.ifname, ipv6=False)  # IPv4 only: see Rtnl.ensure_up
     if not net.overlay:
         sandbox.ensure_default_route(str(ep.gateway))
 

@@ -129,29 +129,8 @@ def run_in(path: str | Path | None, fn: Callable[[], T]) -> T:
         return fn()
 
 
-# Written in every namespace we create, from inside it, before any interface but lo exists.
-# overlays serves IPv4 only; an interface with IPv6 runs DAD, router solicitations and MLD
-# reports, and on a bridge of N sandboxes each of those multicasts is copied to all N ports:
-# at N = 1000 that chatter tripled the cost of every attach (measured: 17 -> 5.6 ms per
-# sandbox, raw netlink). Docker likewise turns IPv6 off on a container's interfaces when
-# its network has none. ``lo`` keeps ::1: it exists before this is written.
-SANDBOX_SYSCTLS = {"net/ipv6/conf/default/disable_ipv6": "1"}
-
-
-def _write_sysctls(name: str) -> None:
-    """Set SANDBOX_SYSCTLS in the calling thread's namespace (a kernel without IPv6 has no such keys)."""
-    for key, value in SANDBOX_SYSCTLS.items():
-        try:
-            with open(f"/proc/sys/{key}", "w") as f:
-                f.write(value)
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            raise KernelError("set sysctl", f"{key}={value}", name, e.strerror or str(e)) from e
-
-
 def create(name: str) -> Path:
-    """Create the named namespace (see SANDBOX_SYSCTLS); an existing one of that name is an error."""
+    """Create the named namespace; an existing one of that name is an error."""
     _ensure_netns_dir()
     path = path_of(name)
     try:
@@ -163,7 +142,6 @@ def create(name: str) -> Path:
     try:
         try:
             _check(_libc.unshare(CLONE_NEWNET), "unshare", name)
-            _write_sysctls(name)  # before the mount: a failure leaves nothing to unmount
             _check(_mount("/proc/thread-self/ns/net", str(path), MS_BIND), "bind-mount netns", name)
         finally:
             _return_home(home)

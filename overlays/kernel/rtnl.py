@@ -65,7 +65,7 @@ ZERO_MAC = "00:00:00:00:00:00"
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _RTNH_IFINDEX = struct.Struct("=i")
 _SKIP_STATS = attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
-# A host-side veth is a bridge port and never needs IPv6 (see netns.SANDBOX_SYSCTLS for the sandbox side).
+# overlays serves IPv4 only: the links of an endpoint make no IPv6 addresses (see Rtnl.ensure_up).
 _NO_IPV6_ADDRESSES = nl.nest(
     IFLA_AF_SPEC, nl.nest(AF_INET6, nl.attr_u8(IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE))
 )
@@ -327,14 +327,23 @@ class Rtnl:
         br = self._need(bridge)
         self._set_existing("attach to bridge", name, f"{name} -> {bridge}", attr_u32(IFLA_MASTER, br.index))
 
-    def ensure_up(self, name: str) -> None:
-        """One set by name (raising an up link is a no-op in the kernel)."""
+    def ensure_up(self, name: str, ipv6: bool = True) -> None:
+        """One set by name (raising an up link is a no-op in the kernel).
+
+        ``ipv6=False``: first tell the link to make no IPv6 addresses, so it comes up silent
+        (no DAD, router solicitations or MLD reports, which a bridge of N sandboxes copies to
+        all N ports: at N = 1000 that chatter tripled the cost of every attach). It must be a
+        set of its own: the kernel raises the link before it reads IFLA_AF_SPEC, and refuses
+        the attribute when a link is created.
+        """
+        if not ipv6:
+            self._set_existing("turn off IPv6 addresses of", name, name, _NO_IPV6_ADDRESSES, up=None)
         self._set_existing("bring up", name, name)
 
-    def _set_existing(self, operation: str, name: str, obj: str, attrs: bytes = b"") -> None:
-        """Set ``attrs`` and IFF_UP on the existing link ``name``; its absence reads as before (find link)."""
+    def _set_existing(self, operation: str, name: str, obj: str, attrs: bytes = b"", up: bool | None = True) -> None:
+        """Set ``attrs`` (and IFF_UP) on the existing link ``name``; its absence reads as before (find link)."""
         try:
-            self._set_named(name, attrs, up=True)
+            self._set_named(name, attrs, up=up)
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 raise KernelError("find link", name, self.netns, "no such device") from e

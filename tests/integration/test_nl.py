@@ -124,7 +124,7 @@ def test_rtnl_missing_links_read_and_delete_as_before(ns: str) -> None:
 
 
 def test_veths_speak_no_ipv6_on_either_end(ns: str) -> None:
-    """A namespace we create gives new interfaces no IPv6 (lo keeps ::1); our host end gets no addresses."""
+    """Neither end of an endpoint's veth makes IPv6 addresses; the sandbox's lo keeps ::1."""
     inner = unique("v6")
     path = netns.create(inner)
     try:
@@ -134,12 +134,14 @@ def test_veths_speak_no_ipv6_on_either_end(ns: str) -> None:
             links.ensure_port("v0", "br0")
         with Rtnl.open(inner) as inside:
             inside.ensure_up("lo")
-            inside.ensure_up("eth0")
+            inside.ensure_up("eth0", ipv6=False)
         v6 = {str(i["ifname"]): [a["local"] for a in i["addr_info"]]  # type: ignore[attr-defined]
               for i in ip_json(inner, "-6", "addr", "show")}
         assert {name: addrs for name, addrs in v6.items() if addrs} == {"lo": ["::1"]}
         (host_end,) = ip_json(ns, "-d", "link", "show", "v0")
-        assert host_end["inet6_addr_gen_mode"] == "none"
+        (sandbox_end,) = ip_json(inner, "-d", "link", "show", "eth0")
+        assert host_end["inet6_addr_gen_mode"] == sandbox_end["inet6_addr_gen_mode"] == "none"
+        assert "UP" in sandbox_end["flags"]  # type: ignore[operator]
         assert not ip_json(ns, "-6", "addr", "show", "dev", "v0")
     finally:
         netns.delete(inner)

@@ -179,7 +179,7 @@ class FakeLinks:
     def ensure_port(self, name: str, bridge: str) -> None:
         self.ns.links[name] = replace(self._need(name), master=self._need(bridge).index, up=True)
 
-    def ensure_up(self, name: str) -> None:
+    def ensure_up(self, name: str, ipv6: bool = True) -> None:
         self.ns.links[name] = replace(self._need(name), up=True)
 
     def ensure_address(self, name: str, ip: str, prefixlen: int) -> None:
