@@ -56,17 +56,19 @@ def allocate(txn: Txn, ctx: Context, sandbox: str, request: EndpointRequest, ifn
 
 
 def release(ctx: Context, eps: list[Endpoint]) -> None:
-    def drop(txn: NodeTxn) -> None:
-        for ep in eps:
-            txn.delete(records.endpoint_key(ep.sandbox, ep.network))
-            if ep.overlay:
-                ipam.release(txn.root, ep.network, ep.ip)
-                overlay.unregister(txn, ctx, ep.network, ep.sandbox)
-            else:
-                ipam.release(txn, ep.network, ep.ip)
-
-    ctx.transact(drop)
+    ctx.transact(lambda txn: drop_records(txn, ctx, eps))
     leave_overlays(ctx, eps)
+
+
+def drop_records(txn: NodeTxn, ctx: Context, eps: list[Endpoint]) -> None:
+    """Inside a store transaction: forget the endpoints and free their addresses (then: leave_overlays)."""
+    for ep in eps:
+        txn.delete(records.endpoint_key(ep.sandbox, ep.network))
+        if ep.overlay:
+            ipam.release(txn.root, ep.network, ep.ip)
+            overlay.unregister(txn, ctx, ep.network, ep.sandbox)
+        else:
+            ipam.release(txn, ep.network, ep.ip)
 
 
 def mark_ready(txn: Txn, eps: list[Endpoint]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from overlays.drivers.firewall import Publish
 from overlays.engine import endpoints, firewall, ports, records, views
-from overlays.engine.context import Context
+from overlays.engine.context import Context, NodeTxn
 from overlays.errors import Conflict, InvalidSpec, NotFound, OverlaysError
 from overlays.kernel import process
 from overlays.model.names import netns_name, sandbox_ifname, validate_name
@@ -44,15 +44,17 @@ def _record(ctx: Context, box: Sandbox, requests: SandboxSpec | None) -> tuple[l
 
 
 def _forget(ctx: Context, name: str, eps: Sequence[Endpoint]) -> None:
-    endpoints.release(ctx, list(eps))
+    """One transaction drops the sandbox, its endpoints, addresses and port claims."""
 
-    def drop(txn: Txn) -> None:
+    def drop(txn: NodeTxn) -> None:
+        endpoints.drop_records(txn, ctx, list(eps))
         record = txn.get(records.sandbox_key(name))
         if record is not None:
             ports.release(txn, name, Sandbox.from_record(record).ports)
         txn.delete(records.sandbox_key(name))
 
     ctx.transact(drop)
+    endpoints.leave_overlays(ctx, list(eps))
 
 
 def _mark_ready(ctx: Context, box: Sandbox, eps: list[Endpoint]) -> Sandbox:
