@@ -1,4 +1,4 @@
-"""``python -m benchmarks [all|attach|up|cli|limit|ports|dataplane|overlay] [--quick]``: a table, JSON, verdicts."""
+"""``python -m benchmarks [all|attach|attach-ports|up|cli|limit|ports|dataplane|overlay] [--quick]``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from benchmarks import attach, bridge_limit, cli_latency, dataplane, overlay_convergence, ports, topology_up
+from benchmarks import (
+    attach,
+    attach_ports,
+    bridge_limit,
+    cli_latency,
+    dataplane,
+    overlay_convergence,
+    ports,
+    topology_up,
+)
 from benchmarks.harness import (
     RESULTS_DIR,
     Row,
@@ -22,7 +31,9 @@ from benchmarks.harness import (
 )
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (attach, cli_latency, bridge_limit, topology_up, overlay_convergence, ports, dataplane)}
+    m.NAME: m
+    for m in (attach, attach_ports, cli_latency, bridge_limit, topology_up, overlay_convergence, ports, dataplane)
+}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

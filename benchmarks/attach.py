@@ -89,7 +89,8 @@ def _verify(sub: subjects.Base, host: str, n: int) -> dict[str, Any]:
         lo_up = any(k[0] == "lo" and "127.0.0.1" in v for k, v in addrs.items())
         eth0 = any(k[0] == "eth0" and k[1] == "UP" and v for k, v in addrs.items())
         wired.append(bool(default and lo_up and eth0))
-    return {"bridge_ports": ports, "wired": all(wired), "ok": ports == n and all(wired)}
+    extra = all(sub.verify_sandbox(i) for i in sorted({0, n - 1}))  # e.g. its published port answers
+    return {"bridge_ports": ports, "wired": all(wired), "extra": extra, "ok": ports == n and all(wired) and extra}
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +117,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             sub.detach(i)
             detach.append(now_ns() - t)
         result["gone_wait_ns"], result["veths_left"] = _wait_veths_gone(host)
-        if spec["subject"] in TOOLS:  # untimed: one more sandbox, each tool under /usr/bin/time
+        if sub.execs_tools:  # untimed: one more sandbox, each tool under /usr/bin/time
             sub.rss_probe = True
             sub.attach(done)
             sub.detach(done)
@@ -150,7 +151,7 @@ def _measure(run: Run, subject: str, n: int, budget: float) -> dict[str, Any]:
     try:
         with run.host(subject[:3]) as host:
             workdir = run.scratch(host)
-            if subject == "overlays":
+            if issubclass(subjects.SUBJECTS[subject], subjects.OverlaysSubject):
                 run.add_engine(workdir / "state", host)
             spec = {"subject": subject, "n": n, "host": host, "subnet": "10.77.0.0/16", "workdir": str(workdir),
                     "budget": budget}
@@ -161,8 +162,14 @@ def _measure(run: Run, subject: str, n: int, budget: float) -> dict[str, Any]:
 
 def collect(run: Run, args: argparse.Namespace, log: Any) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """Run the plan; results per (subject, N), one dict per round."""
+    return collect_plan(run, _plan(args), args.budget, log, NAME)
+
+
+def collect_plan(run: Run, plan: list[tuple[int, int, list[str]]], budget: float, log: Any,
+                 label: str) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Run (N, rounds, subjects) in interleaved rounds, each in a worker of its own; results per (subject, N)."""
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for n, rounds, subs in _plan(args):
+    for n, rounds, subs in plan:
         for r in range(rounds):
             order = subs[r % len(subs):] + subs[: r % len(subs)]
             for subject in order:
@@ -172,11 +179,11 @@ def collect(run: Run, args: argparse.Namespace, log: Any) -> dict[tuple[str, int
                     continue
                 t = time.monotonic()
                 try:
-                    res = _measure(run, subject, n, args.budget)
+                    res = _measure(run, subject, n, budget)
                 except WorkerFailed as e:
                     res = {"error": str(e)}
                 results.setdefault((subject, n), []).append(res)
-                log(f"  attach n={n} round {r + 1}/{rounds} {subject}: {_summary(res)} ({time.monotonic() - t:.0f} s)")
+                log(f"  {label} n={n} round {r + 1}/{rounds} {subject}: {_summary(res)} ({time.monotonic() - t:.0f} s)")
     return results
 
 

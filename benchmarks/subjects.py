@@ -20,6 +20,17 @@ loopback up; teardown leaves nothing. ``prepare`` (untimed) builds the network.
 - ``netavark``: podman's backend, ``netavark --config DIR setup|teardown NETNS`` with the
   network JSON on stdin, exec'd the same way; its iptables rules land in our host namespace.
 
+With one published port per sandbox (``attach_ports``): sandbox i publishes host port
+PORT_BASE + i to its port 80, TCP, on every host address.
+
+- ``overlays+port``: the same ``create_sandbox`` with one ``PortMapping``.
+- ``cni+portmap``: the chain bridge + host-local, then ``portmap`` with the bridge's result as
+  ``prevResult`` and ``runtimeConfig.portMappings``, as libcni runs a conflist (DEL in reverse).
+- ``netavark+port``: the same call with ``port_mappings`` in its options.
+
+Each checks, untimed, that a connection from the host to the gateway address and the
+published port reaches a listener in the first and the last sandbox.
+
 Design note: the baselines import nothing from overlays, so a slow path there cannot
 make its own yardstick slow too.
 """
@@ -41,6 +52,8 @@ from benchmarks import netns
 CNI_PATH = Path("/usr/lib/cni")
 NETAVARK = Path("/usr/lib/podman/netavark")
 NETWORK = "bench"
+PORT_BASE = 30000      # the host port sandbox i publishes: PORT_BASE + i
+CONTAINER_PORT = 80
 Done = subprocess.CompletedProcess[bytes]
 
 
@@ -52,6 +65,7 @@ class Subject(Protocol):
     def attach(self, i: int) -> None: ...
     def detach(self, i: int) -> None: ...
     def sandbox_netns(self, i: int) -> str: ...
+    def verify_sandbox(self, i: int) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -60,6 +74,7 @@ class Base:
 
     name = "base"
     bridge = "bbr0"
+    execs_tools = False  # a process per step: its peak RSS is probed separately
 
     def __init__(self, host: str, subnet: str, workdir: Path) -> None:
         self.host = host
@@ -77,6 +92,10 @@ class Base:
 
     def mac(self, i: int) -> str:
         return "02:62:" + ":".join(f"{b:02x}" for b in (i + 2).to_bytes(4, "big"))
+
+    def verify_sandbox(self, i: int) -> bool:
+        """Untimed, after the attach loop: anything beyond the wiring the subject promises (here none)."""
+        return True
 
     # While probing, each tool runs under /usr/bin/time: its peak RSS is then its own. (Exec'd straight
     # from this process, a child's ru_maxrss starts at our RSS: exec carries the old mm's high-water mark.)
@@ -310,6 +329,7 @@ class PackedSubject(RawSubject):
 
 class IpSubject(Base):
     name = "ip"
+    execs_tools = True
 
     def ip(self, *args: str) -> None:
         self.run_tool(["ip", *args])
@@ -344,6 +364,8 @@ class IpSubject(Base):
 class ExecSubject(Base):
     """Plugins exec'd from a thread that lives in the host namespace (children inherit it)."""
 
+    execs_tools = True
+
     def __init__(self, host: str, subnet: str, workdir: Path) -> None:
         super().__init__(host, subnet, workdir)
         self.thread = netns.NsThread(self.host_path)
@@ -373,7 +395,7 @@ class CniSubject(ExecSubject):
         }).encode()
         self.loopback_conf = json.dumps({"cniVersion": "1.0.0", "name": "cni-loopback", "type": "loopback"}).encode()
 
-    def _plugin(self, plugin: str, command: str, i: int, ifname: str, conf: bytes) -> None:
+    def _plugin(self, plugin: str, command: str, i: int, ifname: str, conf: bytes) -> bytes:
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "CNI_COMMAND": command,
@@ -382,7 +404,7 @@ class CniSubject(ExecSubject):
             "CNI_IFNAME": ifname,
             "CNI_PATH": str(CNI_PATH),
         }
-        self.run_tool([str(CNI_PATH / plugin)], conf, env)
+        return self.run_tool([str(CNI_PATH / plugin)], conf, env)
 
     def attach(self, i: int) -> None:
         netns.create(self.sandbox_netns(i))  # the runtime makes the namespace, the plugins fill it
@@ -415,7 +437,10 @@ class NetavarkSubject(ExecSubject):
         }
 
     def _options(self, i: int) -> bytes:
-        doc: dict[str, Any] = {
+        return json.dumps(self._options_doc(i)).encode()
+
+    def _options_doc(self, i: int) -> dict[str, Any]:
+        return {
             "container_id": f"{i:064x}",
             "container_name": f"s{i}",
             "networks": {
@@ -423,7 +448,6 @@ class NetavarkSubject(ExecSubject):
             },
             "network_info": {NETWORK: self.info},
         }
-        return json.dumps(doc).encode()
 
     def _run(self, command: str, i: int) -> None:
         path = str(netns.path_of(self.sandbox_netns(i)))
@@ -440,15 +464,98 @@ class NetavarkSubject(ExecSubject):
         self.made.discard(i)
 
 
+# -- the same, each sandbox publishing one port ------------------------------------
+
+
+class OnePort(Base):
+    """Sandbox i publishes PORT_BASE + i/tcp to its port 80; the check connects through it."""
+
+    def host_port(self, i: int) -> int:
+        return PORT_BASE + i
+
+    def verify_sandbox(self, i: int) -> bool:
+        """A connection from the host to the gateway address and the published port reaches sandbox i."""
+        sandbox = netns.path_of(self.sandbox_netns(i))
+
+        def listen() -> socket.socket:
+            netns.setns(sandbox)
+            return socket.create_server(("0.0.0.0", CONTAINER_PORT))
+
+        def connect() -> None:
+            netns.setns(self.host_path)
+            socket.create_connection((self.gateway, self.host_port(i)), timeout=3).close()
+
+        listener = netns.in_thread(listen)
+        try:
+            listener.settimeout(3)
+            netns.in_thread(connect)
+            listener.accept()[0].close()  # it arrived here, not at some other listener
+            return True
+        except OSError:
+            return False
+        finally:
+            listener.close()
+
+
+class OverlaysPortSubject(OnePort, OverlaysSubject):
+    name = "overlays+port"
+
+    def attach(self, i: int) -> None:
+        from overlays import EndpointRequest, PortMapping, SandboxSpec
+
+        port = PortMapping(host_port=self.host_port(i), container_port=CONTAINER_PORT)
+        self.engine.create_sandbox(SandboxSpec.parse(f"s{i}", [EndpointRequest.parse(NETWORK)], ports=[port]))
+        self.made.add(i)
+
+
+class CniPortmapSubject(OnePort, CniSubject):
+    name = "cni+portmap"
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.results: dict[int, Any] = {}  # the chain's result per sandbox: libcni caches it for DEL
+
+    def _portmap_conf(self, i: int) -> bytes:
+        return json.dumps({
+            "cniVersion": "1.0.0", "name": NETWORK, "type": "portmap", "capabilities": {"portMappings": True},
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": self.host_port(i), "containerPort": CONTAINER_PORT, "protocol": "tcp"}]},
+            "prevResult": self.results[i],
+        }).encode()
+
+    def attach(self, i: int) -> None:
+        netns.create(self.sandbox_netns(i))
+        self.made.add(i)
+        self._plugin("loopback", "ADD", i, "lo", self.loopback_conf)
+        self.results[i] = json.loads(self._plugin("bridge", "ADD", i, "eth0", self.bridge_conf))
+        self._plugin("portmap", "ADD", i, "eth0", self._portmap_conf(i))
+
+    def detach(self, i: int) -> None:
+        self._plugin("portmap", "DEL", i, "eth0", self._portmap_conf(i))
+        self.results.pop(i)
+        super().detach(i)
+
+
+class NetavarkPortSubject(OnePort, NetavarkSubject):
+    name = "netavark+port"
+
+    def _options_doc(self, i: int) -> dict[str, Any]:
+        mapping = {"host_ip": "", "container_port": CONTAINER_PORT, "host_port": self.host_port(i), "range": 1,
+                   "protocol": "tcp"}
+        return super()._options_doc(i) | {"port_mappings": [mapping]}
+
+
 SUBJECTS: dict[str, type[Base]] = {
-    s.name: s for s in (OverlaysSubject, RawSubject, PackedSubject, IpSubject, CniSubject, NetavarkSubject)
+    s.name: s for s in (OverlaysSubject, RawSubject, PackedSubject, IpSubject, CniSubject, NetavarkSubject,
+                        OverlaysPortSubject, CniPortmapSubject, NetavarkPortSubject)
 }
 
 
 def available(name: str) -> str | None:
     """None if the subject can run here, else why not."""
-    if name == "cni" and not (CNI_PATH / "bridge").exists():
-        return f"{CNI_PATH}/bridge missing (run scripts/install-bench-deps)"
-    if name == "netavark" and not NETAVARK.exists():
-        return f"{NETAVARK} missing (run scripts/install-bench-deps)"
+    needs = {"cni": [CNI_PATH / "bridge"], "cni+portmap": [CNI_PATH / "bridge", CNI_PATH / "portmap"],
+             "netavark": [NETAVARK], "netavark+port": [NETAVARK]}
+    for path in needs.get(name, []):
+        if not path.exists():
+            return f"{path} missing (run scripts/install-bench-deps)"
     return None
