@@ -83,8 +83,7 @@ def create(ctx: Context, spec: SandboxSpec) -> Sandbox:
             with ctx.kernel.open_path(box.netns, path) as inside:
                 inside.ensure_up("lo")
                 for ep in eps:  # a veth of an earlier sandbox of this name, not yet freed (rm without waiting)
-                    if host.link(ep.host_ifname) is not None:
-                        host.delete_link(ep.host_ifname)
+                    host.delete_link(ep.host_ifname)  # one request, answered ENODEV in the usual case
                 endpoints.wire(ctx, host, inside, path, eps, undo)
             undo.push(f"unpublish the ports of {box.name}", firewall.unpublish, ctx, publishes)
             firewall.publish(ctx, publishes)

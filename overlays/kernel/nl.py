@@ -141,52 +141,61 @@ def nest(kind: int, *attrs: bytes) -> bytes:
 
 
 class Attrs:
-    """The attributes of a message (or of a nested attribute), raw, by number: read with typed getters."""
+    """The attributes of a message (or of a nested attribute) by number: read with typed getters.
 
-    __slots__ = ("raw",)
+    Parsing records where each attribute's payload lies and copies nothing: a link carries
+    some forty attributes, of which we read five or six.
+    """
 
-    def __init__(self, raw: dict[int, bytes]) -> None:
-        self.raw = raw
+    __slots__ = ("_data", "_spans")
+
+    def __init__(self, data: bytes, spans: dict[int, tuple[int, int]]) -> None:
+        self._data = data
+        self._spans = spans
 
     @classmethod
     def parse(cls, data: bytes, start: int, end: int) -> Attrs:
-        raw: dict[int, bytes] = {}
+        spans: dict[int, tuple[int, int]] = {}
+        unpack = _NLA.unpack_from
         at = start
-        while at + _NLA.size <= end:
-            size, kind = _NLA.unpack_from(data, at)
-            if size < _NLA.size or at + size > end:
+        while at + 4 <= end:
+            size, kind = unpack(data, at)
+            if size < 4 or at + size > end:
                 break
-            raw.setdefault(kind & NLA_TYPE_MASK, data[at + _NLA.size : at + size])
+            kind &= NLA_TYPE_MASK
+            if kind not in spans:  # the first of a repeated attribute, as the kernel's nla_find
+                spans[kind] = (at + 4, at + size)
             at += (size + 3) & ~3
-        return cls(raw)
+        return cls(data, spans)
 
     def __contains__(self, kind: int) -> bool:
-        return kind in self.raw
+        return kind in self._spans
 
     def blob(self, kind: int) -> bytes | None:
-        return self.raw.get(kind)
+        span = self._spans.get(kind)
+        return self._data[span[0] : span[1]] if span is not None else None
 
     def text(self, kind: int) -> str | None:
-        value = self.raw.get(kind)
+        value = self.blob(kind)
         return value.split(b"\0", 1)[0].decode(errors="replace") if value is not None else None
 
     def u32(self, kind: int) -> int | None:
-        value = self.raw.get(kind)
-        return _U32.unpack_from(value)[0] if value is not None and len(value) >= 4 else None
+        span = self._spans.get(kind)
+        return _U32.unpack_from(self._data, span[0])[0] if span is not None and span[1] - span[0] >= 4 else None
 
     def mac(self, kind: int) -> str | None:
-        value = self.raw.get(kind)
+        value = self.blob(kind)
         return ":".join(f"{b:02x}" for b in value) if value is not None else None
 
     def ip(self, kind: int) -> str | None:
-        value = self.raw.get(kind)
+        value = self.blob(kind)
         if value is None or len(value) not in (4, 16):
             return None
         return socket.inet_ntop(socket.AF_INET if len(value) == 4 else socket.AF_INET6, value)
 
     def nested(self, kind: int) -> Attrs | None:
-        value = self.raw.get(kind)
-        return Attrs.parse(value, 0, len(value)) if value is not None else None
+        span = self._spans.get(kind)
+        return Attrs.parse(self._data, span[0], span[1]) if span is not None else None
 
 
 @dataclass(frozen=True)
