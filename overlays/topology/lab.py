@@ -211,7 +211,7 @@ class Lab:
         actions = self.plan()
         record = self.record()
         record.source = self.topology.source
-        made = self._record_new_sandboxes(actions, record)
+        made = set(self._record_new_sandboxes(actions, record))
         for action in actions:
             if progress:
                 progress(action)
