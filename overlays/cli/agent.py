@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import argparse
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-import click
-
-from overlays.cli.main import Settings
-
-pass_settings = click.make_pass_decorator(Settings)
+from overlays.cli.main import Command, Settings
+from overlays.cli.render import echo
 
 
-@click.command()
-@click.option("--ttl", type=click.FloatRange(1, 3600), default=10.0, show_default=True,
-              help="Lease time in seconds: a host silent this long has its entries removed everywhere.")
-@click.option("--resync", type=click.FloatRange(1, 86400), default=30.0, show_default=True,
-              help="Seconds between full re-syncs (heals entries removed by hand).")
-@pass_settings
-def agent(s: Settings, ttl: float, resync: float) -> None:
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    """A number of seconds from ``low`` to ``high``, as an argument type."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in the range {low:g}<=x<={high:g}")
+        return value
+
+    return parse
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ttl", type=_seconds(1, 3600), default=10.0, metavar="SECONDS",
+                   help="Lease time in seconds: a host silent this long has its entries removed everywhere "
+                   "(default: 10, 1 to 3600).")
+    p.add_argument("--resync", type=_seconds(1, 86400), default=30.0, metavar="SECONDS",
+                   help="Seconds between full re-syncs (heals entries removed by hand) (default: 30, 1 to 86400).")
+
+
+def agent(s: Settings, a: argparse.Namespace) -> None:
     """Keep this host registered and its overlay FDB/neighbour entries in line with the store."""
     from overlays.agent import Agent
 
@@ -34,7 +50,10 @@ def agent(s: Settings, ttl: float, resync: float) -> None:
     engine = s.engine()
 
     def log(line: str) -> None:
-        click.echo(f"{time.strftime('%H:%M:%S')} agent {engine.ctx.node}: {line}", err=True)
+        echo(f"{time.strftime('%H:%M:%S')} agent {engine.ctx.node}: {line}", err=True)
 
-    Agent(engine, ttl=ttl, resync_every=resync, log=log).run(stop)
+    Agent(engine, ttl=a.ttl, resync_every=a.resync, log=log).run(stop)
     log("stopped")
+
+
+COMMANDS = {"agent": Command(agent, _arguments)}

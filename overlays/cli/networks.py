@@ -2,90 +2,96 @@
 
 from __future__ import annotations
 
-import click
+import argparse
 
 from overlays.cli import render
-from overlays.cli.main import Settings, held_signals
-from overlays.model.specs import NetworkSpec
-
-pass_settings = click.make_pass_decorator(Settings)
+from overlays.cli.main import Command, Group, Settings, held_signals, json_flag
+from overlays.cli.render import echo
 
 
-@click.group()
-def network() -> None:
-    """Manage networks (a bridge per network, with its own subnet)."""
+def _create_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--subnet", metavar="CIDR", help="Subnet, e.g. 10.10.0.0/24 (default: a free /24).")
+    p.add_argument("--gateway", metavar="IP", help="Gateway address, held by the bridge (default: first host).")
+    p.add_argument("--ip-range", metavar="CIDR", help="Allocate sandbox addresses from this part of the subnet only.")
+    p.add_argument("--mtu", type=int,
+                   help="MTU of the bridge and every sandbox interface (default 1500; overlays: the underlay's - 50).")
+    p.add_argument("--internal", action="store_true",
+                   help="No route out and no published ports: sandboxes reach each other only.")
+    p.add_argument("--masquerade", action=argparse.BooleanOptionalAction, default=True,
+                   help="Masquerade traffic leaving the host; --no-masquerade routes sandbox addresses as they are "
+                   "(default: masquerade).")
+    p.add_argument("-d", "--driver", choices=["bridge", "overlay"], default="bridge",
+                   help="bridge: this host only; overlay: one network across hosts (VXLAN), needs `overlays agent` "
+                   "(default: bridge).")
+    p.add_argument("--vni", type=int, help="VXLAN network identifier of an overlay network (default: a free one).")
 
 
-@network.command("create")
-@click.argument("name")
-@click.option("--subnet", metavar="CIDR", help="Subnet, e.g. 10.10.0.0/24 (default: a free /24).")
-@click.option("--gateway", metavar="IP", help="Gateway address, held by the bridge (default: first host).")
-@click.option("--ip-range", metavar="CIDR", help="Allocate sandbox addresses from this part of the subnet only.")
-@click.option("--mtu", type=int,
-              help="MTU of the bridge and every sandbox interface (default 1500; overlays: the underlay's - 50).")
-@click.option("--internal", is_flag=True, help="No route out and no published ports: sandboxes reach each other only.")
-@click.option("--masquerade/--no-masquerade", default=True, show_default=True,
-              help="Masquerade traffic leaving the host; --no-masquerade routes sandbox addresses as they are.")
-@click.option("-d", "--driver", type=click.Choice(["bridge", "overlay"]), default="bridge", show_default=True,
-              help="bridge: this host only; overlay: one network across hosts (VXLAN), needs `overlays agent`.")
-@click.option("--vni", type=int, help="VXLAN network identifier of an overlay network (default: a free one).")
-@pass_settings
-def create(s: Settings, name: str, subnet: str | None, gateway: str | None, ip_range: str | None,
-           mtu: int | None, internal: bool, masquerade: bool, driver: str, vni: int | None) -> None:
+def create(s: Settings, a: argparse.Namespace) -> None:
     """Create a network NAME."""
-    spec = NetworkSpec.parse(name, subnet=subnet, gateway=gateway, ip_range=ip_range, mtu=mtu,
-                             internal=internal, masquerade=masquerade, driver=driver, vni=vni)
+    from overlays.model.specs import NetworkSpec  # only here: ls and inspect do not need the spec classes
+
+    spec = NetworkSpec.parse(a.name, subnet=a.subnet, gateway=a.gateway, ip_range=a.ip_range, mtu=a.mtu,
+                             internal=a.internal, masquerade=a.masquerade, driver=a.driver, vni=a.vni)
     with held_signals():
         net = s.engine().create_network(spec)
     if net.overlay:
-        click.echo(f"overlay network {net.name} created: subnet {net.subnet}, VNI {net.vni}, MTU {net.mtu}")
+        echo(f"overlay network {net.name} created: subnet {net.subnet}, VNI {net.vni}, MTU {net.mtu}")
         return
     mode = " (internal)" if net.internal else "" if net.masquerade else " (routed, no masquerade)"
-    click.echo(f"network {net.name} created: subnet {net.subnet}, gateway {net.gateway}, bridge {net.bridge}{mode}")
+    echo(f"network {net.name} created: subnet {net.subnet}, gateway {net.gateway}, bridge {net.bridge}{mode}")
 
 
-@network.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@pass_settings
-def ls(s: Settings, as_json: bool) -> None:
+def ls(s: Settings, a: argparse.Namespace) -> None:
     """List networks."""
     nets = s.engine().networks()
-    if as_json:
+    if a.as_json:
         render.emit_json([render.network_dict(n) for n in nets])
     else:
-        click.echo(render.networks_table(nets))
+        echo(render.networks_table(nets))
 
 
-@network.command("inspect")
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@pass_settings
-def inspect(s: Settings, name: str, as_json: bool) -> None:
+def _inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME")
+    json_flag(p)
+
+
+def inspect(s: Settings, a: argparse.Namespace) -> None:
     """Show a network: subnet, gateway, MTU, bridge, internal, masquerade, attached sandboxes."""
-    net, users = s.engine().network(name)
+    net, users = s.engine().network(a.name)
     data = render.network_dict(net, users)
-    if as_json:
+    if a.as_json:
         render.emit_json(data)
     else:
-        click.echo(render.inspect_text(data))
+        echo(render.inspect_text(data))
 
 
-@network.command("rm")
-@click.argument("names", nargs=-1, required=True)
-@click.option("-f", "--force", is_flag=True, help="Disconnect attached sandboxes first.")
-@pass_settings
-def rm(s: Settings, names: tuple[str, ...], force: bool) -> None:
+def _rm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", metavar="NAME", nargs="+")
+    p.add_argument("-f", "--force", action="store_true", help="Disconnect attached sandboxes first.")
+
+
+def rm(s: Settings, a: argparse.Namespace) -> None:
     """Remove networks (refused while sandboxes are attached, unless --force)."""
-    for name in names:
+    for name in a.names:
         with held_signals():
-            s.engine().remove_network(name, force=force)
-        click.echo(f"network {name} removed")
+            s.engine().remove_network(name, force=a.force)
+        echo(f"network {name} removed")
 
 
-@network.command("prune")
-@pass_settings
-def prune(s: Settings) -> None:
+def prune(s: Settings, a: argparse.Namespace) -> None:
     """Remove every network that has no sandbox attached."""
     with held_signals():
         removed = s.engine().prune_networks()
-    click.echo("removed: " + ", ".join(removed) if removed else "nothing to prune")
+    echo("removed: " + ", ".join(removed) if removed else "nothing to prune")
+
+
+COMMANDS = {
+    "network": Group("Manage networks (a bridge per network, with its own subnet).", {
+        "create": Command(create, _create_arguments),
+        "ls": Command(ls, json_flag),
+        "inspect": Command(inspect, _inspect_arguments),
+        "rm": Command(rm, _rm_arguments),
+        "prune": Command(prune),
+    }),
+}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
-from typing import Any
-
-import click
+from typing import TYPE_CHECKING, Any
 
 from overlays.engine import views
-from overlays.model.ports import PortMapping
-from overlays.model.specs import Endpoint, Network, Sandbox
+
+if TYPE_CHECKING:
+    from overlays.model.ports import PortMapping
+    from overlays.model.state import Endpoint, Network, Sandbox
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -20,8 +21,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
+def echo(text: str, err: bool = False) -> None:
+    """Print a line and flush it, so progress shows as it happens and in order with child processes' output."""
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+    echo(json.dumps(data, indent=2, sort_keys=False))
 
 
 def network_dict(net: Network, sandboxes_attached: list[str] | None = None) -> dict[str, Any]:

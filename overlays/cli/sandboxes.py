@@ -1,28 +1,52 @@
-"""Sandbox commands: run, ps, inspect, port, rm, connect, disconnect, exec, attach."""
+"""Sandbox commands: run, ps, inspect, port, rm, connect, disconnect, exec, attach.
+
+The commands that take input import the spec classes when they run: ``ps``,
+``inspect`` and ``port`` only read, and should not pay for building them.
+"""
 
 from __future__ import annotations
 
-import secrets
+import argparse
 import signal
-
-import click
+from typing import TYPE_CHECKING
 
 from overlays.cli import render
-from overlays.cli.main import Settings, held_signals
+from overlays.cli.main import Command, Settings, held_signals, json_flag
+from overlays.cli.render import echo
 from overlays.errors import InvalidSpec
-from overlays.model.ports import PortMapping, parse_publish
-from overlays.model.specs import EndpointRequest, SandboxSpec, parse_ip
 
-pass_settings = click.make_pass_decorator(Settings)
-ARGS = {"ignore_unknown_options": False, "allow_interspersed_args": False}
+if TYPE_CHECKING:
+    import subprocess
 
-
-def _argv(cmd: tuple[str, ...]) -> tuple[str, ...]:
-    """The command after an optional ``--`` (click keeps it once a positional came first)."""
-    return cmd[1:] if cmd[:1] == ("--",) else cmd
+    from overlays.model.specs import EndpointRequest
 
 
-def _requests(networks: tuple[str, ...], ip: str | None) -> list[EndpointRequest]:
+class _CommandLine(argparse.Action):
+    """CMD...: every word after the options (argparse's remainder), less a leading ``--``.
+
+    Options end at CMD's first word, so CMD's own options stay its own, ``--`` or not.
+    """
+
+    needed = False
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        words = list(values) if isinstance(values, list) else []
+        cmd = tuple(words[1:] if words[:1] == ["--"] else words)
+        if self.needed and not cmd:
+            raise argparse.ArgumentError(self, "a command to run is required")
+        setattr(namespace, self.dest, cmd)
+
+
+class _NeededCommandLine(_CommandLine):
+    """CMD... that may not be empty (``exec``)."""
+
+    needed = True
+
+
+def _requests(networks: list[str], ip: str | None) -> list[EndpointRequest]:
+    from overlays.model.specs import EndpointRequest
+
     nets = [n for n in networks if n != "none"]
     if "none" in networks and nets:
         raise InvalidSpec("--network none cannot be combined with other networks")
@@ -31,162 +55,186 @@ def _requests(networks: tuple[str, ...], ip: str | None) -> list[EndpointRequest
     return [EndpointRequest.parse(n, ip if i == 0 else None) for i, n in enumerate(nets)]
 
 
-@click.command(context_settings=ARGS)
-@click.option("--name", metavar="NAME", help="Sandbox name (default: a generated one).")
-@click.option("--network", "networks", multiple=True, metavar="NET",
-              help="Network to join (repeatable); 'none' gives loopback only (the default).")
-@click.option("--ip", metavar="IP", help="Static address on the network.")
-@click.option("--hostname", metavar="H", help="Hostname seen by the sandbox's processes.")
-@click.option("-p", "--publish", "publish", multiple=True, metavar="[IP:]HOST:PORT[/PROTO]",
-              help="Publish a port (repeatable; ranges like 8000-8010:8000-8010; /tcp or /udp, default tcp).")
-@click.option("-d", "--detach", is_flag=True, help="Run CMD in the background and print the sandbox name.")
-@click.option("--rm", "remove_after", is_flag=True, help="Remove the sandbox when CMD exits (foreground only).")
-@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
-@pass_settings
-def run(s: Settings, name: str | None, networks: tuple[str, ...], ip: str | None, hostname: str | None,
-        publish: tuple[str, ...], detach: bool, remove_after: bool, cmd: tuple[str, ...]) -> int:
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", metavar="NAME", help="Sandbox name (default: a generated one).")
+    p.add_argument("--network", dest="networks", metavar="NET", action="append",
+                   help="Network to join (repeatable); 'none' gives loopback only (the default).")
+    p.add_argument("--ip", metavar="IP", help="Static address on the network.")
+    p.add_argument("--hostname", metavar="H", help="Hostname seen by the sandbox's processes.")
+    p.add_argument("-p", "--publish", metavar="[IP:]HOST:PORT[/PROTO]", action="append",
+                   help="Publish a port (repeatable; ranges like 8000-8010:8000-8010; /tcp or /udp, default tcp).")
+    p.add_argument("-d", "--detach", action="store_true", help="Run CMD in the background and print the sandbox name.")
+    p.add_argument("--rm", dest="remove_after", action="store_true",
+                   help="Remove the sandbox when CMD exits (foreground only).")
+    p.add_argument("cmd", metavar="CMD", nargs=argparse.REMAINDER, action=_CommandLine,
+                   help="The command to run in the sandbox.")
+
+
+def run(s: Settings, a: argparse.Namespace) -> int:
     """Create a sandbox and, with CMD, run it inside: overlays run --name web --network front -- CMD..."""
-    cmd = _argv(cmd)
-    if detach and remove_after:
+    from overlays.model.ports import parse_publish
+    from overlays.model.specs import SandboxSpec
+
+    cmd = a.cmd
+    if a.detach and a.remove_after:
         raise InvalidSpec("--rm and -d cannot be combined")
-    if detach and not cmd:
+    if a.detach and not cmd:
         raise InvalidSpec("-d needs a command to run (overlays run -d --name web -- CMD...)")
-    ports: list[PortMapping] = [m for text in publish for m in parse_publish(text)]
-    spec = SandboxSpec.parse(name or f"sb-{secrets.token_hex(3)}", _requests(networks, ip), hostname, ports)
+    ports = [m for text in a.publish or () for m in parse_publish(text)]
+    requests = _requests(a.networks or [], a.ip)
+    spec = SandboxSpec.parse(a.name or _generated_name(), requests, a.hostname, ports)
     engine = s.engine()
     with held_signals():
         box = engine.create_sandbox(spec)
     if not cmd:
         nets = ", ".join(f"{e.ifname} {e.ip}/{e.prefixlen} on {e.network}" for e in box.endpoints) or "loopback only"
-        click.echo(f"sandbox {box.name} created ({nets})")
+        echo(f"sandbox {box.name} created ({nets})")
         return 0
     try:
-        if detach:
+        if a.detach:
             engine.start(box.name, cmd)
-            click.echo(box.name)
+            echo(box.name)
             return 0
         proc = engine.start_foreground(box.name, cmd)
     except BaseException:
         with held_signals():
             engine.remove_sandbox(box.name, force=True)
         raise
-    return _wait_foreground(s, box.name, proc, remove_after)
+    return _wait_foreground(s, box.name, proc, a.remove_after)
 
 
-def _wait_foreground(s: Settings, name: str, proc: object, remove_after: bool) -> int:
+def _generated_name() -> str:
+    import secrets  # only here: base64 and hmac come with it
+
+    return f"sb-{secrets.token_hex(3)}"
+
+
+def _wait_foreground(s: Settings, name: str, proc: subprocess.Popen[bytes], remove_after: bool) -> int:
     # The terminal sends Ctrl-C to the child too; we wait for it to finish and pass its code on.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        code = proc.wait()  # type: ignore[attr-defined]
+        code = proc.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
     if remove_after:
         with held_signals():
             s.engine().remove_sandbox(name, force=True)
-    return int(code) if code >= 0 else 128 - int(code)
+    return code if code >= 0 else 128 - code
 
 
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@pass_settings
-def ps(s: Settings, as_json: bool) -> None:
+def ps(s: Settings, a: argparse.Namespace) -> None:
     """List sandboxes."""
     boxes = s.engine().sandboxes()
-    if as_json:
+    if a.as_json:
         engine = s.engine()
         render.emit_json([render.sandbox_dict(b, str(engine.ctx.kernel.netns_path(b.netns))) for b in boxes])
     else:
-        click.echo(render.sandboxes_table(boxes))
+        echo(render.sandboxes_table(boxes))
 
 
-@click.command()
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@pass_settings
-def inspect(s: Settings, name: str, as_json: bool) -> None:
+def _name_and_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME")
+    json_flag(p)
+
+
+def inspect(s: Settings, a: argparse.Namespace) -> None:
     """Show a sandbox: netns, pid, and each endpoint's interface, IP, MAC and network."""
     engine = s.engine()
-    box = engine.sandbox(name)
+    box = engine.sandbox(a.name)
     data = render.sandbox_dict(box, str(engine.ctx.kernel.netns_path(box.netns)))
-    if as_json:
+    if a.as_json:
         render.emit_json(data)
     else:
-        click.echo(render.inspect_text(data))
+        echo(render.inspect_text(data))
 
 
-@click.command()
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@pass_settings
-def port(s: Settings, name: str, as_json: bool) -> None:
+def port(s: Settings, a: argparse.Namespace) -> None:
     """List the ports sandbox NAME publishes: CONTAINER_PORT/PROTO -> HOST_IP:HOST_PORT."""
-    box = s.engine().sandbox(name)
-    if as_json:
+    box = s.engine().sandbox(a.name)
+    if a.as_json:
         render.emit_json([render.port_dict(p) for p in box.ports])
     else:
-        click.echo(render.ports_text(box.ports))
+        echo(render.ports_text(box.ports))
 
 
-@click.command()
-@click.argument("names", nargs=-1, required=True)
-@click.option("-f", "--force", is_flag=True, help="Stop a running process first.")
-@pass_settings
-def rm(s: Settings, names: tuple[str, ...], force: bool) -> None:
+def _rm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", metavar="NAME", nargs="+")
+    p.add_argument("-f", "--force", action="store_true", help="Stop a running process first.")
+
+
+def rm(s: Settings, a: argparse.Namespace) -> None:
     """Remove sandboxes: stop the process, remove endpoints, release addresses, delete the netns."""
-    for name in names:
+    for name in a.names:
         with held_signals():
-            s.engine().remove_sandbox(name, force=force)
-        click.echo(f"sandbox {name} removed")
+            s.engine().remove_sandbox(name, force=a.force)
+        echo(f"sandbox {name} removed")
 
 
-@click.command()
-@click.argument("network")
-@click.argument("sandbox")
-@click.option("--ip", metavar="IP", help="Static address on the network.")
-@pass_settings
-def connect(s: Settings, network: str, sandbox: str, ip: str | None) -> None:
+def _network_and_sandbox(p: argparse.ArgumentParser) -> None:
+    p.add_argument("network", metavar="NETWORK")
+    p.add_argument("sandbox", metavar="SANDBOX")
+
+
+def _connect_arguments(p: argparse.ArgumentParser) -> None:
+    _network_and_sandbox(p)
+    p.add_argument("--ip", metavar="IP", help="Static address on the network.")
+
+
+def connect(s: Settings, a: argparse.Namespace) -> None:
     """Connect SANDBOX to NETWORK (its next interface: eth0, eth1, ...)."""
-    addr = parse_ip(f"--ip for network {network}", ip) if ip else None
+    from overlays.model.specs import parse_ip
+
+    addr = parse_ip(f"--ip for network {a.network}", a.ip) if a.ip else None
     with held_signals():
-        ep = s.engine().connect(network, sandbox, addr)
-    click.echo(f"sandbox {sandbox} connected to {network}: {ep.ifname} {ep.ip}/{ep.prefixlen}")
+        ep = s.engine().connect(a.network, a.sandbox, addr)
+    echo(f"sandbox {a.sandbox} connected to {a.network}: {ep.ifname} {ep.ip}/{ep.prefixlen}")
 
 
-@click.command()
-@click.argument("network")
-@click.argument("sandbox")
-@pass_settings
-def disconnect(s: Settings, network: str, sandbox: str) -> None:
+def disconnect(s: Settings, a: argparse.Namespace) -> None:
     """Disconnect SANDBOX from NETWORK."""
     with held_signals():
-        s.engine().disconnect(network, sandbox)
-    click.echo(f"sandbox {sandbox} disconnected from {network}")
+        s.engine().disconnect(a.network, a.sandbox)
+    echo(f"sandbox {a.sandbox} disconnected from {a.network}")
 
 
-@click.command("exec", context_settings=ARGS)
-@click.argument("name")
-@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
-@pass_settings
-def exec_(s: Settings, name: str, cmd: tuple[str, ...]) -> int:
+def _exec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("cmd", metavar="CMD", nargs=argparse.REMAINDER, action=_NeededCommandLine,
+                   help="The command to run.")
+
+
+def exec_(s: Settings, a: argparse.Namespace) -> int:
     """Run CMD inside sandbox NAME's network namespace; its exit code is passed through."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        code: int = s.engine().execute(name, _argv(cmd))
+        code: int = s.engine().execute(a.name, a.cmd)
     finally:
         signal.signal(signal.SIGINT, previous)
     return code if code >= 0 else 128 - code
 
 
-@click.command()
-@click.argument("name")
-@click.option("--pid", type=int, help="Adopt the network namespace of this process.")
-@click.option("--netns", "netns_path", metavar="PATH", help="Adopt the namespace at PATH (e.g. /run/netns/x).")
-@pass_settings
-def attach(s: Settings, name: str, pid: int | None, netns_path: str | None) -> None:
+def _attach_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--pid", type=int, help="Adopt the network namespace of this process.")
+    p.add_argument("--netns", dest="netns_path", metavar="PATH",
+                   help="Adopt the namespace at PATH (e.g. /run/netns/x).")
+
+
+def attach(s: Settings, a: argparse.Namespace) -> None:
     """Adopt an existing namespace (a container's) as sandbox NAME, so connect works on it."""
     with held_signals():
-        box = s.engine().adopt(name, pid=pid, netns_path=netns_path)
-    click.echo(f"sandbox {box.name} adopted ({'pid ' + str(pid) if pid else netns_path})")
+        box = s.engine().adopt(a.name, pid=a.pid, netns_path=a.netns_path)
+    echo(f"sandbox {box.name} adopted ({'pid ' + str(a.pid) if a.pid else a.netns_path})")
 
 
-COMMANDS = [run, ps, inspect, port, rm, connect, disconnect, exec_, attach]
+COMMANDS = {
+    "run": Command(run, _run_arguments),
+    "ps": Command(ps, json_flag),
+    "inspect": Command(inspect, _name_and_json),
+    "port": Command(port, _name_and_json),
+    "rm": Command(rm, _rm_arguments),
+    "connect": Command(connect, _connect_arguments),
+    "disconnect": Command(disconnect, _network_and_sandbox),
+    "exec": Command(exec_, _exec_arguments),
+    "attach": Command(attach, _attach_arguments),
+}

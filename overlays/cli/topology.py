@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import click
-
 from overlays.cli import render
-from overlays.cli.main import Settings, held_signals
+from overlays.cli.main import Command, Settings, held_signals, json_flag
+from overlays.cli.render import echo
 
-pass_settings = click.make_pass_decorator(Settings)
-FILE = click.option("-f", "--file", "path", default="overlays.yaml", show_default=True, metavar="FILE",
-                    help="Topology file.")
+
+def _file(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", dest="path", default="overlays.yaml", metavar="FILE",
+                   help="Topology file (default: overlays.yaml).")
+
+
+def _file_and_json(p: argparse.ArgumentParser) -> None:
+    _file(p)
+    json_flag(p)
 
 
 @contextmanager
@@ -34,7 +40,7 @@ def _lab(s: Settings, path: str) -> Iterator[Any]:
 def _progress(total: int) -> Iterator[Any]:
     """A progress bar on a terminal (for large topologies); plain lines otherwise."""
     if not sys.stderr.isatty() or total < 10:
-        yield lambda action: click.echo(f"  {action}")
+        yield lambda action: echo(f"  {action}")
         return
     from rich.progress import Progress
 
@@ -47,74 +53,65 @@ def _progress(total: int) -> Iterator[Any]:
         yield step
 
 
-@click.command()
-@FILE
-@pass_settings
-def up(s: Settings, path: str) -> None:
+def up(s: Settings, a: argparse.Namespace) -> None:
     """Converge to the topology file: create, change and remove only what it owns."""
-    with _lab(s, path) as lab:
+    with _lab(s, a.path) as lab:
         planned = lab.plan()
         if not planned:
-            click.echo(f"topology {lab.name}: up to date, no changes")
+            echo(f"topology {lab.name}: up to date, no changes")
             return
-        click.echo(f"topology {lab.name}: {len(planned)} change(s)")
+        echo(f"topology {lab.name}: {len(planned)} change(s)")
         with _progress(len(planned)) as step, held_signals():
             lab.up(progress=step)
-        click.echo(f"topology {lab.name} is up")
+        echo(f"topology {lab.name} is up")
 
 
-@click.command()
-@FILE
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@pass_settings
-def plan(s: Settings, path: str, as_json: bool) -> None:
+def plan(s: Settings, a: argparse.Namespace) -> None:
     """Show what `up` would do, changing nothing."""
-    with _lab(s, path) as lab:
+    with _lab(s, a.path) as lab:
         actions = lab.plan()
-    if as_json:
-        render.emit_json([a.to_dict() for a in actions])
+    if a.as_json:
+        render.emit_json([action.to_dict() for action in actions])
     elif not actions:
-        click.echo(f"topology {lab.name}: up to date, no changes")
+        echo(f"topology {lab.name}: up to date, no changes")
     else:
-        click.echo("\n".join(f"  {a}" for a in actions))
+        echo("\n".join(f"  {action}" for action in actions))
 
 
-@click.command()
-@FILE
-@pass_settings
-def down(s: Settings, path: str) -> None:
+def down(s: Settings, a: argparse.Namespace) -> None:
     """Remove everything the topology created, and nothing else."""
-    with _lab(s, path) as lab, held_signals():
-        actions = lab.down(progress=lambda a: click.echo(f"  {a}"))
-    click.echo(f"topology {lab.name} is down ({len(actions)} removed)")
+    with _lab(s, a.path) as lab, held_signals():
+        actions = lab.down(progress=lambda action: echo(f"  {action}"))
+    echo(f"topology {lab.name} is down ({len(actions)} removed)")
 
 
-@click.command()
-@FILE
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@pass_settings
-def check(s: Settings, path: str, as_json: bool) -> int:
+def check(s: Settings, a: argparse.Namespace) -> int:
     """Test the running topology: who must reach whom, who must not, published ports."""
-    with _lab(s, path) as lab:
+    with _lab(s, a.path) as lab:
         report = lab.check()
-    if as_json:
+    if a.as_json:
         render.emit_json(report.to_dict())
     else:
-        click.echo(report.matrix())
+        echo(report.matrix())
         failed = report.failures()
-        click.echo(f"{len(report.probes) - len(failed)}/{len(report.probes)} expectations met")
+        echo(f"{len(report.probes) - len(failed)}/{len(report.probes)} expectations met")
         for p in failed:
             want = "reach" if p.expect else "not reach"
-            click.echo(f"FAIL: {p.source} should {want} {p.target} ({p.address}) {p.detail}".rstrip())
+            echo(f"FAIL: {p.source} should {want} {p.target} ({p.address}) {p.detail}".rstrip())
     return 0 if report.passed else 1
 
 
-@click.command()
-def schema() -> None:
+def schema(s: Settings, a: argparse.Namespace) -> None:
     """Print the JSON Schema of topology files (for editors)."""
     from overlays.topology.schema import topology_schema
 
-    click.echo(json.dumps(topology_schema(), indent=2))
+    echo(json.dumps(topology_schema(), indent=2))
 
 
-COMMANDS = [up, plan, down, check, schema]
+COMMANDS = {
+    "up": Command(up, _file),
+    "plan": Command(plan, _file_and_json),
+    "down": Command(down, _file),
+    "check": Command(check, _file_and_json),
+    "schema": Command(schema),
+}

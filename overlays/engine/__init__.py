@@ -9,18 +9,21 @@ stay fast by importing views only.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from overlays.engine import views
 from overlays.engine.context import Context, instance_id
 from overlays.errors import NotPermitted, StoreError
-from overlays.kernel.api import Kernel
 from overlays.model.names import validate_name
-from overlays.model.specs import Endpoint, IPAddress, Network, NetworkSpec, Sandbox, SandboxSpec
-from overlays.store.base import Store
+
+if TYPE_CHECKING:  # annotations only: the spec classes are built by the commands that take them
+    import subprocess
+
+    from overlays.kernel.api import Kernel
+    from overlays.model.specs import Endpoint, IPAddress, Network, NetworkSpec, Sandbox, SandboxSpec
+    from overlays.store.base import Store
 
 DEFAULT_STATE_DIR = Path("/var/lib/overlays")
 
@@ -52,7 +55,8 @@ def default_node(host_netns: str | None) -> str:
     """This host's name in a shared store: the host namespace's, else the machine's."""
     if host_netns:
         return host_netns
-    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in socket.gethostname()).strip("-.")
+    hostname = os.uname().nodename  # what socket.gethostname() returns on Linux, without importing socket
+    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in hostname).strip("-.")
     return name or "localhost"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from overlays.engine.context import NodeTxn
 from overlays.errors import NotFound
-from overlays.model.specs import Endpoint, Network, Sandbox
+from overlays.model.state import Endpoint, Network, Sandbox
 from overlays.store.base import Txn
 
 NETWORK_GENERATION = "meta/networks"

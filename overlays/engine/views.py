@@ -10,7 +10,7 @@ from __future__ import annotations
 from overlays.engine import records
 from overlays.engine.context import Context
 from overlays.kernel import process
-from overlays.model.specs import Network, Sandbox
+from overlays.model.state import Network, Sandbox
 
 
 def sandbox(ctx: Context, name: str) -> Sandbox:

@@ -1,14 +1,30 @@
-"""Pure data: specs, validation and naming. No kernel, no store."""
+"""Pure data: specs, validation and naming. No kernel, no store.
 
-from overlays.model.ports import PortMapping, parse_publish
-from overlays.model.specs import (
-    Endpoint,
-    EndpointRequest,
-    Network,
-    NetworkSpec,
-    Sandbox,
-    SandboxSpec,
-)
+The names below are loaded on first use (PEP 562): every command imports
+``overlays.model.names``, and that should not build the spec classes a
+read-only command never touches.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from overlays.model.ports import PortMapping, parse_publish
+    from overlays.model.specs import EndpointRequest, NetworkSpec, SandboxSpec
+    from overlays.model.state import Endpoint, Network, Sandbox
+
+_HOMES = {
+    "Endpoint": "overlays.model.state",
+    "EndpointRequest": "overlays.model.specs",
+    "Network": "overlays.model.state",
+    "NetworkSpec": "overlays.model.specs",
+    "PortMapping": "overlays.model.ports",
+    "Sandbox": "overlays.model.state",
+    "SandboxSpec": "overlays.model.specs",
+    "parse_publish": "overlays.model.ports",
+}
 
 __all__ = [
     "Endpoint",
@@ -20,3 +36,9 @@ __all__ = [
     "SandboxSpec",
     "parse_publish",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

@@ -1,22 +1,26 @@
-"""Validated, frozen descriptions of what a user asked for, and of what exists.
+"""Validated, frozen descriptions of what a user asked for (what exists is in ``state``).
 
 Input is parsed here once (raw strings in, typed objects out); the engine and the
 drivers only ever see these objects. IPv4 is served today; addresses are kept as
 ``ipaddress`` objects so a second family slots in without new shapes.
+
+``Network``, ``Endpoint`` and ``Sandbox`` (and the address types) live in ``state``
+and are re-exported here, where most of the code imports them from.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from overlays.errors import InvalidSpec
 from overlays.model.names import validate_name
 from overlays.model.ports import PortMapping, check_distinct
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from overlays.model.state import Endpoint as Endpoint
+from overlays.model.state import IPAddress as IPAddress
+from overlays.model.state import IPNetwork as IPNetwork
+from overlays.model.state import Network as Network
+from overlays.model.state import Sandbox as Sandbox
 
 DRIVERS = ("bridge", "overlay")
 VNI_MIN, VNI_MAX = 1, 16777215
@@ -120,58 +124,6 @@ class NetworkSpec:
 
 
 @dataclass(frozen=True)
-class Network:
-    """A network as recorded in the store."""
-
-    name: str
-    driver: str
-    subnet: IPNetwork
-    gateway: IPAddress
-    ip_range: IPNetwork | None
-    mtu: int
-    bridge: str
-    created: float
-    internal: bool = False
-    masquerade: bool = True
-    vni: int | None = None  # overlay networks: the VXLAN network identifier, the same on every host
-
-    @property
-    def overlay(self) -> bool:
-        return self.driver == "overlay"
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "driver": self.driver,
-            "subnet": str(self.subnet),
-            "gateway": str(self.gateway),
-            "ip_range": str(self.ip_range) if self.ip_range else None,
-            "mtu": self.mtu,
-            "bridge": self.bridge,
-            "created": self.created,
-            "internal": self.internal,
-            "masquerade": self.masquerade,
-            "vni": self.vni,
-        }
-
-    @classmethod
-    def from_record(cls, r: dict[str, Any]) -> Network:
-        return cls(
-            name=r["name"],
-            driver=r["driver"],
-            subnet=ipaddress.ip_network(r["subnet"]),
-            gateway=ipaddress.ip_address(r["gateway"]),
-            ip_range=ipaddress.ip_network(r["ip_range"]) if r.get("ip_range") else None,
-            mtu=int(r["mtu"]),
-            bridge=r["bridge"],
-            created=float(r["created"]),
-            internal=bool(r.get("internal", False)),  # records written before issue 3 lack these
-            masquerade=bool(r.get("masquerade", True)),
-            vni=r.get("vni"),
-        )
-
-
-@dataclass(frozen=True)
 class EndpointRequest:
     """One network a sandbox should join, with an optional static address."""
 
@@ -222,98 +174,3 @@ def _valid_hostname(h: str) -> bool:
         0 < len(lb) <= 63 and lb[0] != "-" and lb[-1] != "-" and all(c.isalnum() or c == "-" for c in lb)
         for lb in labels
     )
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A sandbox's attachment to a network, as recorded in the store."""
-
-    sandbox: str
-    network: str
-    ifname: str
-    host_ifname: str
-    ip: IPAddress
-    prefixlen: int
-    gateway: IPAddress
-    mac: str
-    mtu: int
-    state: str = "pending"
-    overlay: bool = False  # on a multi-host overlay network: address and registration live in the shared scope
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "overlay": self.overlay,
-            "sandbox": self.sandbox,
-            "network": self.network,
-            "ifname": self.ifname,
-            "host_ifname": self.host_ifname,
-            "ip": str(self.ip),
-            "prefixlen": self.prefixlen,
-            "gateway": str(self.gateway),
-            "mac": self.mac,
-            "mtu": self.mtu,
-            "state": self.state,
-        }
-
-    @classmethod
-    def from_record(cls, r: dict[str, Any]) -> Endpoint:
-        return cls(
-            sandbox=r["sandbox"],
-            network=r["network"],
-            ifname=r["ifname"],
-            host_ifname=r["host_ifname"],
-            ip=ipaddress.ip_address(r["ip"]),
-            prefixlen=int(r["prefixlen"]),
-            gateway=ipaddress.ip_address(r["gateway"]),
-            mac=r["mac"],
-            mtu=int(r["mtu"]),
-            state=r.get("state", "ready"),
-            overlay=bool(r.get("overlay", False)),
-        )
-
-
-@dataclass(frozen=True)
-class Sandbox:
-    """A sandbox as recorded in the store (its endpoints are kept apart)."""
-
-    name: str
-    netns: str
-    hostname: str | None = None
-    adopted: bool = False
-    pid: int | None = None
-    pid_start: int | None = None
-    command: tuple[str, ...] = ()
-    state: str = "pending"
-    created: float = 0.0
-    endpoints: tuple[Endpoint, ...] = field(default=())
-    ports: tuple[PortMapping, ...] = ()
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "netns": self.netns,
-            "hostname": self.hostname,
-            "adopted": self.adopted,
-            "pid": self.pid,
-            "pid_start": self.pid_start,
-            "command": list(self.command),
-            "state": self.state,
-            "created": self.created,
-            "ports": [p.to_record() for p in self.ports],
-        }
-
-    @classmethod
-    def from_record(cls, r: dict[str, Any], endpoints: tuple[Endpoint, ...] = ()) -> Sandbox:
-        return cls(
-            name=r["name"],
-            netns=r["netns"],
-            hostname=r.get("hostname"),
-            adopted=bool(r.get("adopted")),
-            pid=r.get("pid"),
-            pid_start=r.get("pid_start"),
-            command=tuple(r.get("command") or ()),
-            state=r.get("state", "ready"),
-            created=float(r.get("created", 0.0)),
-            endpoints=endpoints,
-            ports=tuple(PortMapping.from_record(p) for p in r.get("ports") or ()),
-        )

@@ -1,7 +1,8 @@
 """State stores behind one protocol: SQLite (default, one machine), etcd (several machines), memory (tests).
 
 ``open_store`` picks one from a ``--store`` value. The etcd client (gRPC) is
-imported only when an etcd store is opened, so ``import overlays.store`` stays cheap.
+imported only when an etcd store is opened, and the memory store only when asked
+for, so ``import overlays.store`` stays cheap.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from overlays.store.base import Compacted, Entry, Event, LeaseNotFound, Store, Txn, transact
-from overlays.store.memory import MemoryStore
 from overlays.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from overlays.store.etcd import EtcdStore
+    from overlays.store.memory import MemoryStore
 
 __all__ = [
     "Compacted",
@@ -46,4 +47,8 @@ def __getattr__(name: str) -> Any:
         from overlays.store.etcd import EtcdStore
 
         return EtcdStore
+    if name == "MemoryStore":
+        from overlays.store.memory import MemoryStore
+
+        return MemoryStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
