@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from overlays.kernel.rtnl_types import Link, Underlay
+if TYPE_CHECKING:  # annotations only: read-only commands import this module and should stay light
+    from overlays.kernel.rtnl_types import Link, Underlay
 
 
 class Links(Protocol):

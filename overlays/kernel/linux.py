@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
-from overlays.kernel import netns, nft, sysctl
+from overlays.kernel import netns, sysctl
 from overlays.kernel.api import Links
 
 
@@ -33,7 +34,9 @@ class LinuxKernel:
         return netns.adopt(name, source)
 
     def delete_netns(self, name: str) -> None:
-        nft.release(netns.path_of(name))  # a cached nft context would keep the namespace alive
+        nft = sys.modules.get("overlays.kernel.nft")  # never loaded: no cached context to drop
+        if nft is not None:
+            nft.release(netns.path_of(name))  # a cached nft context would keep the namespace alive
         netns.delete(name)
 
     def wait_links_gone(self, links: Links, names: list[str], timeout: float = 2.0) -> list[str]:
@@ -54,7 +57,11 @@ class LinuxKernel:
         sysctl.write(self._path(netns_name), key, value, netns_name, missing_ok)
 
     def nft_apply(self, netns_name: str | None, script: str) -> None:
+        from overlays.kernel import nft  # libnftables: only commands that change a firewall load it
+
         nft.apply(self._path(netns_name), script, netns_name)
 
     def nft_delete_table(self, netns_name: str | None, family: str, table: str) -> None:
+        from overlays.kernel import nft
+
         nft.delete_table(self._path(netns_name), family, table, netns_name)

@@ -11,13 +11,16 @@ import contextlib
 import ctypes
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from overlays.errors import InvalidSpec, NotFound
 from overlays.kernel import netns
+
+if TYPE_CHECKING:
+    import subprocess
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -54,6 +57,8 @@ def spawn(
     detach: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` inside the namespace; detached ones get their own session and a log file."""
+    import subprocess  # ~3 ms: only commands that start processes pay for it
+
     out = open(log, "ab") if log else None  # noqa: SIM115 (closed below, the child keeps its copy)
     try:
         return subprocess.Popen(

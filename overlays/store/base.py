@@ -37,7 +37,6 @@ Semantics every backend keeps (the contract tests run against all of them):
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -182,5 +181,7 @@ def transact(store: Store, fn: Callable[[Txn], T], attempts: int = 200) -> T:
         if done:
             return result
         # Someone committed a key we read: back off a little, with jitter, and redo.
+        import random  # only on a conflict
+
         time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
     raise StoreError(f"store stayed busy: gave up after {attempts} conflicting attempts")
