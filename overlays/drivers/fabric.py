@@ -7,6 +7,11 @@ first address of the fabric subnet; hosts route out through it, so it plays the
 internet (for egress NAT) and a client (for published ports).
 
 Without simulated hosts, the outside peer is wired straight to the host namespace.
+
+The switch is a plain L2 switch: frames it bridges skip the IP firewall hooks
+(``bridge-nf-call-*`` is 1 in every new namespace here, and with it each VXLAN
+packet between two hosts crossed br_netfilter's prerouting, forward and
+postrouting hooks for nothing: no rule lives in the fabric namespace).
 """
 
 from __future__ import annotations
@@ -66,7 +71,10 @@ def ensure_namespace(kernel: Kernel, name: str) -> Path:
 
 
 def ensure_switch(kernel: Kernel, lab: str) -> None:
+    """The fabric namespace and its bridge, with bridged traffic kept out of the IP hooks (a switch filters nothing)."""
     ensure_namespace(kernel, netns_of(lab, "fabric"))
+    for family in ("iptables", "ip6tables", "arptables"):
+        kernel.set_sysctl(netns_of(lab, "fabric"), f"net.bridge.bridge-nf-call-{family}", "0", missing_ok=True)
     with kernel.open(netns_of(lab, "fabric")) as fabric:
         fabric.ensure_bridge(FABRIC_BRIDGE, lab_alias(lab, "fabric"), 1500)
 

@@ -107,6 +107,15 @@ def test_mtu_is_the_underlay_minus_vxlan_and_big_packets_fail_loudly(lab: Lab) -
     assert "message too long, mtu=1450" in big.stdout + big.stderr
 
 
+def test_bridged_traffic_skips_the_ip_hooks_on_every_lab_bridge(lab: Lab) -> None:
+    """Hosts bridge sandbox <-> VXLAN and the fabric switches VXLAN packets: no IP firewall hook on either."""
+    for role in ["fabric", *lab.topology.hosts]:
+        for family in ("iptables", "ip6tables", "arptables"):
+            out = subprocess.run(["ip", "netns", "exec", fabric.netns_of(lab.name, role), "sysctl", "-n",
+                                  f"net.bridge.bridge-nf-call-{family}"], capture_output=True, text=True, check=True)
+            assert out.stdout.strip() == "0", (role, family)
+
+
 def test_killed_agent_resyncs_with_no_stale_and_no_missing_entries(lab: Lab) -> None:
     os.kill(agent_pid(lab, "h2"), signal.SIGKILL)
     # While it is dead: an entry removed by hand on h2, and a new sandbox on h3.
