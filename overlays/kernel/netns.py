@@ -15,14 +15,16 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from overlays.errors import KernelError, NotFound
+
+if TYPE_CHECKING:
+    import socket
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -35,6 +37,11 @@ NETLINK_ROUTE = 0
 
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
+
+
+def libc() -> ctypes.CDLL:
+    """The C library, for the few calls the standard library lacks (setns, unshare, mount)."""
+    return _libc
 
 
 def path_of(name: str) -> Path:
@@ -183,6 +190,8 @@ def delete(name: str) -> None:
 
 def netlink_socket(path: str | Path | None) -> socket.socket:
     """A rtnetlink socket that lives in the namespace at ``path`` (sockets keep their netns)."""
+    import socket  # ~5 ms: commands that only read state never open one
+
     return run_in(path, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
 
 

@@ -8,21 +8,17 @@ whose start time still matches: ``overlays rm`` never kills a stranger.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from overlays.errors import InvalidSpec, NotFound
-from overlays.kernel import netns
 
 if TYPE_CHECKING:
     import subprocess
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def start_time(pid: int) -> int | None:
@@ -42,11 +38,22 @@ def alive(pid: int | None, started: int | None) -> bool:
     return pid is not None and started is not None and start_time(pid) == started
 
 
-def _enter(netns_path: Path, hostname: str | None) -> None:
-    """Runs in the child between fork and exec: join the sandbox, set its hostname."""
-    netns.setns(netns_path)
-    if hostname and _libc.unshare(netns.CLONE_NEWUTS) == 0:
-        _libc.sethostname(hostname.encode(), len(hostname))
+def _entering(netns_path: Path, hostname: str | None) -> Callable[[], None]:
+    """What the child runs between fork and exec: join the sandbox, set its hostname.
+
+    Everything it needs is imported here, in the parent: importing in a forked child can
+    deadlock, and commands that only read state (``ps``) should not load ctypes and netns.
+    """
+    from overlays.kernel import netns
+
+    libc = netns.libc()
+
+    def enter() -> None:
+        netns.setns(netns_path)
+        if hostname and libc.unshare(netns.CLONE_NEWUTS) == 0:
+            libc.sethostname(hostname.encode(), len(hostname))
+
+    return enter
 
 
 def spawn(
@@ -63,7 +70,7 @@ def spawn(
     try:
         return subprocess.Popen(
             list(argv),
-            preexec_fn=lambda: _enter(netns_path, hostname),
+            preexec_fn=_entering(netns_path, hostname),
             stdin=subprocess.DEVNULL if detach else None,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
@@ -81,12 +88,13 @@ def spawn(
 def spawn_detached(netns_path: Path, argv: Sequence[str], hostname: str | None, log: Path) -> int:
     """Start ``argv`` as a daemon in the namespace (double fork): it is never our child, so it
     outlives us without a zombie or a wait; an exec failure is reported here, as with Popen."""
+    enter = _entering(netns_path, hostname)
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     try:
         middle = os.fork()
         if middle == 0:  # pragma: no cover (runs in the child)
-            _daemon_child(netns_path, argv, hostname, out, report_w)
+            _daemon_child(enter, argv, out, report_w)
         os.close(report_w)
         os.waitpid(middle, 0)
         message = b""
@@ -101,7 +109,7 @@ def spawn_detached(netns_path: Path, argv: Sequence[str], hostname: str | None, 
     return int(pid_part)
 
 
-def _daemon_child(netns_path: Path, argv: Sequence[str], hostname: str | None, out: int, report: int) -> None:
+def _daemon_child(enter: Callable[[], None], argv: Sequence[str], out: int, report: int) -> None:
     """First child: new session, fork the daemon, report its PID, exit. Never returns."""
     try:
         os.setsid()
@@ -113,7 +121,7 @@ def _daemon_child(netns_path: Path, argv: Sequence[str], hostname: str | None, o
         os.dup2(devnull, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        _enter(netns_path, hostname)
+        enter()
         os.execvp(argv[0], list(argv))
     except OSError as e:
         os.write(report, f"{e.errno}".encode())

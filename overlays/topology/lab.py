@@ -232,7 +232,8 @@ class Lab:
         """
         made = [a for a in actions if a.kind == SANDBOX and a.verb == "create"]
         for action in made:
-            decl = next(s for s in self.topology.sandboxes if s.spec.name == action.name and s.host == action.host)
+            decl = self.topology.sandbox(action.name)
+            assert decl is not None  # the plan made this action from the declaration
             record.objects[key(action.host, SANDBOX, action.name)] = sandbox_print(decl)
         if made:
             self._save(record)
@@ -299,7 +300,7 @@ class Lab:
 
     def _apply_sandbox(self, action: Action, record: Record) -> None:
         eng, k = self.engine(action.host), key(action.host, SANDBOX, action.name)
-        decl = next((s for s in self.topology.sandboxes if s.spec.name == action.name), None)
+        decl = self.topology.sandbox(action.name)
         verb = action.verb
         if verb in ("remove", "recreate"):
             _ignore_missing(lambda: eng.remove_sandbox(action.name, force=True))
@@ -399,7 +400,7 @@ class Lab:
         return self.engine(self._host_of(name)).execute(name, argv)
 
     def _host_of(self, name: str) -> str:
-        decl = next((s for s in self.topology.sandboxes if s.spec.name == name), None)
+        decl = self.topology.sandbox(name)
         if decl is None:
             raise NotFound(f"sandbox {name} is not in topology {self.name}")
         return decl.host

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,14 @@ class Topology:
 
     def network(self, name: str) -> NetworkDecl:
         return next(n for n in self.networks if n.spec.name == name)
+
+    def sandbox(self, name: str) -> SandboxDecl | None:
+        """The declaration of sandbox ``name`` (names are the file's mapping keys: unique)."""
+        return self._sandboxes.get(name)
+
+    @cached_property
+    def _sandboxes(self) -> dict[str, SandboxDecl]:  # a lab of 1000: one lookup per action, not a scan
+        return {s.spec.name: s for s in self.sandboxes}
 
 
 class _Reader:
