@@ -111,6 +111,9 @@ class Rtnl:
         self.path = path
         self._nl = nl.Channel(netns.netlink_socket(path))
         self._ipr: Any = None
+        # Link indices by name, as read through this handle (it lives for one operation): a stale
+        # index only makes the kernel answer ENODEV, and delete_link forgets the name.
+        self._indices: dict[str, int] = {}
 
     @classmethod
     def open(cls, netns_name: str | None) -> Rtnl:
@@ -166,7 +169,17 @@ class Rtnl:
 
     def link(self, name: str) -> Link | None:
         msg = self._get_link(name)
-        return _link_from(msg) if msg is not None else None
+        if msg is None:
+            self._indices.pop(name, None)
+            return None
+        found = _link_from(msg)
+        self._indices[name] = found.index
+        return found
+
+    def _index(self, name: str) -> int:
+        """The index of link ``name``: remembered if this handle has read it, else looked up."""
+        index = self._indices.get(name)
+        return index if index is not None else self._need(name).index
 
     def links(self) -> list[Link]:
         with self._step("list", "links"):
@@ -303,18 +316,22 @@ class Rtnl:
 
         Our end is tagged, and kept free of IPv6 addresses (it is a bridge port), before it comes up.
         """
-        existing = self.link(name)
-        if existing:
-            self._require_ours(existing, "veth", alias)
-            return
         fd = os.open(str(peer_netns), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            with self._step("create veth", f"{name} (peer {peer})"):
-                end = (_link_msg() + attr_str(IFLA_IFNAME, peer) + attr_u32(IFLA_NET_NS_FD, fd)
-                       + attr_u32(IFLA_MTU, mtu) + attr_mac(IFLA_ADDRESS, peer_mac))
-                self._new_link(name, "veth", mtu, attr(VETH_INFO_PEER, end))
+            end = (_link_msg() + attr_str(IFLA_IFNAME, peer) + attr_u32(IFLA_NET_NS_FD, fd)
+                   + attr_u32(IFLA_MTU, mtu) + attr_mac(IFLA_ADDRESS, peer_mac))
+            # Create first, verify on EEXIST: the usual case (a new sandbox) costs no read.
+            made = self._created(f"{name} (peer {peer})", "create veth", lambda: self._new_link(
+                name, "veth", mtu, attr(VETH_INFO_PEER, end)))
         finally:
             os.close(fd)
+        if not made:
+            existing = self.link(name)
+            if existing is None:  # the name taken was the peer's, inside the sandbox
+                raise KernelError("create veth", f"{name} (peer {peer})", self.netns,
+                                  f"{peer} exists already in {peer_netns.name}")
+            self._require_ours(existing, "veth", alias)
+            return
         with self._step("tag veth", name):
             self._set_named(name, attr_str(IFLA_IFALIAS, alias) + _NO_IPV6_ADDRESSES)
 
@@ -324,8 +341,7 @@ class Rtnl:
         One set by name, without reading the port first: the kernel treats enslaving
         to the current master and raising an up link as no-ops, so this is idempotent.
         """
-        br = self._need(bridge)
-        self._set_existing("attach to bridge", name, f"{name} -> {bridge}", attr_u32(IFLA_MASTER, br.index))
+        self._set_existing("attach to bridge", name, f"{name} -> {bridge}", attr_u32(IFLA_MASTER, self._index(bridge)))
 
     def ensure_up(self, name: str, ipv6: bool = True) -> None:
         """One set by name (raising an up link is a no-op in the kernel).
@@ -509,6 +525,7 @@ class Rtnl:
                 raise KernelError("delete neighbour", f"{ip} on {name}", self.netns, os.strerror(e.code)) from e
 
     def delete_link(self, name: str) -> None:
+        self._indices.pop(name, None)
         try:
             # One RTM_DELLINK by name; a missing link answers ENODEV.
             self._nl.request(RTM_DELLINK, CHANGE, IFINFO, _link_msg() + attr_str(IFLA_IFNAME, name))

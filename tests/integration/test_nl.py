@@ -145,3 +145,12 @@ def test_veths_speak_no_ipv6_on_either_end(ns: str) -> None:
         assert not ip_json(ns, "-6", "addr", "show", "dev", "v0")
     finally:
         netns.delete(inner)
+
+
+def test_a_veth_whose_peer_name_is_taken_says_so(make_netns: Callable[[str], str], ns: str) -> None:
+    other = make_netns("nlt")
+    ip(other, "link", "add", "eth0", "type", "bridge")
+    with Rtnl.open(ns) as links:
+        with pytest.raises(KernelError, match="eth0 exists already in"):
+            links.ensure_veth("v0", "ov:v0", 1500, "eth0", netns.path_of(other), "02:6f:0a:00:00:04")
+        assert links.link("v0") is None  # nothing half-made on our side
