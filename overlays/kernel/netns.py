@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,24 +85,6 @@ def setns(path: str | Path, nstype: int = CLONE_NEWNET) -> None:
         _check(_libc.setns(fd, nstype), "enter namespace", str(path))
     finally:
         os.close(fd)
-
-
-def in_thread(fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a fresh thread and return its result (or raise its error)."""
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as e:  # handed back to the caller below
-            box["error"] = e
-
-    thread = threading.Thread(target=target, name="overlays-netns")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["result"]  # type: ignore[return-value]
 
 
 @contextmanager
