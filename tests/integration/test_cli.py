@@ -31,6 +31,11 @@ def test_seed_scenario_two_sandboxes_ping_each_other(cli: Cli, host: str) -> Non
     eth0 = ip_json(a["netns"], "addr", "show", "eth0")[0]
     assert eth0["address"] == a["endpoints"][0]["mac"]
     assert ip_json(a["netns"], "route", "show", "default")[0]["gateway"] == "10.31.0.1"
+    # IPv4 only: neither end of the veth makes an IPv6 address (no DAD, RS or MLD on the bridge).
+    assert [i["family"] for i in eth0["addr_info"]] == ["inet"]  # type: ignore[union-attr]
+    assert ip_json(a["netns"], "-d", "link", "show", "eth0")[0]["inet6_addr_gen_mode"] == "none"
+    ports = ip_json(host, "-d", "link", "show", "master", "ovb-front")
+    assert len(ports) == 2 and {p["inet6_addr_gen_mode"] for p in ports} == {"none"}
     ps = cli("ps", check=True).stdout
     assert "a " in ps and "front=10.31.0.20" in ps
     cli("rm", "a", "b", check=True)
