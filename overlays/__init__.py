@@ -8,8 +8,7 @@ that needs only part of the package (``overlays ps``) does not pay for the rest.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from overlays.errors import (
     Conflict,
@@ -21,21 +20,14 @@ from overlays.errors import (
     OverlaysError,
     StoreError,
 )
+from overlays.exports import lazy
 
 if TYPE_CHECKING:
     from overlays.engine import Engine
     from overlays.model import Endpoint, EndpointRequest, Network, NetworkSpec, PortMapping, Sandbox, SandboxSpec
 
-_HOMES = {
-    "Endpoint": "overlays.model.state",
-    "EndpointRequest": "overlays.model.specs",
-    "Engine": "overlays.engine",
-    "Network": "overlays.model.state",
-    "NetworkSpec": "overlays.model.specs",
-    "PortMapping": "overlays.model.ports",
-    "Sandbox": "overlays.model.state",
-    "SandboxSpec": "overlays.model.specs",
-}
+_MODEL = ("Endpoint", "EndpointRequest", "Network", "NetworkSpec", "PortMapping", "Sandbox", "SandboxSpec")
+_HOMES = {"Engine": "overlays.engine"} | dict.fromkeys(_MODEL, "overlays.model")  # the model says where each lives
 
 __all__ = [
     "Conflict",
@@ -56,8 +48,4 @@ __all__ = [
     "StoreError",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name]), name)
+__getattr__ = lazy(__name__, _HOMES)

@@ -7,8 +7,9 @@ read-only command never touches.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from overlays.exports import lazy
 
 if TYPE_CHECKING:
     from overlays.model.ports import PortMapping, parse_publish
@@ -37,8 +38,4 @@ __all__ = [
     "parse_publish",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name]), name)
+__getattr__ = lazy(__name__, _HOMES)
