@@ -234,13 +234,7 @@ def rows(results: dict[tuple[str, int], list[dict[str, Any]]]) -> list[Row]:
             out.append(Row(NAME, subject, n, "failed", None, "", note=err))
             continue
         base = figs.get((BASELINE, n)) if subject != BASELINE else None
-        notes = []
-        if f["stopped"]:
-            notes.append(f"stopped early: {f['stopped']}; totals cover {f['n_done']} sandboxes")
-        if not f["verified"]:
-            notes.append(f"wiring check failed: {f['verify']}")
-        if f["veths_left"]:
-            notes.append(f"{f['veths_left']} host veths still present 60 s after teardown")
+        notes = run_notes(f, "wiring check")
         if subject in ("raw", "packed", "ip"):
             notes.append("baseline: host namespace IPv6 quieted, addrgenmode none on eth0")
         if subject == "cni":
@@ -249,8 +243,6 @@ def rows(results: dict[tuple[str, int], list[dict[str, Any]]]) -> list[Row]:
             notes.append("netavark 1.4 setup / teardown, iptables driver (rules in our host namespace only)")
         if subject in TOOLS:
             notes.append("peak_rss = the driving Python process; peak_rss_tool = largest tool process")
-        if f["rounds"] > 1:
-            notes.append(f"{f['rounds']} interleaved rounds pooled")
         for metric, unit in METRICS:
             if metric == "peak_rss_tool" and subject not in TOOLS:
                 continue
@@ -259,6 +251,20 @@ def rows(results: dict[tuple[str, int], list[dict[str, Any]]]) -> list[Row]:
                 row.with_baseline(base[metric], BASELINE)
             out.append(row)
     return out + _target_rows(figs)
+
+
+def run_notes(f: dict[str, Any], check: str) -> list[str]:
+    """What a reader of one subject's figures must know about how its run went."""
+    notes = []
+    if f["stopped"]:
+        notes.append(f"stopped early: {f['stopped']}; totals cover {f['n_done']} sandboxes")
+    if not f["verified"]:
+        notes.append(f"{check} failed: {f['verify']}")
+    if f["veths_left"]:
+        notes.append(f"{f['veths_left']} host veths still present 60 s after teardown")
+    if f["rounds"] > 1:
+        notes.append(f"{f['rounds']} interleaved rounds pooled")
+    return notes
 
 
 def _target_rows(figs: dict[tuple[str, int], dict[str, Any] | None]) -> list[Row]:

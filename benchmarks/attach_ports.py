@@ -78,15 +78,7 @@ def rows(results: dict[tuple[str, int], list[dict[str, Any]]]) -> list[Row]:
             out.append(Row(NAME, subject, n, "failed", None, "", note=results[(subject, n)][0].get("error", "?")))
             continue
         base = figs.get((SUBJECT, n)) if subject != SUBJECT else None
-        notes = [NOTES[subject]]
-        if f["stopped"]:
-            notes.append(f"stopped early: {f['stopped']}; totals cover {f['n_done']} sandboxes")
-        if not f["verified"]:
-            notes.append(f"wiring or port check failed: {f['verify']}")
-        if f["veths_left"]:
-            notes.append(f"{f['veths_left']} host veths still present 60 s after teardown")
-        if f["rounds"] > 1:
-            notes.append(f"{f['rounds']} interleaved rounds pooled")
+        notes = [NOTES[subject], *attach.run_notes(f, "wiring or port check")]
         for metric, unit in METRICS:
             row = Row(NAME, subject, f["n_done"], metric, f[metric], unit, note="; ".join(notes))
             if base and base.get(metric) is not None:
