@@ -41,15 +41,16 @@ class NotPermitted(OverlaysError):
 
 
 class KernelError(OverlaysError):
-    """A kernel step failed: names the operation, the object and the namespace."""
+    """A kernel step failed: names the operation, the object and the namespace; ``errno`` keeps the kernel's code."""
 
-    def __init__(self, operation: str, obj: str, netns: str | None, cause: str) -> None:
+    def __init__(self, operation: str, obj: str, netns: str | None, cause: str, errno: int | None = None) -> None:
         where = f"in netns {netns}" if netns else "in the host namespace"
         super().__init__(f"{operation} {obj} {where}: {cause}")
         self.operation = operation
         self.obj = obj
         self.netns = netns
         self.cause = cause
+        self.errno = errno
 
 
 class StoreError(OverlaysError):

@@ -19,12 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from overlays.engine import Engine, overlay, records
+from overlays.engine import Engine, records
 from overlays.engine.context import NodeTxn
+from overlays.engine.netdrivers import overlay
 from overlays.errors import NotFound, OverlaysError
 from overlays.kernel.api import Links
 from overlays.model.names import vxlan_name
-from overlays.model.specs import Network
+from overlays.model.state import HostRegistration
 from overlays.store.base import Compacted, LeaseNotFound
 
 Log = Callable[[str], None]
@@ -49,47 +50,25 @@ class Agent:
         if underlay is None:
             raise NotFound(f"host {self.ctx.node} has no underlay address (no default route, no IPv4 address)")
         store, node = self.ctx.store, self.ctx.node
-        old = store.get(overlay.host_key(node))
+        old = self.engine.registered()
         lease = store.grant_lease(self.ttl)
-        record = {"node": node, "underlay": underlay.ip, "ifname": underlay.ifname, "mtu": underlay.mtu,
-                  "lease": lease, "since": time.time()}
+        record = HostRegistration(node, underlay.ip, underlay.ifname, underlay.mtu, lease, time.time())
 
         def move(txn: NodeTxn) -> int:
-            txn.root.put(overlay.host_key(node), record, lease=lease)
-            moved = 0
-            for ep in records.all_endpoints(txn):
-                if ep.overlay:
-                    value = {"ip": str(ep.ip), "mac": ep.mac, "vtep": underlay.ip, "node": node, "sandbox": ep.sandbox}
-                    txn.root.put(overlay.registration_key(ep.network, node, ep.sandbox), value, lease=lease)
-                    moved += 1
-            return moved
+            txn.root.put(records.host_key(node), record.to_record(), lease=lease)
+            return overlay.reregister(txn, node, underlay.ip, lease)
 
         moved = self.ctx.transact(move)
-        if old is not None and int(old.value.get("lease", 0)) not in (0, lease):
-            store.revoke_lease(int(old.value["lease"]))  # what a dead predecessor left: nothing of ours now
+        if old is not None and old.lease not in (0, lease):
+            store.revoke_lease(old.lease)  # what a dead predecessor left: nothing of ours now
         self.lease, self.vtep = lease, underlay.ip
         self.log(f"registered {node} at {underlay.ip} ({underlay.ifname}), lease {lease}, {moved} endpoint(s)")
 
     # -- syncing ------------------------------------------------------------------
 
-    def _local_overlays(self) -> dict[str, Network]:
-        """Overlay networks that have an endpoint on this host."""
-
-        def read(txn: NodeTxn) -> dict[str, Network]:
-            names = {ep.network for ep in records.all_endpoints(txn) if ep.overlay}
-            found = {}
-            for name in names:
-                try:
-                    found[name] = records.get_network(txn, name)
-                except NotFound:
-                    continue
-            return found
-
-        return self.ctx.transact(read)
-
     def sync(self, host: Links, names: set[str] | None = None) -> None:
         """Program the named networks (None: all of this host's) from the store; idempotent."""
-        local = self._local_overlays()
+        local = self.ctx.transact(overlay.local_networks)
         for name in sorted(local if names is None else names & set(local)):
             net = local[name]
             if host.link(vxlan_name(net.name, self.ctx.instance)) is None:
@@ -116,7 +95,7 @@ class Agent:
             resync_at = time.monotonic() + self.resync_every
             while not stop.is_set():
                 try:
-                    events = store.watch("overlay/", revision, timeout=min(0.5, self.ttl / 3))
+                    events = store.watch(records.REGISTRATIONS_PREFIX, revision, timeout=min(0.5, self.ttl / 3))
                 except Compacted:
                     revision = self.full_sync(host)
                     continue

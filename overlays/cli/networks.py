@@ -21,10 +21,12 @@ def _create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masquerade", action=argparse.BooleanOptionalAction, default=True,
                    help="Masquerade traffic leaving the host; --no-masquerade routes sandbox addresses as they are "
                    "(default: masquerade).")
-    p.add_argument("-d", "--driver", choices=["bridge", "overlay"], default="bridge",
-                   help="bridge: this host only; overlay: one network across hosts (VXLAN), needs `overlays agent` "
-                   "(default: bridge).")
+    p.add_argument("-d", "--driver", choices=["bridge", "overlay", "macvlan"], default="bridge",
+                   help="bridge: this host only; overlay: one network across hosts (VXLAN), needs `overlays agent`; "
+                   "macvlan: sandboxes straight on the segment of --parent (default: bridge).")
     p.add_argument("--vni", type=int, help="VXLAN network identifier of an overlay network (default: a free one).")
+    p.add_argument("--parent", metavar="IFACE",
+                   help="macvlan: the host interface whose segment sandboxes join (left untouched).")
 
 
 def create(s: Settings, a: argparse.Namespace) -> None:
@@ -32,11 +34,15 @@ def create(s: Settings, a: argparse.Namespace) -> None:
     from overlays.model.specs import NetworkSpec  # only here: ls and inspect do not need the spec classes
 
     spec = NetworkSpec.parse(a.name, subnet=a.subnet, gateway=a.gateway, ip_range=a.ip_range, mtu=a.mtu,
-                             internal=a.internal, masquerade=a.masquerade, driver=a.driver, vni=a.vni)
+                             internal=a.internal, masquerade=a.masquerade, driver=a.driver, vni=a.vni,
+                             parent=a.parent)
     with held_signals():
         net = s.engine().create_network(spec)
-    if net.overlay:
+    if net.vni is not None:
         echo(f"overlay network {net.name} created: subnet {net.subnet}, VNI {net.vni}, MTU {net.mtu}")
+        return
+    if net.parent is not None:
+        echo(f"macvlan network {net.name} created: subnet {net.subnet}, gateway {net.gateway}, parent {net.parent}")
         return
     mode = " (internal)" if net.internal else "" if net.masquerade else " (routed, no masquerade)"
     echo(f"network {net.name} created: subnet {net.subnet}, gateway {net.gateway}, bridge {net.bridge}{mode}")

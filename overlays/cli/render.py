@@ -42,8 +42,10 @@ def network_dict(net: Network, sandboxes_attached: list[str] | None = None) -> d
         "internal": net.internal,
         "masquerade": net.masquerade,
     }
-    if net.overlay:
+    if net.vni is not None:  # an overlay: no gateway on any host, no way out
         data.update(vni=net.vni, gateway=None, internal=None, masquerade=None)
+    if net.parent is not None:  # a macvlan: no bridge, no NAT
+        data.update(bridge=None, parent=net.parent, masquerade=None)
     if sandboxes_attached is not None:
         data["sandboxes"] = sandboxes_attached
     return data
@@ -53,7 +55,7 @@ def endpoint_dict(ep: Endpoint) -> dict[str, Any]:
     return {
         "network": ep.network,
         "interface": ep.ifname,
-        "host_interface": ep.host_ifname,
+        "host_interface": ep.host_ifname or None,
         "ip": f"{ep.ip}/{ep.prefixlen}",
         "gateway": str(ep.gateway),
         "mac": ep.mac,
@@ -92,7 +94,7 @@ def ports_text(ports: Sequence[PortMapping]) -> str:
 
 
 def networks_table(nets: list[Network]) -> str:
-    rows = [(n.name, n.driver, n.subnet, n.gateway, n.mtu, n.bridge) for n in nets]
+    rows = [(n.name, n.driver, n.subnet, n.gateway, n.mtu, n.bridge or n.parent) for n in nets]
     return table(("NAME", "DRIVER", "SUBNET", "GATEWAY", "MTU", "BRIDGE"), rows)
 
 

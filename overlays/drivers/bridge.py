@@ -1,24 +1,26 @@
-"""The bridge driver: one Linux bridge per network, one veth pair per endpoint.
+"""Bridges and veth pairs: the kernel steps of bridge networks (and of each host's part of an overlay).
 
-The bridge holds the gateway address, so the host reaches every sandbox and each
-sandbox's default route points at it. A veth's sandbox end is created straight
-inside the sandbox namespace with its final name and MAC: no move, no rename, no
-window in which a half-made interface is visible.
+The bridge holds the gateway address (bridge networks), so the host reaches every
+sandbox and each sandbox's default route points at it. Its MAC is pinned (see
+``Rtnl.ensure_bridge``). A veth's sandbox end is created straight inside the sandbox
+namespace with its final name and MAC: no move, no rename, no window in which a
+half-made interface is visible.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 
 from overlays.errors import Conflict, KernelError
-from overlays.kernel.api import Links
+from overlays.kernel.api import Kernel, Links
 from overlays.model.names import owner_alias
-from overlays.model.specs import Endpoint, Network
+from overlays.model.state import Endpoint, Network
 from overlays.undo import Undo
 
 BRIDGE_PORTS_MAX = 1023
+# Per namespace: whether frames bridged between two ports pass through the IP (and ARP) hooks.
+BRIDGE_NF_SYSCTLS = tuple(f"net.bridge.bridge-nf-call-{f}" for f in ("iptables", "ip6tables", "arptables"))
 
 
 def network_alias(instance: str, network: str) -> str:
@@ -29,36 +31,60 @@ def endpoint_alias(instance: str, ep: Endpoint) -> str:
     return owner_alias(instance, f"sandbox={ep.sandbox},network={ep.network}")
 
 
-def setup_network(host: Links, net: Network, instance: str) -> None:
-    """The bridge exists, carries the gateway address and is up."""
-    host.ensure_bridge(net.bridge, network_alias(instance, net.name), net.mtu)
-    host.ensure_address(net.bridge, str(net.gateway), net.subnet.prefixlen)
+def bridged_traffic_unfiltered(kernel: Kernel, netns: str | None) -> None:
+    """Frames bridged between two ports of one bridge skip the IP hooks (br_netfilter, where loaded).
+
+    ``bridge-nf-call-*`` is 1 in every new namespace here: without this, every frame
+    between two sandboxes of one network (or every VXLAN packet through a lab's switch)
+    crosses the prerouting, forward and postrouting hooks for nothing.
+    """
+    for key in BRIDGE_NF_SYSCTLS:
+        kernel.set_sysctl(netns, key, "0", missing_ok=True)
 
 
-def teardown_network(host: Links, net: Network) -> None:
+def setup_bridge(host: Links, net: Network, alias: str, mac: str, with_gateway: bool) -> None:
+    """The bridge exists, is up, has its pinned MAC and (``with_gateway``) holds the gateway address."""
+    host.ensure_bridge(net.bridge, alias, net.mtu, mac)
+    if with_gateway:
+        host.ensure_address(net.bridge, str(net.gateway), net.subnet.prefixlen)
+
+
+def bridge_ready(host: Links, net: Network) -> bool:
+    """The usual case, checked with one lookup: the bridge is there and up (its address came with it)."""
+    link = host.link(net.bridge)
+    return link is not None and link.up
+
+
+def teardown_bridge(host: Links, net: Network) -> None:
     host.delete_link(net.bridge)
 
 
-def attach(
-    host: Links, sandbox: Links, sandbox_path: Path, net: Network, ep: Endpoint, instance: str, undo: Undo
-) -> None:
-    """Wire ``ep``: veth into the sandbox, port on the bridge, address, default route (not via an overlay:
-    its bridge has no address on the host)."""
+def attach_veth(host: Links, sandbox: Links, sandbox_path: Path, net: Network, ep: Endpoint, instance: str,
+                undo: Undo, default_route: bool) -> None:
+    """Wire ``ep``: veth into the sandbox, port on the bridge, address, and (``default_route``) the route out."""
     host.ensure_veth(ep.host_ifname, endpoint_alias(instance, ep), ep.mtu, ep.ifname, sandbox_path, ep.mac)
     undo.push(f"delete veth {ep.host_ifname}", host.delete_link, ep.host_ifname)
     try:
         host.ensure_port(ep.host_ifname, net.bridge)
     except KernelError as e:
-        if e.cause == os.strerror(errno.EXFULL):  # the kernel's way of saying "1,023 ports, no more"
+        if e.errno == errno.EXFULL:  # the kernel's way of saying "1,023 ports, no more"
             raise Conflict(f"network {net.name} is full: a Linux bridge takes at most {BRIDGE_PORTS_MAX} ports "
                            f"and {net.bridge} has them all; create another network") from e
         raise
     sandbox.ensure_address(ep.ifname, str(ep.ip), ep.prefixlen)
     sandbox.ensure_up(ep.ifname, ipv6=False)  # IPv4 only: see Rtnl.ensure_up
-    if not net.overlay:
+    if default_route:
         sandbox.ensure_default_route(str(ep.gateway))
 
 
-def detach(host: Links, ep: Endpoint) -> None:
+def detach_veth(host: Links, ep: Endpoint) -> None:
     """Deleting the host end removes the pair, and with it the sandbox's address and routes."""
     host.delete_link(ep.host_ifname)
+
+
+def veth_problems(host: Links, net: Network, ep: Endpoint) -> list[str]:
+    """Read-only: the host end of ``ep`` exists, is up and is a port of the network's bridge."""
+    veth, br = host.link(ep.host_ifname), host.link(net.bridge)
+    if veth is None or br is None or veth.master != br.index or not veth.up:
+        return [f"veth {ep.host_ifname} of sandbox {ep.sandbox} on {ep.network} is missing or detached"]
+    return []

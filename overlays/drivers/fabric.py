@@ -20,8 +20,9 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlays.kernel.api import Kernel, Links
-from overlays.model.names import owner_alias, short_hash
+from overlays.drivers.bridge import bridged_traffic_unfiltered
+from overlays.kernel.api import Kernel
+from overlays.model.names import bridge_mac, owner_alias, short_hash
 
 FABRIC_BRIDGE = "fabric0"
 UNDERLAY_IFNAME = "eth0"
@@ -73,10 +74,9 @@ def ensure_namespace(kernel: Kernel, name: str) -> Path:
 def ensure_switch(kernel: Kernel, lab: str) -> None:
     """The fabric namespace and its bridge, with bridged traffic kept out of the IP hooks (a switch filters nothing)."""
     ensure_namespace(kernel, netns_of(lab, "fabric"))
-    for family in ("iptables", "ip6tables", "arptables"):
-        kernel.set_sysctl(netns_of(lab, "fabric"), f"net.bridge.bridge-nf-call-{family}", "0", missing_ok=True)
+    bridged_traffic_unfiltered(kernel, netns_of(lab, "fabric"))
     with kernel.open(netns_of(lab, "fabric")) as fabric:
-        fabric.ensure_bridge(FABRIC_BRIDGE, lab_alias(lab, "fabric"), 1500)
+        fabric.ensure_bridge(FABRIC_BRIDGE, lab_alias(lab, "fabric"), 1500, bridge_mac(FABRIC_BRIDGE, lab))
 
 
 def ensure_wire(kernel: Kernel, lab: str, wire: Wire, bridge: str | None, route_via: str | None) -> None:
@@ -102,12 +102,3 @@ def wire_is_up(kernel: Kernel, wire: Wire) -> bool:
         return False
     with kernel.open(wire.a_netns) as a:
         return a.link(wire.a_if) is not None
-
-
-def remove_namespaces(kernel: Kernel, names: list[str]) -> None:
-    for name in names:
-        kernel.delete_netns(name)
-
-
-def remove_wire_end(links: Links, name: str) -> None:
-    links.delete_link(name)

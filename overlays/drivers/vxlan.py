@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from overlays.drivers.bridge import network_alias
+from overlays.drivers.bridge import network_alias, setup_bridge
 from overlays.errors import InvalidSpec
 from overlays.kernel.api import Links
 from overlays.kernel.rtnl_types import Underlay
@@ -71,13 +71,19 @@ def _vni(net: Network) -> int:
     return net.vni
 
 
-def setup_network(host: Links, net: Network, underlay: Underlay, instance: str) -> None:
+def setup_network(host: Links, net: Network, underlay: Underlay, instance: str, bridge_mac: str) -> None:
     """The bridge (no address) and the VXLAN device exist, are up, and the device is a port of the bridge."""
     alias = network_alias(instance, net.name)
-    host.ensure_bridge(net.bridge, alias, net.mtu)
+    setup_bridge(host, net, alias, bridge_mac, with_gateway=False)
     device = vxlan_name(net.name, instance)
     host.ensure_vxlan(device, alias, _vni(net), underlay.ip, underlay.ifname, net.mtu, VXLAN_PORT)
     host.ensure_port(device, net.bridge)
+
+
+def device_ready(host: Links, net: Network, instance: str) -> bool:
+    """The usual case, in two lookups: the VXLAN device is up and a port of the network's bridge."""
+    device, bridge = host.link(vxlan_name(net.name, instance)), host.link(net.bridge)
+    return device is not None and bridge is not None and device.master == bridge.index and device.up
 
 
 def teardown_network(host: Links, net: Network, instance: str) -> None:

@@ -11,19 +11,20 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from overlays.engine import views
 from overlays.engine.context import Context, instance_id
 from overlays.errors import NotPermitted, StoreError
-from overlays.model.names import validate_name
+from overlays.model.names import clean_name, validate_name
 
 if TYPE_CHECKING:  # annotations only: the spec classes are built by the commands that take them
     import subprocess
 
     from overlays.kernel.api import Kernel
     from overlays.model.specs import Endpoint, IPAddress, Network, NetworkSpec, Sandbox, SandboxSpec
-    from overlays.store.base import Store
+    from overlays.model.state import HostRegistration
+    from overlays.store.base import Store, Txn
 
 DEFAULT_STATE_DIR = Path("/var/lib/overlays")
 
@@ -55,9 +56,8 @@ def default_node(host_netns: str | None) -> str:
     """This host's name in a shared store: the host namespace's, else the machine's."""
     if host_netns:
         return host_netns
-    hostname = os.uname().nodename  # what socket.gethostname() returns on Linux, without importing socket
-    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in hostname).strip("-.")
-    return name or "localhost"
+    # os.uname(): what socket.gethostname() returns on Linux, without importing socket
+    return clean_name(os.uname().nodename, "localhost")
 
 
 def _linux() -> Kernel:
@@ -95,6 +95,16 @@ class Engine:
             node=node,
             check_root=check_root,
         )
+
+    @property
+    def node(self) -> str:
+        """This host's name in the store."""
+        return self.ctx.node
+
+    @property
+    def host_netns(self) -> str | None:
+        """The network namespace that plays this engine's host (None: the machine's own)."""
+        return self.ctx.host_netns
 
     def close(self) -> None:
         self.ctx.store.close()
@@ -186,3 +196,67 @@ class Engine:
 
     def netns_path(self, sandbox: str) -> Path:
         return self.ctx.kernel.netns_path(self.sandbox(sandbox).netns)
+
+    # drift: what ``overlays up`` and ``plan`` check, and how they repair it
+    def network_problems(self, name: str) -> list[str]:
+        """Read-only: what is wrong with the network's kernel objects on this host ([] when nothing)."""
+        from overlays.engine import repair
+
+        return repair.network_problems(self.ctx, name)
+
+    def sandbox_problems(self, name: str) -> list[str]:
+        from overlays.engine import repair
+
+        return repair.sandbox_problems(self.ctx, name)
+
+    def repair_network(self, name: str) -> None:
+        from overlays.engine import repair
+
+        repair.repair_network(self.ctx, name)
+
+    def repair_sandbox(self, name: str) -> None:
+        from overlays.engine import repair
+
+        repair.repair_sandbox(self.ctx, name)
+
+    # the overlay control plane, as seen from this host
+    def registered(self) -> HostRegistration | None:
+        """This host's registration in the shared store (made by its agent), if any."""
+        from overlays.engine import records
+
+        return self.ctx.transact(lambda txn: records.find_host(txn.root, self.ctx.node))
+
+    def unregister(self) -> None:
+        """Drop this host's registration now, with everything under its lease (its agent is stopped)."""
+        found = self.registered()
+        if found is not None:
+            self.ctx.store.revoke_lease(found.lease)
+
+    def overlay_converged(self) -> bool:
+        """Whether every overlay device on this host matches the store (what its agent works towards)."""
+        from overlays.engine.netdrivers import overlay
+
+        with self.ctx.open_host() as host:
+            return overlay.converged(self.ctx, host)
+
+    # records that front ends keep beside the engine's own (a topology's)
+    def topology_record(self, name: str) -> dict[str, Any] | None:
+        from overlays.engine import records
+
+        return self.ctx.transact(lambda txn: txn.get(records.topology_key(name)))
+
+    def save_topology_record(self, name: str, value: dict[str, Any] | None) -> None:
+        """Write (or, with None, drop) a topology's record."""
+        from overlays.engine import records
+
+        def save(txn: Txn) -> None:
+            if value is None:
+                txn.delete(records.topology_key(name))
+            else:
+                txn.put(records.topology_key(name), value)
+
+        self.ctx.transact(save)
+
+    def log_dir(self) -> Path:
+        """Where the output of this host's background processes goes."""
+        return self.ctx.log_dir()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from overlays.errors import NotFound, NotPermitted
+from overlays.errors import NotFound, NotPermitted, StoreError
 from overlays.kernel.api import Kernel, Links
 from overlays.model.names import short_hash
 from overlays.store.base import Store, Txn, Value, transact
@@ -81,12 +81,21 @@ class Context:
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        """A lock shared by every process of this host (engine commands, the agent) on this state dir."""
-        folder = self.state_dir / "locks"
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"{self.node}.{name}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        """A lock shared by every process of this host (engine commands, the agent) on this state dir.
+
+        Its file descriptor is close-on-exec: a process started while it is held never inherits it.
+        """
+        path = self.state_dir / "locks" / f"{self.node}.{name}.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open lock {path}: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
+        finally:
+            os.close(fd)
 
     def host_exists(self) -> bool:
         return self.host_netns is None or self.kernel.netns_exists(self.host_netns)

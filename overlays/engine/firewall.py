@@ -1,46 +1,30 @@
 """The engine's side of the firewall: host settings, and one nft transaction per operation.
 
 Scripts come from ``drivers.firewall`` (pure); this module decides when to apply
-them and holds a per-instance file lock while it does. The lock matters for one
-race only: removing the last network deletes the table, which must not happen
-between another process recording a network and adding it to the table. The
-decision (no other network recorded) and the deletion are made under the lock,
-and every apply is made under it too.
+them and holds a per-host file lock while it does. The lock matters for one race
+only: removing the last network deletes the table, which must not happen between
+another process recording a network and adding it to the table. The decision (no
+other network of the table recorded) and the deletion are made under the lock, and
+every apply is made under it too.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 
 from overlays.drivers import firewall
+from overlays.drivers.bridge import bridged_traffic_unfiltered
 from overlays.drivers.firewall import Publish
 from overlays.engine import records
 from overlays.engine.context import Context
-from overlays.errors import StoreError
-from overlays.model.specs import Network
+from overlays.model.state import Network
 
-
-@contextmanager
-def _locked(ctx: Context) -> Iterator[None]:
-    path = ctx.state_dir / f"firewall-{ctx.instance}.lock"
-    try:
-        ctx.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise StoreError(f"cannot open firewall lock {path}: {e.strerror}") from e
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+LOCK = "firewall"
 
 
 def _apply(ctx: Context, script: str) -> None:
     if script:
-        with _locked(ctx):
+        with ctx.lock(LOCK):
             ctx.kernel.nft_apply(ctx.host_netns, script)
 
 
@@ -56,18 +40,14 @@ def host_settings(ctx: Context, net: Network) -> None:
     published on 127.0.0.1, and the ``input`` chain keeps sandboxes from using it.
     """
     ctx.kernel.set_sysctl(ctx.host_netns, "net.ipv4.ip_forward", "1")
-    bridged_traffic_unfiltered(ctx)
+    unfilter_bridged(ctx)
     ctx.kernel.set_sysctl(ctx.host_netns, f"net/ipv4/conf/{net.bridge}/route_localnet", "1")
 
 
-def bridged_traffic_unfiltered(ctx: Context) -> None:
-    """In a host namespace we manage, frames bridged between ports skip the IP hooks (see host_settings).
-
-    Overlay hosts need it too: their traffic is bridged between a sandbox and the VXLAN device.
-    """
+def unfilter_bridged(ctx: Context) -> None:
+    """In a host namespace we manage, frames bridged between ports skip the IP hooks (see host_settings)."""
     if ctx.host_netns is not None:
-        for family in ("iptables", "ip6tables", "arptables"):
-            ctx.kernel.set_sysctl(ctx.host_netns, f"net.bridge.bridge-nf-call-{family}", "0", missing_ok=True)
+        bridged_traffic_unfiltered(ctx.kernel, ctx.host_netns)
 
 
 def network_up(ctx: Context, net: Network) -> None:
@@ -76,10 +56,10 @@ def network_up(ctx: Context, net: Network) -> None:
     _apply(ctx, firewall.network_up(ctx.instance, net))
 
 
-def network_down(ctx: Context, net: Network) -> None:
-    """``net`` leaves the table; with no other network recorded, the table goes."""
-    with _locked(ctx):
-        others = [n for n in ctx.transact(records.list_networks) if n.name != net.name and not n.overlay]
+def network_down(ctx: Context, net: Network, in_table: Callable[[Network], bool]) -> None:
+    """``net`` leaves the table; with no other network of the table recorded (``in_table``), the table goes."""
+    with ctx.lock(LOCK):
+        others = [n for n in ctx.transact(records.list_networks) if n.name != net.name and in_table(n)]
         if others:
             ctx.kernel.nft_apply(ctx.host_netns, firewall.network_down(ctx.instance, net))
         else:

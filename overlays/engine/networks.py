@@ -1,127 +1,75 @@
-"""Network operations: create, list, inspect, remove, prune."""
+"""Network operations: create, inspect, remove, prune. What differs between drivers is the driver's."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
-from overlays import ipam
-from overlays.drivers import bridge
-from overlays.engine import firewall, overlay, records, views
-from overlays.engine.context import Context
+from overlays.engine import records, views
+from overlays.engine.context import Context, NodeTxn
+from overlays.engine.netdrivers import driver_for, driver_named, mark_ready
 from overlays.errors import Conflict, OverlaysError
-from overlays.model.names import bridge_name
-from overlays.model.specs import DEFAULT_MTU, IPNetwork, Network, NetworkSpec
-from overlays.store.base import Txn
+from overlays.model.specs import NetworkSpec
+from overlays.model.state import Network
 from overlays.undo import Undo
 
 
 def create(ctx: Context, spec: NetworkSpec) -> Network:
-    """Record the network (subnet checked against all others), then build its bridge."""
-    if spec.driver == "overlay":
-        return overlay.create(ctx, spec)
+    """Record the network (pending; its subnet checked against all others), build it, mark it ready."""
+    driver = driver_named(spec.driver)
     with ctx.open_host() as host:
-        host_routes = host.route_prefixes()
-        network = ctx.transact(lambda txn: _record(txn, ctx, spec, list(host_routes)))
+        facts = driver.facts(ctx, host, spec)
+        network = ctx.transact(lambda txn: driver.record(txn, ctx, spec, facts))
         undo = Undo()
-        undo.push(f"forget network {spec.name}", _forget, ctx, network.name)
+        undo.push(f"forget network {spec.name}", _forget, ctx, network)
         try:
-            undo.push(f"delete bridge {network.bridge}", bridge.teardown_network, host, network)
-            bridge.setup_network(host, network, ctx.instance)
-            undo.push(f"remove network {network.name} from the firewall", firewall.network_down, ctx, network)
-            firewall.network_up(ctx, network)
+            driver.setup(ctx, host, network, undo)
+            return ctx.transact(lambda txn: mark_ready(driver, txn, network))
         except BaseException:
             undo.rollback()
             raise
-    return network
 
 
-def _record(txn: Txn, ctx: Context, spec: NetworkSpec, host_routes: list[IPNetwork]) -> Network:
-    records.bump_network_generation(txn)
-    if txn.get(records.network_key(spec.name)) is not None:
-        raise Conflict(f"network {spec.name} already exists")
-    others = records.list_networks(txn)
-    subnet = spec.subnet or ipam.free_subnet([n.subnet for n in others] + host_routes)
-    spec.check_subnet(subnet)
-    _check_overlaps(spec.name, subnet, others, host_routes if spec.subnet else [])
-    bridge_dev = bridge_name(spec.name, ctx.instance)
-    clash = next((n for n in others if n.bridge == bridge_dev), None)
-    if clash:
-        raise Conflict(f"network {spec.name}: its bridge name {bridge_dev} is taken by network {clash.name}")
-    network = Network(
-        name=spec.name,
-        driver=spec.driver,
-        subnet=subnet,
-        gateway=spec.gateway or ipam.default_gateway(subnet),
-        ip_range=spec.ip_range,
-        mtu=spec.mtu or DEFAULT_MTU,
-        bridge=bridge_dev,
-        created=time.time(),
-        internal=spec.internal,
-        masquerade=spec.masquerade,
-    )
-    txn.put(records.network_key(network.name), network.to_record())
-    ipam.reserve(txn, network, network.gateway, "gateway")
-    return network
-
-
-def _check_overlaps(name: str, subnet: IPNetwork, others: list[Network], host_routes: list[IPNetwork]) -> None:
-    for other in others:
-        if subnet.overlaps(other.subnet):  # type: ignore[arg-type]
-            raise Conflict(f"network {name}: subnet {subnet} overlaps network {other.name} ({other.subnet})")
-    ours = {o.subnet for o in others}
-    for route in host_routes:
-        if route not in ours and subnet.overlaps(route):  # type: ignore[arg-type]
-            raise Conflict(f"network {name}: subnet {subnet} overlaps {route}, routed by the host")
-
-
-def _forget(ctx: Context, name: str) -> None:
-    def drop(txn: Txn) -> None:
-        records.bump_network_generation(txn)
-        txn.delete(records.network_key(name))
-        ipam.release_all(txn, name)
-
-    ctx.transact(drop)
+def _forget(ctx: Context, network: Network) -> None:
+    ctx.transact(lambda txn: driver_for(network).forget(txn, ctx, network))
 
 
 list_all = views.networks
 
 
 def inspect(ctx: Context, name: str) -> tuple[Network, list[str]]:
-    """The network and the names of the sandboxes attached to it."""
+    """The network and the sandboxes attached to it (on every host, for a network that spans them)."""
 
-    net, local = ctx.transact(lambda txn: (records.get_network(txn, name), _local_users(txn, name)))
-    return net, (overlay.users(ctx, name) if net.overlay else local)
+    def read(txn: NodeTxn) -> tuple[Network, list[str]]:
+        network = records.get_network(txn, name)
+        return network, driver_for(network).users(txn, ctx, network)
+
+    return ctx.transact(read)
 
 
-def _local_users(txn: Txn, name: str) -> list[str]:
+def _local_users(txn: NodeTxn, name: str) -> list[str]:
     return sorted(e.sandbox for e in records.all_endpoints(txn) if e.network == name)
 
 
 def remove(ctx: Context, name: str, force: bool = False) -> None:
-    """Remove a network; with sandboxes attached only with ``force`` (they are disconnected)."""
+    """Remove a network; with sandboxes attached only with ``force`` (this host's are disconnected)."""
     from overlays.engine import endpoints  # endpoints imports us for get_network
 
-    network, everywhere = inspect(ctx, name)
-    users = ctx.transact(lambda txn: _local_users(txn, name))
+    def read(txn: NodeTxn) -> tuple[Network, list[str], list[str]]:
+        network = records.get_network(txn, name)
+        return network, driver_for(network).users(txn, ctx, network), _local_users(txn, name)
+
+    network, everywhere, here = ctx.transact(read)
+    driver = driver_for(network)
     if everywhere and not force:
         raise Conflict(f"network {name} has {len(everywhere)} sandbox(es) attached ({', '.join(everywhere)});"
                        " disconnect them or use --force")
-    if network.overlay:  # --force disconnects this host's sandboxes only: refuse before touching any
-        elsewhere = [u for u in everywhere if not u.startswith(f"{ctx.node}/")]
-        if elsewhere:
-            raise Conflict(f"network {name} still has sandboxes on other hosts ({', '.join(elsewhere)});"
-                           " disconnect them there first")
+    driver.check_removable(ctx, network, everywhere)
     failures: list[str] = []
-    for user in users:
+    for user in here:
         failures += _try(lambda user=user: endpoints.disconnect(ctx, name, user))  # type: ignore[misc]
-    if network.overlay:  # other hosts' sandboxes are theirs to disconnect
-        overlay.remove(ctx, network)  # refused while other hosts still have sandboxes on it
-        return
-    failures += _try(lambda: firewall.network_down(ctx, network))
     with ctx.open_host() as host:
-        failures += _try(lambda: bridge.teardown_network(host, network))
-    _forget(ctx, name)
+        failures += _try(lambda: driver.teardown(ctx, host, network))
+    _forget(ctx, network)
     if failures:
         raise OverlaysError(f"network {name} removed, but cleanup reported: " + "; ".join(failures))
 
@@ -142,4 +90,3 @@ def _try(fn: Callable[[], object]) -> list[str]:
     except OverlaysError as e:
         return [str(e)]
     return []
-

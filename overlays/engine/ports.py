@@ -8,8 +8,8 @@ compares it: two processes publishing the same port cannot both succeed, and
 per address could not see that without a range read, which is not compared).
 
 Target. A sandbox's ports lead to the address of its first endpoint on a
-network that is not internal; ``connect`` and ``disconnect`` move them when
-that changes.
+network whose driver lets ports be published there (a bridge network that is not
+internal); ``connect`` and ``disconnect`` move them when that changes.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from overlays.drivers.firewall import Publish
-from overlays.engine import records
-from overlays.engine.context import Context
+from overlays.engine.netdrivers import driver_for
+from overlays.engine.records import port_claim_key
 from overlays.errors import Conflict, InvalidSpec
 from overlays.kernel.api import Links
 from overlays.model.ports import PortMapping
-from overlays.model.specs import Endpoint, IPAddress, Network, Sandbox
+from overlays.model.state import Endpoint, IPAddress, Network, Sandbox
 from overlays.store.base import Txn
 
 
 def claim_key(m: PortMapping) -> str:
-    return f"ports/{m.protocol}/{m.host_port}"
+    return port_claim_key(m.protocol, m.host_port)
 
 
 def claim(txn: Txn, sandbox: str, mappings: Iterable[PortMapping]) -> None:
@@ -70,10 +70,10 @@ def check_host_ips(host: Links, mappings: Iterable[PortMapping]) -> None:
 
 
 def target(eps: Iterable[Endpoint], networks: Mapping[str, Network]) -> IPAddress | None:
-    """The address published ports lead to: the first endpoint on a network that is not internal."""
+    """The address published ports lead to: the first endpoint on a network that takes published ports."""
     for ep in sorted(eps, key=lambda e: (len(e.ifname), e.ifname)):
         net = networks.get(ep.network)
-        if net is not None and not net.internal and not net.overlay:  # overlays have no way in from the host
+        if net is not None and driver_for(net).publishes(net):
             return ep.ip
     return None
 
@@ -82,8 +82,8 @@ def require_target(sandbox: str, eps: Iterable[Endpoint], networks: Mapping[str,
     eps = list(eps)
     found = target(eps, networks)
     if found is None:
-        internal = ", ".join(sorted({ep.network for ep in eps}))
-        raise InvalidSpec(f"sandbox {sandbox}: cannot publish ports on internal network {internal}")
+        why = "; ".join(driver_for(networks[n]).why_no_ports(networks[n]) for n in sorted({e.network for e in eps}))
+        raise InvalidSpec(f"sandbox {sandbox}: cannot publish ports on {why}")
     return found
 
 
@@ -91,9 +91,8 @@ def publishes(mappings: Iterable[PortMapping], to: IPAddress | None) -> list[Pub
     return [] if to is None else [Publish(m, to) for m in mappings]
 
 
-def published(ctx: Context, box: Sandbox) -> list[Publish]:
+def published(box: Sandbox, networks: Mapping[str, Network]) -> list[Publish]:
     """The map elements ``box``'s ports have with its endpoints as given (none if no endpoint can take them)."""
     if not box.ports:
         return []
-    networks = ctx.transact(records.list_networks)
-    return publishes(box.ports, target(box.endpoints, {n.name: n for n in networks}))
+    return publishes(box.ports, target(box.endpoints, networks))

@@ -1,19 +1,34 @@
-"""Where each object lives in the store, and typed reads of it.
+"""Where each object lives in the store, and typed reads of it: every key is made here.
 
-    (all under nodes/<node>/, this host's own; overlay networks are shared: see overlay.py)
-    networks/<name>                 a Network
+This host's own records (under ``nodes/<node>/``, see context.NodeTxn):
+
+    networks/<name>                 a Network (bridge and macvlan networks)
     sandboxes/<name>                a Sandbox (without its endpoints)
     endpoints/<sandbox>/<network>   an Endpoint
     ipam/<network>/<ip>             an address taken (see ipam)
+    ports/<proto>/<port>            who publishes a host port (see engine.ports)
+    topologies/<name>               what a topology file's ``up`` made (see topology)
     meta/networks                   bumped by every network create/remove, so
                                     concurrent creates cannot both pass the overlap check
+
+What hosts share (the root of the store; overlay networks, see netdrivers.overlay):
+
+    networks/<name>                     an overlay network: subnet, VNI, MTU (one for all hosts)
+    vni/<vni>                           which network holds a VNI (created only if absent)
+    ipam/<network>/<ip>                 its addresses, allocated once for all hosts
+    hosts/<node>                        a HostRegistration, under its agent's lease
+    overlay/<network>/<node>/<sandbox>  an EndpointRegistration, under the same lease: when a
+                                        host dies, its endpoints vanish with it, everywhere
+    meta/networks                       bumped by every overlay network create
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from overlays.engine.context import NodeTxn
 from overlays.errors import NotFound
-from overlays.model.state import Endpoint, Network, Sandbox
+from overlays.model.state import Endpoint, EndpointRegistration, HostRegistration, Network, Sandbox
 from overlays.store.base import Txn
 
 NETWORK_GENERATION = "meta/networks"
@@ -31,14 +46,63 @@ def endpoint_key(sandbox: str, network: str) -> str:
     return f"endpoints/{sandbox}/{network}"
 
 
-def get_network(txn: Txn, name: str) -> Network:
-    """This host's network of that name, else the shared (overlay) network."""
+def port_claim_key(protocol: str, port: int) -> str:
+    return f"ports/{protocol}/{port}"
+
+
+def topology_key(name: str) -> str:
+    return f"topologies/{name}"
+
+
+def vni_key(vni: int) -> str:
+    return f"vni/{vni}"
+
+
+VNI_PREFIX = "vni/"
+
+
+def host_key(node: str) -> str:
+    return f"hosts/{node}"
+
+
+def registrations_prefix(network: str, node: str | None = None) -> str:
+    """The registrations of a network (of one host's endpoints only, with ``node``)."""
+    return f"overlay/{network}/" + (f"{node}/" if node is not None else "")
+
+
+def registration_key(network: str, node: str, sandbox: str) -> str:
+    return f"{registrations_prefix(network, node)}{sandbox}"
+
+
+REGISTRATIONS_PREFIX = "overlay/"
+
+
+# -- typed reads ----------------------------------------------------------------------------------------------------
+
+
+def find_network(txn: Txn, name: str) -> Network | None:
+    """This host's network of that name, else the shared (overlay) network; None if neither exists."""
     record = txn.get(network_key(name))
     if record is None and isinstance(txn, NodeTxn):
         record = txn.root.get(network_key(name))
-    if record is None:
+    return Network.from_record(record) if record is not None else None
+
+
+def get_network(txn: Txn, name: str) -> Network:
+    found = find_network(txn, name)
+    if found is None:
         raise NotFound(f"network {name} does not exist")
-    return Network.from_record(record)
+    return found
+
+
+def networks_named(txn: Txn, names: Iterable[str], missing_ok: bool = False) -> dict[str, Network]:
+    """The networks of these names, read once each (NotFound for a missing one unless ``missing_ok``)."""
+    found: dict[str, Network] = {}
+    for name in dict.fromkeys(names):
+        net = find_network(txn, name) if missing_ok else get_network(txn, name)
+        if net is not None:
+            found[name] = net
+    return found
 
 
 def list_networks(txn: Txn) -> list[Network]:
@@ -78,3 +142,14 @@ def list_sandboxes(txn: Txn) -> list[Sandbox]:
 def bump_network_generation(txn: Txn) -> None:
     current = txn.get(NETWORK_GENERATION) or {"generation": 0}
     txn.put(NETWORK_GENERATION, {"generation": current["generation"] + 1})
+
+
+def find_host(root: Txn, node: str) -> HostRegistration | None:
+    record = root.get(host_key(node))
+    return HostRegistration.from_record(record) if record is not None else None
+
+
+def registrations(root: Txn, network: str, node: str | None = None) -> list[EndpointRegistration]:
+    """The endpoints registered on an overlay network (by one host only, with ``node``)."""
+    return [EndpointRegistration.from_record(v, network)
+            for v in root.range(registrations_prefix(network, node)).values()]

@@ -1,9 +1,10 @@
 """Sandboxes: a named network namespace, its endpoints, and optionally a process.
 
 ``create`` follows the endpoint protocol for the whole sandbox at once: one store
-transaction records the sandbox and all its endpoints as pending, the kernel is
-made to match with an undo step per change, and one more transaction marks it
-ready. ``remove`` is best-effort: it keeps going past failures and reports them.
+transaction reads its networks and records the sandbox and all its endpoints as
+pending, the kernel is made to match with an undo step per change, and one more
+transaction marks it ready. ``remove`` is one transaction, and best-effort: it keeps
+going past failures and reports them.
 """
 
 from __future__ import annotations
@@ -17,52 +18,50 @@ from pathlib import Path
 from overlays.drivers.firewall import Publish
 from overlays.engine import endpoints, firewall, ports, records, views
 from overlays.engine.context import Context, NodeTxn
+from overlays.engine.endpoints import Networks
+from overlays.engine.netdrivers import driver_named
 from overlays.errors import Conflict, InvalidSpec, NotFound, OverlaysError
 from overlays.kernel import process
 from overlays.model.names import netns_name, sandbox_ifname, validate_name
-from overlays.model.specs import Endpoint, Sandbox, SandboxSpec
-from overlays.store.base import Txn
+from overlays.model.specs import SandboxSpec
+from overlays.model.state import Endpoint, Sandbox
 from overlays.undo import Undo, best_effort
 
 
-def _record(ctx: Context, box: Sandbox, requests: SandboxSpec | None) -> tuple[list[Endpoint], list[Publish]]:
-    """One transaction: the sandbox (name must be free), its endpoints (pending) and its port claims."""
+def _record(ctx: Context, box: Sandbox, spec: SandboxSpec | None) -> tuple[list[Endpoint], Networks, list[Publish]]:
+    """One transaction: the sandbox (its name must be free), its endpoints (pending) and its port claims."""
 
-    def do(txn: Txn) -> tuple[list[Endpoint], list[Publish]]:
+    def do(txn: NodeTxn) -> tuple[list[Endpoint], Networks, list[Publish]]:
         if not txn.create(records.sandbox_key(box.name), box.to_record()):
             raise Conflict(f"sandbox {box.name} already exists")
-        reqs = requests.networks if requests else ()
-        eps = [endpoints.allocate(txn, ctx, box.name, r, sandbox_ifname(i)) for i, r in enumerate(reqs)]
+        reqs = spec.networks if spec else ()
+        nets = records.networks_named(txn, [r.network for r in reqs])
+        eps = [endpoints.allocate(txn, ctx, nets[r.network], box.name, r, sandbox_ifname(i))
+               for i, r in enumerate(reqs)]
         if not box.ports:
-            return eps, []
-        networks = {ep.network: records.get_network(txn, ep.network) for ep in eps}
-        to = ports.require_target(box.name, eps, networks)
+            return eps, nets, []
+        to = ports.require_target(box.name, eps, nets)
         ports.claim(txn, box.name, box.ports)
-        return eps, ports.publishes(box.ports, to)
+        return eps, nets, ports.publishes(box.ports, to)
 
     return ctx.transact(do)
 
 
-def _forget(ctx: Context, name: str, eps: Sequence[Endpoint]) -> None:
-    """One transaction drops the sandbox, its endpoints, addresses and port claims."""
-
-    def drop(txn: NodeTxn) -> None:
-        endpoints.drop_records(txn, ctx, list(eps))
-        record = txn.get(records.sandbox_key(name))
-        if record is not None:
-            ports.release(txn, name, Sandbox.from_record(record).ports)
-        txn.delete(records.sandbox_key(name))
-
-    ctx.transact(drop)
-    endpoints.leave_overlays(ctx, list(eps))
+def _forget(txn: NodeTxn, ctx: Context, box: Sandbox) -> None:
+    """Inside a transaction: drop the sandbox, its endpoints, their addresses and its port claims."""
+    endpoints.drop_records(txn, ctx, box.endpoints)
+    ports.release(txn, box.name, box.ports)
+    txn.delete(records.sandbox_key(box.name))
 
 
 def _mark_ready(ctx: Context, box: Sandbox, eps: list[Endpoint]) -> Sandbox:
     ready = replace(box, state="ready")
 
-    def do(txn: Txn) -> None:
+    def do(txn: NodeTxn) -> None:
+        if txn.get(records.sandbox_key(box.name)) is None:
+            raise NotFound(f"sandbox {box.name} was removed while it was being created")
         txn.put(records.sandbox_key(box.name), ready.to_record())
-        endpoints.mark_ready(txn, eps)
+        endpoints.mark(txn, eps, "ready")
 
     ctx.transact(do)
     return replace(ready, endpoints=tuple(replace(e, state="ready") for e in eps))
@@ -74,23 +73,29 @@ def create(ctx: Context, spec: SandboxSpec) -> Sandbox:
     box = Sandbox(name=spec.name, netns=netns, hostname=spec.hostname, created=time.time(), ports=spec.ports)
     with ctx.open_host() as host:
         ports.check_host_ips(host, spec.ports)
-        eps, publishes = _record(ctx, box, spec)
+        eps, nets, publishes = _record(ctx, box, spec)
         undo = Undo()
-        undo.push(f"forget sandbox {box.name}", _forget, ctx, box.name, eps)
+        undo.push(f"forget sandbox {box.name}", _forget_now, ctx, replace(box, endpoints=tuple(eps)), nets)
         try:
             path = ctx.kernel.create_netns(box.netns)
             undo.push(f"delete netns {box.netns}", ctx.kernel.delete_netns, box.netns)
             with ctx.kernel.open_path(box.netns, path) as inside:
                 inside.ensure_up("lo")
                 for ep in eps:  # a veth of an earlier sandbox of this name, not yet freed (rm without waiting)
-                    host.delete_link(ep.host_ifname)  # one request, answered ENODEV in the usual case
-                endpoints.wire(ctx, host, inside, path, eps, undo)
+                    if ep.host_ifname:
+                        host.delete_link(ep.host_ifname)  # one request, answered ENODEV in the usual case
+                endpoints.wire(ctx, host, inside, path, eps, nets, undo)
             undo.push(f"unpublish the ports of {box.name}", firewall.unpublish, ctx, publishes)
             firewall.publish(ctx, publishes)
             return _mark_ready(ctx, box, eps)
         except BaseException:
             undo.rollback()
             raise
+
+
+def _forget_now(ctx: Context, box: Sandbox, nets: Networks) -> None:
+    ctx.transact(lambda txn: _forget(txn, ctx, box))
+    endpoints.left(ctx, box.endpoints, nets)
 
 
 def adopt(ctx: Context, name: str, pid: int | None = None, netns_path: str | None = None) -> Sandbox:
@@ -116,7 +121,7 @@ def adopt(ctx: Context, name: str, pid: int | None = None, netns_path: str | Non
     try:
         ctx.kernel.adopt_netns(box.netns, source)
     except BaseException:
-        _forget(ctx, name, [])
+        _forget_now(ctx, box, {})
         raise
     return _mark_ready(ctx, box, [])
 
@@ -127,35 +132,45 @@ def remove(ctx: Context, name: str, force: bool = False, wait: bool = True) -> N
 
 
 def remove_many(ctx: Context, names: Sequence[str], force: bool = False, wait: bool = True) -> None:
-    """Remove several sandboxes, waiting once for all their veths (the kernel frees them asynchronously).
+    """Remove several sandboxes in one store transaction: read them, tear down, forget them.
 
+    The records stay until the kernel objects they name are gone, so a crash halfway
+    leaves sandboxes that the next ``rm`` (or ``doctor``) finishes removing. Tearing down
+    is idempotent, so a transaction redone after a conflict only repeats no-ops.
     Deleting a namespace takes about a millisecond, but the kernel removes its veths
     some tens of milliseconds later; waiting once for a whole batch, instead of once per
     sandbox, is what makes tearing down a large topology fast. ``wait=False`` leaves the
     veths to the kernel altogether (a caller removing many one by one waits once at the end).
     """
-    boxes = [get(ctx, name) for name in names]
-    for box in boxes:
-        if not force and box.pid and not box.adopted and process.alive(box.pid, box.pid_start):
-            raise Conflict(f"sandbox {box.name} is running (pid {box.pid}); stop it first or use -f")
-    failures: list[str] = []
-    for box in boxes:
-        failures += [f"sandbox {box.name}: {f}" for f in best_effort(_teardown_steps(ctx, box))]
-    if wait:
-        failures += best_effort([("wait for veths", lambda: _wait_veths_gone(ctx, boxes))])
-    for box in boxes:
-        failures += [f"sandbox {box.name}: {f}" for f in best_effort([("forget", lambda b=box: _forget(  # type: ignore[misc]
-            ctx, b.name, b.endpoints))])]
+
+    def remove(txn: NodeTxn) -> tuple[list[str], list[Sandbox], Networks]:
+        boxes = [records.get_sandbox(txn, name) for name in names]
+        for box in boxes:
+            if not force and box.pid and not box.adopted and process.alive(box.pid, box.pid_start):
+                raise Conflict(f"sandbox {box.name} is running (pid {box.pid}); stop it first or use -f")
+        nets = records.networks_named(txn, [e.network for b in boxes for e in b.endpoints], missing_ok=True)
+        failures: list[str] = []
+        for box in boxes:
+            failures += [f"sandbox {box.name}: {f}" for f in best_effort(_teardown_steps(ctx, box, nets))]
+        if wait:
+            failures += best_effort([("wait for veths", lambda: _wait_veths_gone(ctx, boxes))])
+        for box in boxes:
+            _forget(txn, ctx, box)
+        return failures, boxes, nets
+
+    failures, boxes, nets = ctx.transact(remove)
+    failures += best_effort([("after the last endpoints", lambda: endpoints.left(
+        ctx, [e for b in boxes for e in b.endpoints], nets))])
     if failures:
         raise OverlaysError("removed with errors: " + "; ".join(failures))
 
 
-def _teardown_steps(ctx: Context, box: Sandbox) -> list[tuple[str, Callable[[], object]]]:
+def _teardown_steps(ctx: Context, box: Sandbox, nets: Networks) -> list[tuple[str, Callable[[], object]]]:
     steps: list[tuple[str, Callable[[], object]]] = []
     if box.pid and not box.adopted:
         steps.append((f"stop pid {box.pid}", lambda: process.stop(box.pid or 0, box.pid_start)))
     if box.ports:
-        steps.append(("unpublish ports", lambda: firewall.unpublish(ctx, ports.published(ctx, box))))
+        steps.append(("unpublish ports", lambda: firewall.unpublish(ctx, ports.published(box, nets))))
     if box.adopted:
         steps.append(("remove endpoints", lambda: _remove_adopted_endpoints(ctx, box)))
     steps.append((f"delete netns {box.netns}", lambda: ctx.kernel.delete_netns(box.netns)))
@@ -163,16 +178,23 @@ def _teardown_steps(ctx: Context, box: Sandbox) -> list[tuple[str, Callable[[], 
 
 
 def _remove_adopted_endpoints(ctx: Context, box: Sandbox) -> None:
-    """An adopted namespace lives on (it is not ours): delete our veths from it."""
-    if box.endpoints and ctx.host_exists():
-        with ctx.open_host() as host:
+    """An adopted namespace lives on (it is not ours): take our interfaces out of it."""
+    if not box.endpoints or not ctx.host_exists():
+        return
+    inside_exists = ctx.kernel.netns_exists(box.netns)
+    with ctx.open_host() as host:
+        inside = ctx.kernel.open_path(box.netns, ctx.kernel.netns_path(box.netns)) if inside_exists else None
+        try:
             for ep in box.endpoints:
-                host.delete_link(ep.host_ifname)
+                driver_named(ep.driver).detach(ctx, host, inside, ep)
+        finally:
+            if inside is not None:
+                inside.close()
 
 
 def _wait_veths_gone(ctx: Context, boxes: Sequence[Sandbox]) -> None:
     """Our namespaces are deleted: wait for the kernel to drop their veths, then delete any stragglers."""
-    names = [ep.host_ifname for box in boxes if not box.adopted for ep in box.endpoints]
+    names = [ep.host_ifname for box in boxes if not box.adopted for ep in box.endpoints if ep.host_ifname]
     if not names or not ctx.host_exists():
         return  # no veths, or the host is gone and our veths with it
     with ctx.open_host() as host:

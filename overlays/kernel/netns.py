@@ -174,8 +174,3 @@ def netlink_socket(path: str | Path | None) -> socket.socket:
     import socket  # ~5 ms: commands that only read state never open one
 
     return run_in(path, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
-
-
-def inode(path: str | Path) -> int:
-    """Identity of a namespace: two paths name the same one iff their inodes match."""
-    return os.stat(str(path)).st_ino

@@ -196,12 +196,3 @@ def release(netns_path: Path | None) -> None:
         entry = _contexts.pop(key, None)
         if entry is not None:
             entry.context.close()
-
-
-def release_all() -> None:
-    """Drop every context (tests, and callers that want no namespace held)."""
-    with _lock:
-        entries = list(_contexts.values())
-        _contexts.clear()
-        for entry in entries:
-            entry.context.close()

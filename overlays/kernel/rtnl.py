@@ -39,11 +39,12 @@ RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 RTM_GETNEIGH = 30
 # rtnetlink attribute numbers (linux/if_link.h, if_addr.h, rtnetlink.h, neighbour.h, veth.h)
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK = 18, 20, 26, 28, 29
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
 IFLA_VXLAN_ID = 1
+IFLA_MACVLAN_MODE, MACVLAN_MODE_BRIDGE = 1, 4
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 9, 15
@@ -69,6 +70,11 @@ _SKIP_STATS = attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
 _NO_IPV6_ADDRESSES = nl.nest(
     IFLA_AF_SPEC, nl.nest(AF_INET6, nl.attr_u8(IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE))
 )
+
+
+def kernel_error(operation: str, obj: str, netns: str | None, e: NetlinkError) -> KernelError:
+    """A refused request as a KernelError that names the step and keeps the errno."""
+    return KernelError(operation, obj, netns, os.strerror(e.code) if e.code else str(e), errno=e.code or None)
 
 
 def _link_msg(index: int = 0, up: bool | None = None) -> bytes:
@@ -140,7 +146,7 @@ class Rtnl:
         try:
             yield
         except NetlinkError as e:
-            raise KernelError(operation, obj, self.netns, os.strerror(e.code) if e.code else str(e)) from e
+            raise kernel_error(operation, obj, self.netns, e) from e
 
     def _pyroute2(self, call: Callable[[Any], object]) -> None:
         """One request through pyroute2's IPRoute (made on first use), its errors as ``nl.NetlinkError``."""
@@ -164,7 +170,7 @@ class Rtnl:
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 return None
-            raise KernelError("read link", name or f"#{index}", self.netns, os.strerror(e.code)) from e
+            raise kernel_error("read link", name or f"#{index}", self.netns, e) from e
         return msgs[0] if msgs else None
 
     def link(self, name: str) -> Link | None:
@@ -219,6 +225,14 @@ class Rtnl:
                 ipaddress.IPv4Address(a.attrs.ip(IFA_LOCAL) or a.attrs.ip(IFA_ADDRESS))
                 for a in self._addresses(AF_INET)
             ]
+
+    def interface_addresses(self, name: str) -> list[ipaddress.IPv4Interface]:
+        """The IPv4 addresses (with their prefixes) of link ``name``, primary first; [] if it has none."""
+        index = self._index(name)
+        with self._step("read addresses of", name):
+            found = sorted(self._addresses(AF_INET, index), key=lambda a: bool(a["flags"] & IFA_F_SECONDARY))
+            return [ipaddress.IPv4Interface(f"{a.attrs.ip(IFA_LOCAL) or a.attrs.ip(IFA_ADDRESS)}/{a['prefixlen']}")
+                    for a in found]
 
     def underlay(self) -> Underlay | None:
         """The interface the default route leaves by, with its primary IPv4 address.
@@ -275,7 +289,7 @@ class Rtnl:
         except NetlinkError as e:
             if e.code == errno.EEXIST:
                 return False
-            raise KernelError(what, name, self.netns, os.strerror(e.code) if e.code else str(e)) from e
+            raise kernel_error(what, name, self.netns, e) from e
         return True
 
     def _require_ours(self, link: Link, kind: str, alias: str) -> None:
@@ -286,23 +300,33 @@ class Rtnl:
                 f" (kind {link.kind}, alias {link.alias!r})"
             )
 
-    def ensure_bridge(self, name: str, alias: str, mtu: int) -> None:
+    def ensure_bridge(self, name: str, alias: str, mtu: int, mac: str) -> None:
+        """A bridge of ours, up, with MAC ``mac`` of its own.
+
+        Without a MAC set, a bridge takes the lowest of its ports' and changes it when that
+        port leaves: every sandbox then holds a stale neighbour entry for the gateway for
+        15-20 s. A MAC given at creation (or set later) stays, whatever ports come and go.
+        """
         existing = self.link(name)
         if existing:
             self._require_ours(existing, "bridge", alias)
-            if not existing.up:
-                self.ensure_up(name)
-        elif not self._created(name, "create bridge", lambda: self._new_link(name, "bridge", mtu)):
-            self._require_ours(self._need(name), "bridge", alias)  # a concurrent operation made it just now
-            self.ensure_up(name)
+            if existing.mac != mac.lower() or not existing.up:
+                with self._step("set MAC of bridge", name):
+                    self._set_named(name, attr_mac(IFLA_ADDRESS, mac), up=True)
+        elif not self._created(name, "create bridge", lambda: self._new_link(
+                name, "bridge", mtu, extra=attr_mac(IFLA_ADDRESS, mac))):
+            self.ensure_bridge(name, alias, mtu, mac)  # a concurrent operation made it just now: verify it
         else:
             with self._step("tag bridge", name):
-                # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: tag (and bring up) in one set.
-                self._set_named(name, attr_str(IFLA_IFALIAS, alias), up=True)
+                # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: tag it, and keep it free of IPv6
+                # addresses (overlays serves IPv4), in one set before it comes up (see ensure_up).
+                self._set_named(name, attr_str(IFLA_IFALIAS, alias) + _NO_IPV6_ADDRESSES)
+            self.ensure_up(name)
 
-    def _new_link(self, name: str, kind: str, mtu: int, data: bytes = b"") -> None:
+    def _new_link(self, name: str, kind: str, mtu: int, data: bytes = b"", extra: bytes = b"") -> None:
         info = attr_str(IFLA_INFO_KIND, kind) + (attr(IFLA_INFO_DATA, data) if data else b"")
-        body = _link_msg() + attr_str(IFLA_IFNAME, name) + attr_u32(IFLA_MTU, mtu) + attr(IFLA_LINKINFO, info)
+        body = (_link_msg() + attr_str(IFLA_IFNAME, name) + attr_u32(IFLA_MTU, mtu) + extra
+                + attr(IFLA_LINKINFO, info))
         self._nl.request(RTM_NEWLINK, CREATE, IFINFO, body)
 
     def _set_named(self, name: str, attrs: bytes = b"", up: bool | None = None) -> None:
@@ -335,6 +359,25 @@ class Rtnl:
         with self._step("tag veth", name):
             self._set_named(name, attr_str(IFLA_IFALIAS, alias) + _NO_IPV6_ADDRESSES)
 
+    def ensure_macvlan(self, parent: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str) -> None:
+        """A macvlan device on ``parent`` (bridge mode), created straight inside ``peer_netns`` as ``peer``.
+
+        Nothing of it stays in this namespace: it lives and dies with the sandbox, and
+        the parent (not ours) is never changed. Bridge mode lets the sandboxes of one
+        parent reach each other as well as the rest of the parent's segment.
+        """
+        index = self._need(parent).index
+        fd = os.open(str(peer_netns), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            extra = (attr_u32(IFLA_LINK, index) + attr_u32(IFLA_NET_NS_FD, fd) + attr_mac(IFLA_ADDRESS, peer_mac))
+            made = self._created(f"{peer} (on {parent})", "create macvlan", lambda: self._new_link(
+                peer, "macvlan", mtu, attr_u32(IFLA_MACVLAN_MODE, MACVLAN_MODE_BRIDGE), extra))
+        finally:
+            os.close(fd)
+        if not made:
+            raise KernelError("create macvlan", f"{peer} (on {parent})", self.netns,
+                              f"{peer} exists already in {peer_netns.name}", errno=errno.EEXIST)
+
     def ensure_port(self, name: str, bridge: str) -> None:
         """``name`` is a port of ``bridge`` and up.
 
@@ -362,8 +405,8 @@ class Rtnl:
             self._set_named(name, attrs, up=up)
         except NetlinkError as e:
             if e.code == errno.ENODEV:
-                raise KernelError("find link", name, self.netns, "no such device") from e
-            raise KernelError(operation, obj, self.netns, os.strerror(e.code) if e.code else str(e)) from e
+                raise KernelError("find link", name, self.netns, "no such device", errno=e.code) from e
+            raise kernel_error(operation, obj, self.netns, e) from e
 
     def ensure_address(self, name: str, ip: str, prefixlen: int) -> None:
         """Add first, then verify on EEXIST: the common case (a new link) costs no read of its addresses."""
@@ -377,8 +420,7 @@ class Rtnl:
             return
         except NetlinkError as e:
             if e.code != errno.EEXIST:
-                raise KernelError("add address", f"{ip}/{prefixlen} on {name}", self.netns,
-                                  os.strerror(e.code) if e.code else str(e)) from e
+                raise kernel_error("add address", f"{ip}/{prefixlen} on {name}", self.netns, e) from e
             refused = e
         # IPv4 answers EEXIST only for this address with this prefix; IPv6 for this address with any.
         with self._step("read addresses of", name):
@@ -511,8 +553,7 @@ class Rtnl:
             self._pyroute2(lambda ipr: ipr.fdb("del", ifindex=link.index, lladdr=mac.lower(), dst=dst, flags=NTF_SELF))
         except NetlinkError as e:
             if e.code not in (errno.ENOENT, errno.ENODEV):
-                raise KernelError("delete fdb entry", f"{mac} dst {dst} on {name}", self.netns,
-                                  os.strerror(e.code)) from e
+                raise kernel_error("delete fdb entry", f"{mac} dst {dst} on {name}", self.netns, e) from e
 
     def delete_neigh(self, name: str, ip: str) -> None:
         link = self.link(name)
@@ -522,7 +563,7 @@ class Rtnl:
             self._pyroute2(lambda ipr: ipr.neigh("del", ifindex=link.index, dst=ip))
         except NetlinkError as e:
             if e.code not in (errno.ENOENT, errno.ENODEV):
-                raise KernelError("delete neighbour", f"{ip} on {name}", self.netns, os.strerror(e.code)) from e
+                raise kernel_error("delete neighbour", f"{ip} on {name}", self.netns, e) from e
 
     def delete_link(self, name: str) -> None:
         self._indices.pop(name, None)
@@ -531,10 +572,10 @@ class Rtnl:
             self._nl.request(RTM_DELLINK, CHANGE, IFINFO, _link_msg() + attr_str(IFLA_IFNAME, name))
         except NetlinkError as e:
             if e.code not in (errno.ENODEV, errno.ENOENT):
-                raise KernelError("delete link", name, self.netns, os.strerror(e.code)) from e
+                raise kernel_error("delete link", name, self.netns, e) from e
 
     def _need(self, name: str) -> Link:
         link = self.link(name)
         if link is None:
-            raise KernelError("find link", name, self.netns, "no such device")
+            raise KernelError("find link", name, self.netns, "no such device", errno=errno.ENODEV)
         return link

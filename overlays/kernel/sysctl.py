@@ -28,7 +28,3 @@ def write(netns_path: Path | None, key: str, value: str, label: str | None = Non
             raise KernelError("set sysctl", f"{key}={value}", label, e.strerror or str(e)) from e
 
     netns.run_in(netns_path, do)
-
-
-def read(netns_path: Path | None, key: str) -> str:
-    return netns.run_in(netns_path, lambda: _file(key).read_text().strip())

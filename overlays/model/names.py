@@ -11,6 +11,7 @@ dirs, two host namespaces) from ever touching each other's sandboxes.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 try:  # CPython's built-in SHA-1, the same digest: hashlib loads OpenSSL first (~12 ms of every command)
     from _sha1 import sha1  # type: ignore[import-not-found]  # no stubs for the C module
@@ -18,6 +19,9 @@ except ImportError:  # another Python
     from hashlib import sha1
 
 from overlays.errors import InvalidSpec
+
+if TYPE_CHECKING:
+    from overlays.model.state import IPAddress
 
 IFNAME_MAX = 15
 NAME_MAX = 63
@@ -85,6 +89,28 @@ def owner_alias(instance: str, what: str) -> str:
 def is_ours(alias: str | None, instance: str) -> bool:
     """True if a link's alias says this engine instance created it."""
     return bool(alias) and str(alias).startswith(f"{OWNER_TAG}:{instance}:")
+
+
+def clean_name(text: str, fallback: str) -> str:
+    """``text`` made into a valid name (other characters become '-'), e.g. a hostname or a file's stem."""
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "-" for c in text).strip("-.")[:NAME_MAX]
+    return cleaned or fallback
+
+
+def endpoint_mac(ip: IPAddress) -> str:
+    """A locally administered MAC derived from an address: stable across re-use, so ARP caches stay right."""
+    return "02:6f:" + ":".join(f"{b:02x}" for b in ip.packed[-4:])
+
+
+def bridge_mac(network: str, node: str) -> str:
+    """The MAC of a network's bridge on one host: pinned, so it never follows a port that leaves.
+
+    Derived from the network and the host (an overlay network has a bridge on every host,
+    and those must differ), with a first octet of its own so it never equals an
+    endpoint's (``endpoint_mac``).
+    """
+    digest = short_hash("bridge", network, node, length=8)
+    return "02:6e:" + ":".join(digest[i : i + 2] for i in range(0, 8, 2))
 
 
 def sandbox_ifname(index: int) -> str:

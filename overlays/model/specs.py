@@ -11,10 +11,11 @@ and are re-exported here, where most of the code imports them from.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from overlays.errors import InvalidSpec
-from overlays.model.names import validate_name
+from overlays.model.names import IFNAME_MAX, validate_name
 from overlays.model.ports import PortMapping, check_distinct
 from overlays.model.state import Endpoint as Endpoint
 from overlays.model.state import IPAddress as IPAddress
@@ -22,11 +23,12 @@ from overlays.model.state import IPNetwork as IPNetwork
 from overlays.model.state import Network as Network
 from overlays.model.state import Sandbox as Sandbox
 
-DRIVERS = ("bridge", "overlay")
+DRIVERS = ("bridge", "overlay", "macvlan")
 VNI_MIN, VNI_MAX = 1, 16777215
 MTU_MIN = 576
 MTU_MAX = 65535
 DEFAULT_MTU = 1500
+_IFNAME_RE = re.compile(r"^[^\s/:]+$")  # what the kernel accepts as a name (dev_valid_name), less ':' (aliases)
 
 
 def parse_cidr(what: str, text: str) -> IPNetwork:
@@ -69,11 +71,12 @@ class NetworkSpec:
     subnet: IPNetwork | None = None
     gateway: IPAddress | None = None
     ip_range: IPNetwork | None = None
-    mtu: int | None = DEFAULT_MTU  # None (overlays only): the underlay's MTU minus the VXLAN overhead
+    mtu: int | None = DEFAULT_MTU  # None: the driver decides (overlay: underlay - 50; macvlan: the parent's)
     driver: str = "bridge"
     internal: bool = False  # no route out, no published ports
     masquerade: bool = True  # False: routed mode, sandbox addresses leave the host as they are
     vni: int | None = None  # overlays: None picks a free one
+    parent: str | None = None  # macvlan: the host interface whose segment sandboxes join
 
     @classmethod
     def parse(
@@ -87,6 +90,7 @@ class NetworkSpec:
         masquerade: bool = True,
         driver: str = "bridge",
         vni: int | None = None,
+        parent: str | None = None,
     ) -> NetworkSpec:
         validate_name("network", name)
         if driver not in DRIVERS:
@@ -96,6 +100,7 @@ class NetworkSpec:
         if driver == "overlay" and (internal or not masquerade):
             raise InvalidSpec(f"network {name}: an overlay network has no way out: --internal and "
                               "--no-masquerade do not apply")
+        _check_parent(name, driver, parent, internal, masquerade)
         net = parse_cidr(f"network {name}: subnet", subnet) if subnet else None
         if net is None and (gateway or ip_range):
             raise InvalidSpec(f"network {name}: --gateway and --ip-range need --subnet")
@@ -105,7 +110,7 @@ class NetworkSpec:
             check_mtu(f"network {name}", mtu)
         elif driver == "bridge":
             mtu = DEFAULT_MTU
-        spec = cls(name, net, gw, rng, mtu, driver, internal=internal, masquerade=masquerade, vni=vni)
+        spec = cls(name, net, gw, rng, mtu, driver, internal=internal, masquerade=masquerade, vni=vni, parent=parent)
         if net is not None:
             spec.check_subnet(net)
         return spec
@@ -166,6 +171,21 @@ class SandboxSpec:
         if published and not nets:
             raise InvalidSpec(f"sandbox {name}: publishing a port needs a network (--network)")
         return cls(name, nets, hostname, published)
+
+
+def _check_parent(name: str, driver: str, parent: str | None, internal: bool, masquerade: bool) -> None:
+    """A macvlan network names its parent interface; no other driver takes one."""
+    if driver != "macvlan":
+        if parent is not None:
+            raise InvalidSpec(f"network {name}: --parent is for --driver macvlan only")
+        return
+    if not parent:
+        raise InvalidSpec(f"network {name}: a macvlan network needs --parent IFACE (the host interface to share)")
+    if len(parent) > IFNAME_MAX or not _IFNAME_RE.match(parent):
+        raise InvalidSpec(f"network {name}: parent {parent!r} is not an interface name")
+    if internal or not masquerade:
+        raise InvalidSpec(f"network {name}: a macvlan network puts sandboxes straight on {parent}'s segment: "
+                          "--internal and --no-masquerade do not apply")
 
 
 def _valid_hostname(h: str) -> bool:

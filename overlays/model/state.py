@@ -32,10 +32,8 @@ class Network:
     internal: bool = False
     masquerade: bool = True
     vni: int | None = None  # overlay networks: the VXLAN network identifier, the same on every host
-
-    @property
-    def overlay(self) -> bool:
-        return self.driver == "overlay"
+    parent: str | None = None  # macvlan networks: the host interface whose segment sandboxes join
+    state: str = "ready"  # "pending" from its record until its kernel objects exist
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -50,6 +48,8 @@ class Network:
             "internal": self.internal,
             "masquerade": self.masquerade,
             "vni": self.vni,
+            "parent": self.parent,
+            "state": self.state,
         }
 
     @classmethod
@@ -66,6 +66,8 @@ class Network:
             internal=bool(r.get("internal", False)),  # records written before issue 3 lack these
             masquerade=bool(r.get("masquerade", True)),
             vni=r.get("vni"),
+            parent=r.get("parent"),
+            state=r.get("state", "ready"),
         )
 
 
@@ -82,12 +84,12 @@ class Endpoint:
     gateway: IPAddress
     mac: str
     mtu: int
-    state: str = "pending"
-    overlay: bool = False  # on a multi-host overlay network: address and registration live in the shared scope
+    state: str = "pending"  # "pending" until wired, "ready", "removing" while a disconnect is under way
+    driver: str = "bridge"  # its network's driver, so the endpoint can be released without reading the network
 
     def to_record(self) -> dict[str, Any]:
         return {
-            "overlay": self.overlay,
+            "driver": self.driver,
             "sandbox": self.sandbox,
             "network": self.network,
             "ifname": self.ifname,
@@ -113,7 +115,7 @@ class Endpoint:
             mac=r["mac"],
             mtu=int(r["mtu"]),
             state=r.get("state", "ready"),
-            overlay=bool(r.get("overlay", False)),
+            driver=r.get("driver") or ("overlay" if r.get("overlay") else "bridge"),  # records before drivers
         )
 
 
@@ -132,6 +134,9 @@ class Sandbox:
     created: float = 0.0
     endpoints: tuple[Endpoint, ...] = field(default=())
     ports: tuple[PortMapping, ...] = ()
+
+    def endpoint(self, network: str) -> Endpoint | None:
+        return next((e for e in self.endpoints if e.network == network), None)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -162,3 +167,48 @@ class Sandbox:
             endpoints=endpoints,
             ports=tuple(PortMapping.from_record(p) for p in r.get("ports") or ()),
         )
+
+
+# -- the overlay control plane: what each host announces in the shared store -------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostRegistration:
+    """A host's record, written by its agent under a lease it keeps alive: its underlay (the VTEP)."""
+
+    node: str
+    underlay: str
+    ifname: str
+    mtu: int
+    lease: int
+    since: float
+
+    def to_record(self) -> dict[str, Any]:
+        return {"node": self.node, "underlay": self.underlay, "ifname": self.ifname, "mtu": self.mtu,
+                "lease": self.lease, "since": self.since}
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> HostRegistration:
+        return cls(node=r["node"], underlay=r["underlay"], ifname=r.get("ifname", ""), mtu=int(r.get("mtu", 0)),
+                   lease=int(r.get("lease", 0)), since=float(r.get("since", 0.0)))
+
+
+@dataclass(frozen=True)
+class EndpointRegistration:
+    """An overlay endpoint announced to every host: where its MAC lives, under its host's lease."""
+
+    network: str
+    node: str
+    sandbox: str
+    ip: str
+    mac: str
+    vtep: str
+
+    def to_record(self) -> dict[str, Any]:
+        return {"network": self.network, "node": self.node, "sandbox": self.sandbox, "ip": self.ip,
+                "mac": self.mac, "vtep": self.vtep}
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any], network: str = "") -> EndpointRegistration:
+        return cls(network=r.get("network", network), node=r["node"], sandbox=r["sandbox"], ip=r["ip"],
+                   mac=r["mac"], vtep=r["vtep"])

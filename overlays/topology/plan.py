@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from overlays.engine import Engine, repair, views
+from overlays.engine import Engine, views
 from overlays.errors import Conflict, NotFound
 from overlays.topology.spec import NetworkDecl, SandboxDecl, Topology
 
@@ -47,36 +47,54 @@ class Action:
         return {k: v for k, v in self.__dict__.items() if v}
 
 
+class Key(NamedTuple):
+    """One object a topology made: a network or a sandbox, on a host (``*`` for an overlay network)."""
+
+    host: str
+    kind: str
+    name: str
+
+    def __str__(self) -> str:  # how the record stores it
+        return f"{self.host}/{self.kind}/{self.name}"
+
+    @classmethod
+    def parse(cls, text: str) -> Key:
+        host, kind, name = text.split("/", 2)
+        return cls(host, kind, name)
+
+
 @dataclass
 class Record:
-    """What a topology created: objects by key ``host/kind/name`` with their fingerprints."""
+    """What a topology created: its objects with the fingerprints of their declarations, hosts, agents."""
 
-    objects: dict[str, str] = field(default_factory=dict)
+    objects: dict[Key, str] = field(default_factory=dict)
     hosts: list[str] = field(default_factory=list)
     outside: bool = False
     source: str = ""
     agents: dict[str, list[int]] = field(default_factory=dict)  # host -> [pid, start time]
 
+    def of_kind(self, kind: str) -> list[Key]:
+        return sorted(k for k in self.objects if k.kind == kind)
+
     def to_value(self) -> dict[str, Any]:
-        return {"objects": self.objects, "hosts": self.hosts, "outside": self.outside, "source": self.source,
-                "agents": self.agents}
+        return {"objects": {str(k): v for k, v in self.objects.items()}, "hosts": self.hosts,
+                "outside": self.outside, "source": self.source, "agents": self.agents}
 
     @classmethod
     def from_value(cls, v: dict[str, Any] | None) -> Record:
         v = v or {}
-        return cls(dict(v.get("objects", {})), list(v.get("hosts", [])), bool(v.get("outside")), v.get("source", ""),
+        return cls({Key.parse(k): p for k, p in (v.get("objects") or {}).items()}, list(v.get("hosts", [])),
+                   bool(v.get("outside")), v.get("source", ""),
                    {h: list(p) for h, p in (v.get("agents") or {}).items()})
-
-
-def key(host: str, kind: str, name: str) -> str:
-    return f"{host}/{kind}/{name}"
 
 
 def network_print(decl: NetworkDecl) -> str:
     s = decl.spec
     return json.dumps({"subnet": str(s.subnet) if s.subnet else None, "gateway": str(s.gateway) if s.gateway else None,
                        "ip_range": str(s.ip_range) if s.ip_range else None, "mtu": s.mtu, "internal": s.internal,
-                       "masquerade": s.masquerade, "driver": s.driver, "vni": s.vni}, sort_keys=True)
+                       "masquerade": s.masquerade, "driver": s.driver, "vni": s.vni,
+                       **({"parent": s.parent} if s.parent else {})},  # only when set: older prints stay equal
+                      sort_keys=True)
 
 
 def sandbox_print(decl: SandboxDecl) -> str:
@@ -115,14 +133,13 @@ def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
     desired = _desired(topo)
     gone = [k for k in record.objects if k not in desired]
     # Sandboxes leave before their networks do.
-    for k in sorted(gone, key=lambda k: k.split("/")[1] != SANDBOX):
-        host, kind, name = k.split("/", 2)
-        actions.append(Action("remove", kind, host, name))
+    for k in sorted(gone, key=lambda k: (k.kind != SANDBOX, k)):
+        actions.append(Action("remove", k.kind, k.host, k.name))
 
     recreated_networks: set[tuple[str, str]] = set()
     for decl in topo.networks:
         for host in network_hosts(decl):
-            k = key(host, NETWORK, decl.spec.name)
+            k = Key(host, NETWORK, decl.spec.name)
             old = record.objects.get(k)
             if host in broken and old == desired[k]:
                 steps = [Action("repair", NETWORK, host, decl.spec.name, f"host {host} was rebuilt")]
@@ -133,7 +150,7 @@ def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
             actions += steps
 
     for box in topo.sandboxes:
-        k = key(box.host, SANDBOX, box.spec.name)
+        k = Key(box.host, SANDBOX, box.spec.name)
         if box.host in broken and record.objects.get(k) == desired[k]:
             actions.append(Action("repair", SANDBOX, box.host, box.spec.name, f"host {box.host} was rebuilt"))
             continue
@@ -155,9 +172,9 @@ def network_hosts(decl: NetworkDecl) -> tuple[str, ...]:
     return (EVERYWHERE,) if decl.overlay else decl.hosts
 
 
-def _desired(topo: Topology) -> dict[str, str]:
-    found = {key(h, NETWORK, n.spec.name): network_print(n) for n in topo.networks for h in network_hosts(n)}
-    found.update({key(s.host, SANDBOX, s.spec.name): sandbox_print(s) for s in topo.sandboxes})
+def _desired(topo: Topology) -> dict[Key, str]:
+    found = {Key(h, NETWORK, n.spec.name): network_print(n) for n in topo.networks for h in network_hosts(n)}
+    found.update({Key(s.host, SANDBOX, s.spec.name): sandbox_print(s) for s in topo.sandboxes})
     return found
 
 
@@ -175,7 +192,7 @@ def _network_actions(decl: NetworkDecl, host: str, old: str | None, new: str, en
         return [Action("create", NETWORK, host, name, "it was removed")]
     if decl.overlay:
         return []  # its devices live where its sandboxes are: their checks cover them
-    problems = repair.network_problems(engine.ctx, name)
+    problems = engine.network_problems(name)
     return [Action("repair", NETWORK, host, name, problems[0])] if problems else []
 
 
@@ -205,7 +222,7 @@ def _sandbox_actions(box: SandboxDecl, old: str | None, new: str, engine: Engine
         if moved or lost:
             actions.append(Action("connect", SANDBOX, host, name, f"ip {ip}" if ip else "", network=net))
     if not actions:
-        problems = repair.sandbox_problems(engine.ctx, name)
+        problems = engine.sandbox_problems(name)
         if problems:
             actions.append(Action("repair", SANDBOX, host, name, problems[0]))
     if box.command and views.status(current) != "running":

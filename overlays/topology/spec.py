@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from overlays.errors import InvalidSpec, OverlaysError
-from overlays.model.names import validate_name
+from overlays.model.names import clean_name, validate_name
 from overlays.model.ports import PortMapping, parse_publish
 from overlays.model.specs import EndpointRequest, NetworkSpec, SandboxSpec, parse_cidr
 
@@ -166,7 +166,7 @@ def resolve(raw: Any, source: str = "<topology>", default_name: str = "topology"
     """Raw data (as from YAML) into a validated Topology, or a TopologyError."""
     r = _Reader(source)
     top = r.mapping(raw, "", TOP_KEYS)
-    name = r.typed(top.get("name"), "name", str, "a string") or _clean_name(default_name)
+    name = r.typed(top.get("name"), "name", str, "a string") or clean_name(default_name, "topology")
     r.at("name", validate_name, "topology", name)
     hosts = _hosts(r, top.get("hosts"))
     fabric = r.at("fabric", parse_cidr, "fabric subnet", r.typed(top.get("fabric"), "fabric", str, "a CIDR string")
@@ -175,11 +175,6 @@ def resolve(raw: Any, source: str = "<topology>", default_name: str = "topology"
     networks = _networks(r, r.mapping(top.get("networks"), "networks", None), hosts)
     sandboxes = _sandboxes(r, r.mapping(top.get("sandboxes"), "sandboxes", None), hosts, networks)
     return Topology(name, source, hosts, fabric, outside, networks, sandboxes)
-
-
-def _clean_name(stem: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "_.-" else "-" for c in stem).strip("-.") or "topology"
-    return cleaned[:63]
 
 
 def _hosts(r: _Reader, raw: Any) -> tuple[str, ...]:

@@ -94,7 +94,7 @@ def test_rtnl_on_a_fresh_namespace_has_no_routes(ns: str) -> None:
 def test_rtnl_veth_peer_is_made_in_the_other_namespace(make_netns: Callable[[str], str], ns: str) -> None:
     other = make_netns("nlp")
     with Rtnl.open(ns) as links:
-        links.ensure_bridge("br0", "ov:test", 1400)
+        links.ensure_bridge("br0", "ov:test", 1400, "02:6e:00:00:00:02")
         links.ensure_veth("v0", "ov:v0", 1400, "eth0", netns.path_of(other), "02:6f:0a:00:00:02")
         links.ensure_veth("v0", "ov:v0", 1400, "eth0", netns.path_of(other), "02:6f:0a:00:00:02")  # idempotent
         links.ensure_port("v0", "br0")
@@ -129,7 +129,7 @@ def test_veths_speak_no_ipv6_on_either_end(ns: str) -> None:
     path = netns.create(inner)
     try:
         with Rtnl.open(ns) as links:
-            links.ensure_bridge("br0", "ov:test", 1500)
+            links.ensure_bridge("br0", "ov:test", 1500, "02:6e:00:00:00:02")
             links.ensure_veth("v0", "ov:v0", 1500, "eth0", path, "02:6f:0a:00:00:03")
             links.ensure_port("v0", "br0")
         with Rtnl.open(inner) as inside:

@@ -95,8 +95,8 @@ def overlay(make_netns: Callable[[str], str]) -> Iterator[tuple[Network, str, Si
             under = links.underlay()
             assert under == Underlay("ul0", side.vtep, UNDERLAY_MTU)
             assert vxlan.overlay_mtu(under.mtu) == MTU
-            vxlan.setup_network(links, net, under, instance)
-            vxlan.setup_network(links, net, under, instance)  # idempotent
+            vxlan.setup_network(links, net, under, instance, "02:6e:00:00:00:01")
+            vxlan.setup_network(links, net, under, instance, "02:6e:00:00:00:01")  # idempotent
             veth = unique("v")
             links.ensure_veth(veth, f"overlays:{instance}:test", MTU, "eth0", netns.path_of(side.sandbox), side.mac)
             links.ensure_port(veth, net.bridge)

@@ -155,15 +155,21 @@ class FakeLinks:
     def addresses(self) -> list[ipaddress.IPv4Address]:
         return [ipaddress.IPv4Address(ip) for s in self.ns.addrs.values() for ip, _ in s]
 
+    def interface_addresses(self, name: str) -> list[ipaddress.IPv4Interface]:
+        self._need(name)
+        return [ipaddress.IPv4Interface(f"{ip}/{p}") for ip, p in sorted(self.ns.addrs.get(name, set()))]
+
     def has_default_route(self) -> bool:
         return self.ns.default_gw is not None
 
-    def ensure_bridge(self, name: str, alias: str, mtu: int) -> None:
+    def ensure_bridge(self, name: str, alias: str, mtu: int, mac: str) -> None:
         have = self.link(name)
         if have and (have.kind != "bridge" or have.alias != alias):
             raise Conflict(f"link {name} exists and is not ours")
         if not have:
-            self.ns.links[name] = Link(self.kernel.index(), name, "bridge", "", mtu, alias, True, None)
+            self.ns.links[name] = Link(self.kernel.index(), name, "bridge", mac, mtu, alias, True, None)
+        elif have.mac != mac or not have.up:
+            self.ns.links[name] = replace(have, mac=mac, up=True)
 
     def ensure_veth(self, name: str, alias: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str) -> None:
         if self.link(name):
@@ -175,6 +181,13 @@ class FakeLinks:
         other.links[peer] = Link(self.kernel.index(), peer, "veth", peer_mac, mtu, None, False, None)
         self.ns.peers[name] = (peer_netns.name, peer)
         other.peers[peer] = (self.netns or "", name)
+
+    def ensure_macvlan(self, parent: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str) -> None:
+        self._need(parent)
+        other = self.kernel.namespaces[peer_netns.name]
+        if peer in other.links:
+            raise KernelError("create macvlan", peer, self.netns, "exists already")
+        other.links[peer] = Link(self.kernel.index(), peer, "macvlan", peer_mac, mtu, None, False, None)
 
     def ensure_port(self, name: str, bridge: str) -> None:
         self.ns.links[name] = replace(self._need(name), master=self._need(bridge).index, up=True)

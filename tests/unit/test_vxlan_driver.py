@@ -18,6 +18,7 @@ from .fakes import FakeKernel, FakeLinks
 
 INSTANCE = "i1"
 LOCAL = "10.201.0.1"
+MAC = "02:6e:00:00:00:01"
 ZERO = "00:00:00:00:00:00"
 
 
@@ -61,7 +62,7 @@ def host() -> FakeLinks:
 @pytest.fixture
 def net(host: FakeLinks) -> Network:
     n = network()
-    vxlan.setup_network(host, n, Underlay("u0", LOCAL, 1500), INSTANCE)
+    vxlan.setup_network(host, n, Underlay("u0", LOCAL, 1500), INSTANCE, MAC)
     return n
 
 
@@ -87,16 +88,16 @@ def test_setup_makes_an_addressless_bridge_with_the_vxlan_port(host: FakeLinks, 
     assert dev.master == bridge.index and dev.up and dev.mtu == bridge.mtu == 1450
     assert not host.ns.addrs.get(net.bridge)
     assert host.ns.vnis[DEV] == 4242
-    vxlan.setup_network(host, net, Underlay("u0", LOCAL, 1500), INSTANCE)  # idempotent
+    vxlan.setup_network(host, net, Underlay("u0", LOCAL, 1500), INSTANCE, MAC)  # idempotent
     with pytest.raises(Conflict):
-        vxlan.setup_network(host, network(vni=7), Underlay("u0", LOCAL, 1500), INSTANCE)
+        vxlan.setup_network(host, network(vni=7), Underlay("u0", LOCAL, 1500), INSTANCE, MAC)
 
 
 def test_setup_refuses_a_network_without_vni_or_too_big_an_mtu(host: FakeLinks) -> None:
     with pytest.raises(InvalidSpec):
-        vxlan.setup_network(host, network("nv", vni=None), Underlay("u0", LOCAL, 1500), INSTANCE)
+        vxlan.setup_network(host, network("nv", vni=None), Underlay("u0", LOCAL, 1500), INSTANCE, MAC)
     with pytest.raises(KernelError):
-        vxlan.setup_network(host, network("big", mtu=1500), Underlay("u0", LOCAL, 1500), INSTANCE)
+        vxlan.setup_network(host, network("big", mtu=1500), Underlay("u0", LOCAL, 1500), INSTANCE, MAC)
 
 
 def test_teardown_removes_both_and_tolerates_missing(host: FakeLinks, net: Network) -> None:

@@ -1,0 +1,191 @@
+"""The network-driver interface, and what the drivers of this host's own networks share.
+
+Design note. The engine's operations (networks.py, sandboxes.py, endpoints.py) are
+lists of named steps that never ask "which kind of network is this?" themselves: each
+step asks the network's driver, chosen once from its record (``driver_for``). As with
+netavark's driver trait (validate / setup / teardown), a driver has two halves:
+
+* store steps, run inside the operation's transaction: where the network's record
+  and its addresses live (``scope``: this host's records, or the store's root for a
+  network shared by hosts), recording and forgetting it, giving out and taking back
+  an endpoint's address (and announcing it, for an overlay);
+* kernel steps, handed open netlink handles: making the network ready on this host,
+  attaching and detaching an endpoint, what follows the last endpoint's leaving,
+  removing it; and read-only checks of drift (``problems``).
+
+It also says what its networks allow: published ports, a default route out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import ClassVar
+
+from overlays import ipam
+from overlays.engine import records
+from overlays.engine.context import Context, NodeTxn
+from overlays.errors import Conflict
+from overlays.kernel.api import Links
+from overlays.kernel.rtnl_types import Link, Underlay
+from overlays.model.names import endpoint_mac
+from overlays.model.specs import EndpointRequest, NetworkSpec
+from overlays.model.state import Endpoint, IPAddress, IPNetwork, Network
+from overlays.store.base import Txn
+from overlays.undo import Undo
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What creating a network reads from the host first (read-only), for its record step."""
+
+    routes: tuple[IPv4Network, ...] = ()
+    underlay: Underlay | None = None
+    parent: Link | None = None
+    parent_addresses: tuple[IPv4Interface, ...] = ()
+
+
+class NetworkDriver:
+    """One kind of network. Subclasses say what differs; the defaults suit a network of this host only."""
+
+    name: ClassVar[str]
+    in_firewall: ClassVar[bool] = False  # its networks are elements of our nft table's sets
+
+    # -- store steps (inside a transaction) --------------------------------------------------------------------------
+
+    def scope(self, txn: NodeTxn) -> Txn:
+        """Where the network's record and addresses live: this host's records."""
+        return txn
+
+    def record(self, txn: NodeTxn, ctx: Context, spec: NetworkSpec, facts: HostFacts) -> Network:
+        """Check ``spec`` against what is recorded, and record the network as pending."""
+        raise NotImplementedError
+
+    def forget(self, txn: NodeTxn, ctx: Context, network: Network) -> None:
+        scope = self.scope(txn)
+        records.bump_network_generation(txn)
+        scope.delete(records.network_key(network.name))
+        ipam.release_all(scope, network.name)
+
+    def users(self, txn: NodeTxn, ctx: Context, network: Network) -> list[str]:
+        """The sandboxes attached to the network (``node/sandbox`` where it spans hosts)."""
+        return sorted(e.sandbox for e in records.all_endpoints(txn) if e.network == network.name)
+
+    def allocate(self, txn: NodeTxn, ctx: Context, network: Network, sandbox: str, request: EndpointRequest,
+                 ifname: str) -> Endpoint:
+        """Take an address on ``network`` for ``sandbox`` and record the endpoint as pending."""
+        if txn.get(records.endpoint_key(sandbox, network.name)) is not None:
+            raise Conflict(f"sandbox {sandbox} is already connected to network {network.name}")
+        ip = ipam.allocate(self.scope(txn), network, self.owner(ctx, sandbox), request.ip)
+        ep = self.endpoint(ctx, network, sandbox, ifname, ip)
+        txn.put(records.endpoint_key(sandbox, network.name), ep.to_record())
+        return ep
+
+    def owner(self, ctx: Context, sandbox: str) -> str:
+        """Who holds an address, as its allocation records it."""
+        return sandbox
+
+    def endpoint(self, ctx: Context, network: Network, sandbox: str, ifname: str, ip: IPAddress) -> Endpoint:
+        return Endpoint(sandbox=sandbox, network=network.name, ifname=ifname,
+                        host_ifname=self.host_ifname(ctx, network, sandbox), ip=ip,
+                        prefixlen=network.subnet.prefixlen, gateway=network.gateway, mac=endpoint_mac(ip),
+                        mtu=network.mtu, driver=self.name)
+
+    def host_ifname(self, ctx: Context, network: Network, sandbox: str) -> str:
+        """The name of the endpoint's interface in the host namespace ("" if it has none there)."""
+        return ""
+
+    def release(self, txn: NodeTxn, ctx: Context, ep: Endpoint) -> None:
+        """Forget the endpoint and free its address (its network may be gone already)."""
+        txn.delete(records.endpoint_key(ep.sandbox, ep.network))
+        ipam.release(self.scope(txn), ep.network, ep.ip)
+
+    # -- kernel steps ------------------------------------------------------------------------------------------------
+
+    def facts(self, ctx: Context, host: Links, spec: NetworkSpec) -> HostFacts:
+        """What ``record`` needs to know of the host (read-only)."""
+        return HostFacts(routes=tuple(host.route_prefixes()))
+
+    def setup(self, ctx: Context, host: Links, network: Network, undo: Undo) -> None:
+        """The network's own kernel objects on this host (at create, and again to repair drift)."""
+
+    def teardown(self, ctx: Context, host: Links, network: Network) -> None:
+        """Remove the network's own kernel objects from this host."""
+
+    def check_removable(self, ctx: Context, network: Network, users: list[str]) -> None:
+        """Refuse a removal this host cannot carry out alone (with --force, before anything changes)."""
+
+    def attach(self, ctx: Context, host: Links, inside: Links, inside_path: Path, network: Network, ep: Endpoint,
+               undo: Undo) -> None:
+        raise NotImplementedError
+
+    def detach(self, ctx: Context, host: Links, inside: Links | None, ep: Endpoint) -> None:
+        """Remove the endpoint's kernel objects (``inside`` is None when the sandbox's namespace is gone)."""
+        raise NotImplementedError
+
+    def left(self, ctx: Context, host: Links, network: Network) -> None:
+        """After endpoints of ``network`` went from this host (the driver decides whether that was the last)."""
+
+    # -- what its networks allow -------------------------------------------------------------------------------------
+
+    def publishes(self, network: Network) -> bool:
+        """Whether ports published by a sandbox can lead to its endpoint on this network."""
+        return False
+
+    def why_no_ports(self, network: Network) -> str:
+        return f"{self.name} network {network.name}"
+
+    def routes_out(self, network: Network) -> bool:
+        """Whether an endpoint on this network gives its sandbox the default route."""
+        return True
+
+    # -- drift (read-only) -------------------------------------------------------------------------------------------
+
+    def problems(self, ctx: Context, host: Links, network: Network) -> list[str]:
+        return []
+
+    def endpoint_problems(self, ctx: Context, host: Links, inside: Links, network: Network, ep: Endpoint) -> list[str]:
+        return []
+
+
+def mark_ready(driver: NetworkDriver, txn: NodeTxn, network: Network) -> Network:
+    """Inside a transaction: the network's kernel objects exist (compared: it may have been removed meanwhile)."""
+    scope = driver.scope(txn)
+    if scope.get(records.network_key(network.name)) is None:
+        raise Conflict(f"network {network.name} was removed while it was being created")
+    ready = replace(network, state="ready")
+    scope.put(records.network_key(network.name), ready.to_record())
+    return ready
+
+
+def check_new(txn: NodeTxn, spec: NetworkSpec, facts: HostFacts, routed_too: bool,
+              subnet: IPNetwork | None = None) -> IPNetwork:
+    """The subnet a new network gets (given, else ``subnet``, else a free /24), checked against every
+    network recorded and, with ``routed_too``, against the host's routes. Bumps the networks'
+    generation first, so two concurrent creates cannot both pass this check."""
+    records.bump_network_generation(txn)
+    if records.find_network(txn, spec.name) is not None:
+        raise Conflict(f"network {spec.name} already exists")
+    others = records.list_networks(txn)
+    subnet = spec.subnet or subnet or ipam.free_subnet([n.subnet for n in others] + list(facts.routes))
+    spec.check_subnet(subnet)
+    for other in others:
+        if subnet.overlaps(other.subnet):  # type: ignore[arg-type]
+            raise Conflict(f"network {spec.name}: subnet {subnet} overlaps network {other.name} ({other.subnet})")
+    if routed_too and spec.subnet:
+        ours = {o.subnet for o in others}
+        for route in facts.routes:
+            if route not in ours and subnet.overlaps(route):  # type: ignore[arg-type]
+                raise Conflict(f"network {spec.name}: subnet {subnet} overlaps {route}, routed by the host")
+    return subnet
+
+
+def new_network(spec: NetworkSpec, subnet: IPNetwork, mtu: int, bridge: str = "", vni: int | None = None,
+                parent: str | None = None) -> Network:
+    """The record of a network being created (pending until its kernel objects exist)."""
+    gateway = spec.gateway or ipam.default_gateway(subnet)
+    return Network(name=spec.name, driver=spec.driver, subnet=subnet, gateway=gateway, ip_range=spec.ip_range,
+                   mtu=mtu, bridge=bridge, created=time.time(), internal=spec.internal, masquerade=spec.masquerade,
+                   vni=vni, parent=parent, state="pending")
