@@ -49,10 +49,14 @@ def setup_bridge(host: Links, net: Network, alias: str, mac: str, with_gateway: 
         host.ensure_address(net.bridge, str(net.gateway), net.subnet.prefixlen)
 
 
-def bridge_ready(host: Links, net: Network) -> bool:
-    """The usual case, checked with one lookup: the bridge is there and up (its address came with it)."""
+def bridge_problems(host: Links, net: Network, mac: str) -> list[str]:
+    """Read-only, in one lookup: the bridge is there, up, with its MAC (its address came with it)."""
     link = host.link(net.bridge)
-    return link is not None and link.up
+    if link is None or not link.up:
+        return [f"bridge {net.bridge} of network {net.name} is missing or down"]
+    if link.mac != mac:
+        return [f"bridge {net.bridge} of network {net.name} has MAC {link.mac}, not its own {mac}"]
+    return []
 
 
 def teardown_bridge(host: Links, net: Network) -> None:

@@ -21,8 +21,10 @@ NETWORK = {
     "type": ["object", "null"],
     "additionalProperties": False,
     "properties": {
-        "driver": {"enum": ["bridge", "overlay"], "default": "bridge",
-                   "description": "bridge: per host; overlay: one L2 network across hosts (VXLAN)"},
+        "driver": {"enum": ["bridge", "overlay", "macvlan"], "default": "bridge",
+                   "description": "bridge: per host; overlay: one L2 network across hosts (VXLAN); "
+                                  "macvlan: sandboxes straight on the segment of a host interface (parent)"},
+        "parent": {"type": "string", "maxLength": 15, "description": "macvlan: the host interface to share"},
         "vni": {"type": "integer", "minimum": 1, "maximum": 16777215, "description": "overlay: VXLAN id"},
         "subnet": CIDR,
         "gateway": IP,

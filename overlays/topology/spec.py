@@ -28,7 +28,7 @@ from typing import Any
 from overlays.errors import InvalidSpec, OverlaysError
 from overlays.model.names import clean_name, validate_name
 from overlays.model.ports import PortMapping, parse_publish
-from overlays.model.specs import EndpointRequest, NetworkSpec, SandboxSpec, parse_cidr
+from overlays.model.specs import DRIVERS, EndpointRequest, NetworkSpec, SandboxSpec, parse_cidr
 
 DEFAULT_FILE = "overlays.yaml"
 DEFAULT_FABRIC = "10.254.0.0/24"
@@ -140,7 +140,7 @@ def _join(path: str, key: str | int) -> str:
 
 
 TOP_KEYS = {"name", "hosts", "fabric", "outside", "networks", "sandboxes"}
-NETWORK_KEYS = {"subnet", "gateway", "ip_range", "mtu", "internal", "masquerade", "hosts", "driver", "vni"}
+NETWORK_KEYS = {"subnet", "gateway", "ip_range", "mtu", "internal", "masquerade", "hosts", "driver", "vni", "parent"}
 SANDBOX_KEYS = {"host", "networks", "ports", "command", "hostname"}
 
 
@@ -211,8 +211,8 @@ def _networks(r: _Reader, raw: dict[str, Any], hosts: tuple[str, ...]) -> tuple[
         path = _join("networks", name)
         net = r.mapping(body, path, NETWORK_KEYS)
         driver = r.typed(net.get("driver"), _join(path, "driver"), str, "a string") or "bridge"
-        if driver not in ("bridge", "overlay"):
-            raise r.fail(_join(path, "driver"), f"unknown driver {driver!r} (known: bridge, overlay)")
+        if driver not in DRIVERS:
+            raise r.fail(_join(path, "driver"), f"unknown driver {driver!r} (known: {', '.join(DRIVERS)})")
         if driver == "overlay" and "hosts" in net:
             raise r.fail(_join(path, "hosts"), "an overlay network spans every host: no hosts list")
         spec = r.at(
@@ -225,6 +225,7 @@ def _networks(r: _Reader, raw: dict[str, Any], hosts: tuple[str, ...]) -> tuple[
             masquerade=r.typed(net.get("masquerade"), _join(path, "masquerade"), bool, "true or false") is not False,
             driver=driver,
             vni=r.typed(net.get("vni"), _join(path, "vni"), int, "a number"),
+            parent=r.typed(net.get("parent"), _join(path, "parent"), str, "an interface name"),
         )
         decls.append(NetworkDecl(spec, _on_hosts(r, net.get("hosts"), _join(path, "hosts"), hosts)))
     return tuple(decls)

@@ -47,7 +47,7 @@ class BridgeDriver(NetworkDriver):
 
     def _bridge(self, ctx: Context, host: Links, network: Network) -> None:
         alias = bridge.network_alias(ctx.instance, network.name)
-        bridge.setup_bridge(host, network, alias, bridge_mac(network.name, ctx.node), with_gateway=True)
+        bridge.setup_bridge(host, network, alias, _mac(ctx, network), with_gateway=True)
 
     def teardown(self, ctx: Context, host: Links, network: Network) -> None:
         failures = best_effort([("leave the firewall", lambda: self._leave_firewall(ctx, network)),
@@ -60,7 +60,7 @@ class BridgeDriver(NetworkDriver):
 
     def attach(self, ctx: Context, host: Links, inside: Links, inside_path: Path, network: Network, ep: Endpoint,
                undo: Undo) -> None:
-        if not bridge.bridge_ready(host, network):
+        if bridge.bridge_problems(host, network, _mac(ctx, network)):
             self._bridge(ctx, host, network)  # completes a network left half-made
         bridge.attach_veth(host, inside, inside_path, network, ep, ctx.instance, undo,
                            default_route=self.routes_out(network))
@@ -78,9 +78,11 @@ class BridgeDriver(NetworkDriver):
         return True  # internal networks too: their gateway is reachable, the firewall keeps the rest in
 
     def problems(self, ctx: Context, host: Links, network: Network) -> list[str]:
-        if bridge.bridge_ready(host, network):
-            return []
-        return [f"bridge {network.bridge} of network {network.name} is missing or down"]
+        return bridge.bridge_problems(host, network, _mac(ctx, network))
 
     def endpoint_problems(self, ctx: Context, host: Links, inside: Links, network: Network, ep: Endpoint) -> list[str]:
         return bridge.veth_problems(host, network, ep)
+
+
+def _mac(ctx: Context, network: Network) -> str:
+    return bridge_mac(network.name, ctx.node)
