@@ -2,7 +2,8 @@
 
 Tests walk n = 1, 2, ... over an operation to prove that a failure at every step
 is rolled back completely. Steps are the ``ensure_*``/``create_*``/``adopt_*``
-calls, on the kernel and on every handle it opens.
+calls, on the kernel and on every handle it opens, and the firewall and sysctl
+writes (``nft_apply``, ``nft_delete_table``, ``set_sysctl``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,18 @@ class FaultyKernel:
     def adopt_netns(self, name: str, source: Path) -> Path:
         self.counter.step("adopt_netns")
         return self._inner.adopt_netns(name, source)
+
+    def set_sysctl(self, netns: str | None, key: str, value: str, missing_ok: bool = False) -> None:
+        self.counter.step("set_sysctl")
+        self._inner.set_sysctl(netns, key, value, missing_ok)
+
+    def nft_apply(self, netns: str | None, script: str) -> None:
+        self.counter.step("nft_apply")
+        self._inner.nft_apply(netns, script)
+
+    def nft_delete_table(self, netns: str | None, family: str, table: str) -> None:
+        self.counter.step("nft_delete_table")
+        self._inner.nft_delete_table(netns, family, table)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -162,4 +162,26 @@ def test_connect_rolls_back_at_every_step(tmp_path: Path) -> None:
 def test_network_create_rolls_back_at_every_step(tmp_path: Path) -> None:
     steps = _fails_cleanly_at_every_step(tmp_path, lambda eng: None,
                                          lambda eng: eng.create_network(NetworkSpec.parse("n", subnet="10.5.0.0/24")))
-    assert steps == 2
+    # bridge, gateway address; forwarding, bridge-nf-call x3, route_localnet; the firewall's one transaction
+    assert steps == 8
+
+
+def test_run_with_a_published_port_rolls_back_at_every_step(tmp_path: Path) -> None:
+    from overlays.model import parse_publish
+
+    spec = SandboxSpec.parse("web", [EndpointRequest.parse("front")], ports=parse_publish("8080:80"))
+    steps = _fails_cleanly_at_every_step(tmp_path, _two_networks, lambda eng: eng.create_sandbox(spec))
+    assert steps >= 7  # netns, lo, veth, port, address, up, route, and the firewall's publish
+
+
+def test_connect_that_moves_published_ports_rolls_back_at_every_step(tmp_path: Path) -> None:
+    from overlays.model import parse_publish
+
+    def prepare(eng: Engine) -> None:
+        _two_networks(eng)
+        eng.create_network(NetworkSpec.parse("sealed", subnet="10.3.0.0/24", internal=True))
+        eng.create_sandbox(SandboxSpec.parse("web", [EndpointRequest.parse("sealed"), EndpointRequest.parse("back")],
+                                             ports=parse_publish("8080:80")))
+        eng.disconnect("back", "web")  # its port waits for a network that takes it
+
+    assert _fails_cleanly_at_every_step(tmp_path, prepare, lambda eng: eng.connect("front", "web")) >= 6
