@@ -433,12 +433,18 @@ class Rtnl:
                               f"{ip} is there already with another prefix length") from refused
 
     def ensure_default_route(self, gateway: str) -> None:
-        if self.has_default_route():
-            return
+        """A default route, via ``gateway`` if there is none yet (one there already is kept).
+
+        Create first: the kernel answers EEXIST for a default route of the main table with
+        the same metric, whatever its gateway, so a new sandbox costs no dump of its routes.
+        """
         body = RTMSG.pack(family=AF_INET, table=RT_TABLE_MAIN, proto=RTPROT_STATIC, scope=RT_SCOPE_UNIVERSE,
                           type=RTN_UNICAST) + attr_ip(RTA_GATEWAY, gateway)
-        with self._step("add default route", f"via {gateway}"):
+        try:
             self._nl.request(RTM_NEWROUTE, CREATE, RTMSG, body)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise kernel_error("add default route", f"via {gateway}", self.netns, e) from e
 
     def ensure_vxlan(
         self, name: str, alias: str, vni: int, local_ip: str, underlay_ifname: str, mtu: int, port: int = 4789

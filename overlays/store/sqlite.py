@@ -32,6 +32,10 @@ from overlays.store.base import Compacted, Entry, Event, LeaseNotFound, Value
 
 DEFAULT_HISTORY = 10_000  # revisions of events kept for watchers that resume
 POLL_INTERVAL = 0.005  # how often a watch looks for commits made by other connections
+# How often reads look for expired leases (a query of its own): expiry may lag its TTL by about
+# a second anyway (see base.py), and a transaction's reads then cost one query each, not two.
+REAP_CHECK_INTERVAL = 0.1
+_IN_CHUNK = 500  # keys per "IN (...)" query (SQLite allows 999 parameters on old builds)
 SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = [
@@ -62,6 +66,7 @@ class SqliteStore:
         # Bumped after each local commit, so a local watch wakes at once instead of at its next poll.
         self._local = threading.Condition(threading.Lock())
         self._local_commits = 0
+        self._reap_checked = -REAP_CHECK_INTERVAL  # monotonic time of the last look for expired leases
         try:
             self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -101,16 +106,17 @@ class SqliteStore:
     ) -> bool:
         leases = leases or {}
         with self._write("commit") as db:
-            self._reap(db)
-            for key, rev in compares.items():
-                row = db.execute("SELECT mod_revision FROM kv WHERE key = ?", (key,)).fetchone()
-                if (row[0] if row else 0) != rev:
-                    return False
+            if self._reap_due():
+                self._reap(db)
+            have = _revisions(db, list(compares))
+            if any(have.get(key, 0) != rev for key, rev in compares.items()):
+                return False
             for key in puts:
                 lease = leases.get(key)
                 if lease is not None and not db.execute("SELECT 1 FROM leases WHERE id = ?", (lease,)).fetchone():
                     raise LeaseNotFound(f"put {key}: lease {lease:x} does not exist (expired or revoked?)")
-            present = [k for k in deletes if k not in puts and self._exists(db, k)]
+            gone = [k for k in deletes if k not in puts]
+            present = sorted(_revisions(db, gone)) if gone else []
             if puts or present:
                 rev = self._next_revision(db)
                 encoded = {k: json.dumps(v, sort_keys=True) for k, v in puts.items()}
@@ -163,7 +169,7 @@ class SqliteStore:
                     "SELECT revision, compacted, (SELECT MIN(expires) FROM leases) FROM meta WHERE id = 0", ()
                 )
                 if next_expiry is not None and next_expiry <= time.time():
-                    self._reap_if_due()
+                    self._reap_if_due(force=True)
                     continue
                 if scanned < compacted:
                     raise Compacted(prefix, after_revision, compacted)
@@ -196,8 +202,7 @@ class SqliteStore:
     # -- inside a write transaction --------------------------------------------------------------------------------
 
     def _next_revision(self, db: sqlite3.Connection) -> int:
-        db.execute("UPDATE meta SET revision = revision + 1 WHERE id = 0")
-        return int(db.execute("SELECT revision FROM meta WHERE id = 0").fetchone()[0])
+        return int(db.execute("UPDATE meta SET revision = revision + 1 WHERE id = 0 RETURNING revision").fetchone()[0])
 
     def _record(self, db: sqlite3.Connection, rev: int, changes: Iterable[tuple[str, str | None]]) -> None:
         """Write the events of revision ``rev`` (key, JSON or None for a delete); prune what falls out."""
@@ -209,9 +214,6 @@ class SqliteStore:
         if oldest_kept > 0:
             db.execute("DELETE FROM events WHERE revision <= ?", (oldest_kept,))
             db.execute("UPDATE meta SET compacted = MAX(compacted, ?) WHERE id = 0", (oldest_kept,))
-
-    def _exists(self, db: sqlite3.Connection, key: str) -> bool:
-        return db.execute("SELECT 1 FROM kv WHERE key = ?", (key,)).fetchone() is not None
 
     def _reap(self, db: sqlite3.Connection) -> None:
         expired = db.execute("SELECT id FROM leases WHERE expires <= ?", (time.time(),)).fetchall()
@@ -231,8 +233,18 @@ class SqliteStore:
 
     # -- plumbing --------------------------------------------------------------------------------------------------
 
-    def _reap_if_due(self) -> None:
-        """Reap expired leases if there are any (a cheap indexed read when there are none)."""
+    def _reap_due(self) -> bool:
+        """Whether to look for expired leases now: at most every REAP_CHECK_INTERVAL seconds."""
+        now = time.monotonic()
+        if now - self._reap_checked < REAP_CHECK_INTERVAL:
+            return False
+        self._reap_checked = now
+        return True
+
+    def _reap_if_due(self, force: bool = False) -> None:
+        """Reap expired leases if there are any (looked for at most every REAP_CHECK_INTERVAL seconds)."""
+        if not (self._reap_due() or force):
+            return
         if self._rows("SELECT 1 FROM leases WHERE expires <= ? LIMIT 1", (time.time(),)):
             with self._write("reap expired leases") as db:
                 self._reap(db)
@@ -286,6 +298,16 @@ class SqliteStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+
+def _revisions(db: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
+    """The mod_revision of each of ``keys`` that exists, in a query or a few."""
+    found: dict[str, int] = {}
+    for start in range(0, len(keys), _IN_CHUNK):
+        chunk = keys[start : start + _IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.update(db.execute(f"SELECT key, mod_revision FROM kv WHERE key IN ({marks})", chunk).fetchall())
+    return found
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:

@@ -67,7 +67,8 @@ class Infra:
             if not topo.lab and self.local_netns is not None:
                 # The host (a namespace) routes out through the outside peer, unless it has a route already.
                 with self.kernel.open(self.local_netns) as host:
-                    host.ensure_default_route(route or "")
+                    if not host.has_default_route():  # whatever its metric
+                        host.ensure_default_route(route or "")
             return
         fabric.ensure_switch(self.kernel, self.name)
         fabric.ensure_namespace(self.kernel, fabric.netns_of(self.name, role))
