@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from overlays.cli.main import Command, Settings
+from overlays.cli.render import echo
 from overlays.errors import InvalidSpec, OverlaysError
 
 DEFAULT_LISTEN = "127.0.0.1:8700"
@@ -63,4 +64,21 @@ def graph(s: Settings, a: argparse.Namespace) -> None:
         sys.stdout.write(text)
 
 
-COMMANDS = {"graph": Command(graph, _graph_arguments)}
+def _ui_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ADDRESS:PORT",
+                   help=f"Where to serve the page (default: {DEFAULT_LISTEN}). It has no login: an address other "
+                   "than loopback is served only when named here.")
+
+
+def ui(s: Settings, a: argparse.Namespace) -> None:
+    """Serve a live picture of this host in the browser: it changes as sandboxes come and go."""
+    from overlays.view.server import is_loopback, parse_listen, serve
+
+    host, port = parse_listen(a.listen)
+    if not is_loopback(host):
+        echo(f"overlays ui: warning: serving on {host}, which is not loopback, with no login: "
+             "whoever reaches it sees this host's networks", err=True)
+    serve(s.engine(), host, port, lambda line: echo(line, err=True))
+
+
+COMMANDS = {"graph": Command(graph, _graph_arguments), "ui": Command(ui, _ui_arguments)}
