@@ -9,7 +9,7 @@ APT_PACKAGES := iproute2 nftables iputils-ping procps python3-venv curl etcd-ser
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@./scripts/install-system-deps $(APT_PACKAGES)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
