@@ -3,13 +3,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := iproute2 nftables iputils-ping procps python3-venv curl etcd-server
+APT_PACKAGES := iproute2 nftables iputils-ping procps python3-venv curl etcd-server graphviz fonts-dejavu-core chromium
 
 .PHONY: demo test lint unit integration setup clean bench bench-quick compile
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@./scripts/install-system-deps $(APT_PACKAGES)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -49,6 +49,8 @@ MODULES = {
     "check": "overlays.cli.topology",
     "schema": "overlays.cli.topology",
     "agent": "overlays.cli.agent",
+    "graph": "overlays.cli.view",
+    "ui": "overlays.cli.view",
 }
 GLOBAL_OPTIONS = {  # option: (environment variable, metavar, help)
     "--host-netns": ("OVERLAYS_HOST_NETNS", "NAME",
