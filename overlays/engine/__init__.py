@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # annotations only: the spec classes are built by the command
 
     from overlays.kernel.api import Kernel
     from overlays.model.specs import Endpoint, IPAddress, Network, NetworkSpec, Sandbox, SandboxSpec
-    from overlays.model.state import HostRegistration
+    from overlays.model.state import EndpointRegistration, HostRegistration
     from overlays.store.base import Store, Txn
 
 DEFAULT_STATE_DIR = Path("/var/lib/overlays")
@@ -105,6 +105,16 @@ class Engine:
     def host_netns(self) -> str | None:
         """The network namespace that plays this engine's host (None: the machine's own)."""
         return self.ctx.host_netns
+
+    @property
+    def instance(self) -> str:
+        """The id every kernel object of this engine carries (its state dir and host namespace)."""
+        return self.ctx.instance
+
+    @property
+    def store(self) -> Store:
+        """The state store, for readers that follow it (``watch``): change it only through the engine."""
+        return self.ctx.store
 
     def close(self) -> None:
         self.ctx.store.close()
@@ -225,6 +235,18 @@ class Engine:
         from overlays.engine import records
 
         return self.ctx.transact(lambda txn: records.find_host(txn.root, self.ctx.node))
+
+    def shared_hosts(self) -> list[HostRegistration]:
+        """Every host registered in the shared store (by its agent)."""
+        from overlays.engine import records
+
+        return self.ctx.transact(lambda txn: records.all_hosts(txn.root))
+
+    def shared_endpoints(self) -> list[EndpointRegistration]:
+        """Every overlay endpoint announced in the shared store, on any host."""
+        from overlays.engine import records
+
+        return self.ctx.transact(lambda txn: records.all_registrations(txn.root))
 
     def unregister(self) -> None:
         """Drop this host's registration now, with everything under its lease (its agent is stopped)."""

@@ -61,8 +61,11 @@ def vni_key(vni: int) -> str:
 VNI_PREFIX = "vni/"
 
 
+HOSTS_PREFIX = "hosts/"
+
+
 def host_key(node: str) -> str:
-    return f"hosts/{node}"
+    return f"{HOSTS_PREFIX}{node}"
 
 
 def registrations_prefix(network: str, node: str | None = None) -> str:
@@ -147,6 +150,16 @@ def bump_network_generation(txn: Txn) -> None:
 def find_host(root: Txn, node: str) -> HostRegistration | None:
     record = root.get(host_key(node))
     return HostRegistration.from_record(record) if record is not None else None
+
+
+def all_hosts(root: Txn) -> list[HostRegistration]:
+    return [HostRegistration.from_record(v) for v in root.range(HOSTS_PREFIX).values()]
+
+
+def all_registrations(root: Txn) -> list[EndpointRegistration]:
+    """Every endpoint registered on any overlay network (the network is the key's second part)."""
+    return [EndpointRegistration.from_record(v, k.split("/")[1])
+            for k, v in root.range(REGISTRATIONS_PREFIX).items() if k.count("/") == 3]
 
 
 def registrations(root: Txn, network: str, node: str | None = None) -> list[EndpointRegistration]:

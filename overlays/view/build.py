@@ -79,6 +79,14 @@ class Builder:
                   (("bridge", bridge), ("host address", gateway), ("role", "the sandboxes' default gateway")))
         return node
 
+    def macvlan_network(self, host: str, name: str, subnet: str, parent: str, details: Details) -> str:
+        """A macvlan network on one host: its sandboxes sit straight on the parent interface's segment."""
+        node = self.node(network_id(name, host), "network", name, [f"macvlan on {parent}", subnet], details,
+                         host=host)
+        self.edge(host_id(host), node, "device", f"parent {parent}",
+                  (("parent", parent), ("role", "the segment the sandboxes join, with addresses of their own")))
+        return node
+
     def overlay_network(self, name: str, subnet: str, vni: str, details: Details) -> str:
         """An overlay network: one segment across hosts, drawn between them."""
         lines = [f"overlay, VNI {vni}", subnet]

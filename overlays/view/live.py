@@ -22,7 +22,6 @@ from overlays.view.model import Graph
 if TYPE_CHECKING:
     from overlays.engine import Engine
     from overlays.model.state import Endpoint, Network, Sandbox
-    from overlays.store.base import Store
 
 
 @dataclass(frozen=True)
@@ -33,21 +32,15 @@ class Shared:
     endpoints: list[dict[str, Any]]  # {network, node, sandbox, ip, mac, vtep}
 
     @classmethod
-    def read(cls, store: Store) -> Shared:
-        hosts = {e.key.split("/", 1)[1]: e.value for e in store.range("hosts/")}
-        endpoints = []
-        for entry in store.range("overlay/"):
-            parts = entry.key.split("/")
-            if len(parts) == 4:  # overlay/<network>/<node>/<sandbox>
-                endpoints.append({**entry.value, "network": parts[1], "node": parts[2], "sandbox": parts[3]})
-        return cls(hosts, endpoints)
+    def read(cls, engine: Engine) -> Shared:
+        hosts = {h.node: h.to_record() for h in engine.shared_hosts()}
+        return cls(hosts, [r.to_record() for r in engine.shared_endpoints()])
 
 
 def live_graph(engine: Engine) -> Graph:
     """The picture of ``engine``'s host now, with the other hosts its store shares."""
-    ctx = engine.ctx
-    return build(ctx.node, ctx.host_netns, engine.networks(), engine.sandboxes(), Shared.read(ctx.store),
-                 instance=ctx.instance)
+    return build(engine.node, engine.host_netns, engine.networks(), engine.sandboxes(), Shared.read(engine),
+                 instance=engine.instance)
 
 
 def build(me: str, host_netns: str | None, networks: Sequence[Network], boxes: Sequence[Sandbox],
@@ -84,7 +77,11 @@ def _hosts(b: Builder, me: str, host_netns: str | None, shared: Shared) -> None:
 def _network(b: Builder, me: str, net: Network) -> None:
     common = [("driver", net.driver), ("subnet", net.subnet), ("mtu", net.mtu), ("bridge", net.bridge),
               ("ip range", net.ip_range), ("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(net.created)))]
-    if net.overlay:
+    if net.parent is not None:
+        details = pairs([*common, ("parent", net.parent), ("gateway", f"{net.gateway} (on the segment)")])
+        b.macvlan_network(me, net.name, str(net.subnet), net.parent, details)
+        return
+    if net.driver == "overlay":
         details = pairs([*common, ("vni", net.vni), ("gateway", f"{net.gateway} (reserved; no address on hosts)"),
                          ("way out", "none: east-west only")])
         b.overlay_network(net.name, str(net.subnet), str(net.vni), details)
@@ -108,7 +105,7 @@ def _sandbox(b: Builder, me: str, box: Sandbox, networks: dict[str, Network], sh
         net = networks.get(ep.network)
         if net is None:
             continue
-        if net.overlay:
+        if net.driver == "overlay":
             vtep = str((shared.hosts.get(me) or {}).get("underlay", "unknown: no agent registered"))
             device = vxlan_name(net.name, instance) if instance else None
             _leg(b, me, net, vtep, device)

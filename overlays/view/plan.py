@@ -64,6 +64,11 @@ def _network(b: Builder, topo: Topology, decl: NetworkDecl, state: Path, host_ne
                           pairs([*common, ("vni", spec.vni or AUTO), ("bridge", bridge_name(spec.name, "overlay")),
                                  ("hosts", ", ".join(decl.hosts)), ("way out", "none: east-west only")]))
         return
+    if spec.parent is not None:
+        for host in decl.hosts:
+            b.macvlan_network(host, spec.name, subnet, spec.parent, pairs([*common, ("parent", spec.parent),
+                                                                           ("gateway", f"{gateway} (on the segment)")]))
+        return
     flags = [f for f, on in (("internal: no way out", spec.internal), ("routed: no masquerade", not spec.masquerade))
              if on]
     for host in decl.hosts:

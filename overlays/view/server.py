@@ -131,7 +131,7 @@ class Watcher:
                 self.stop.wait(RETRY_AFTER)
 
     def _follow(self) -> None:
-        store = self.engine.ctx.store
+        store = self.engine.store
         revision = store.revision()  # read first, then build: a change in between is seen by the watch
         self._build(revision)
         looked = time.monotonic()
@@ -148,7 +148,7 @@ class Watcher:
     def _build(self, revision: int) -> None:
         """A snapshot of now; Graphviz lays it out only when the picture changed."""
         graph = live_graph(self.engine)
-        ops = [op.to_json() for op in operations.recent(self.engine.ctx.store, self.engine.ctx.node)]
+        ops = [op.to_json() for op in operations.recent(self.engine.store, self.engine.node)]
         digest, last = graph.digest(), self._last
         picture = last.svg if last is not None and last.digest == digest and last.error is None else None
         self._send(Snapshot(revision, digest, graph.to_json(), picture or render(graph, "svg"), ops, time.time()))

@@ -170,7 +170,7 @@ def _net(name: str, subnet: str, driver: str = "bridge", vni: int | None = None)
 def test_the_live_picture_shows_remote_sandboxes_from_their_registrations() -> None:
     mesh, front = _net("mesh", "10.80.0.0/24", "overlay", 4242), _net("front", "10.10.0.0/24")
     eps = (Endpoint("a", "mesh", "eth0", "ovv-a", ipaddress.ip_address("10.80.0.2"), 24,
-                    ipaddress.ip_address("10.80.0.1"), "02:00:00:00:00:01", 1450, "ready", overlay=True),
+                    ipaddress.ip_address("10.80.0.1"), "02:00:00:00:00:01", 1450, "ready", driver="overlay"),
            Endpoint("a", "front", "eth1", "ovv-a2", ipaddress.ip_address("10.10.0.2"), 24,
                     ipaddress.ip_address("10.10.0.1"), "02:00:00:00:00:02", 1500, "ready"))
     box = Sandbox("a", "ov-x-a", state="ready", endpoints=eps, ports=tuple(parse_publish("8080:80")))
