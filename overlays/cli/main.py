@@ -49,6 +49,7 @@ MODULES = {
     "check": "overlays.cli.topology",
     "schema": "overlays.cli.topology",
     "agent": "overlays.cli.agent",
+    "cni": "overlays.cli.cni",
 }
 GLOBAL_OPTIONS = {  # option: (environment variable, metavar, help)
     "--host-netns": ("OVERLAYS_HOST_NETNS", "NAME",
