@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from overlays.cni.protocol import INVALID_CONFIG, INVALID_ENVIRONMENT, CniError, Request
 
@@ -31,8 +30,7 @@ _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 PROTOCOLS = ("tcp", "udp", "sctp")
 
 
-@dataclass(frozen=True)
-class Publish:
+class Publish(NamedTuple):
     """One ``portMappings`` entry: host port (on ``host_ip``, "" for every address) to container port."""
 
     host_port: int
@@ -45,8 +43,7 @@ class Publish:
         return f"{on}{self.host_port}->{self.container_port}/{self.protocol}"
 
 
-@dataclass(frozen=True)
-class PluginConf:
+class PluginConf(NamedTuple):
     """Which engine holds the network, and what this container asks for on it."""
 
     network: str
