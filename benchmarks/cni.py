@@ -101,9 +101,15 @@ class Chain:
     def port(self, i: int) -> list[dict[str, Any]]:
         return [{"hostPort": PORT_BASE + i, "containerPort": CONTAINER_PORT, "protocol": "tcp"}]
 
-    def prepare(self) -> None: ...
-    def add(self, i: int) -> int: ...
-    def delete(self, i: int) -> int: ...
+    def prepare(self) -> None:
+        raise NotImplementedError
+
+    def add(self, i: int) -> int:
+        """Add container i to the network; returns the ns the plugin execs took."""
+        raise NotImplementedError
+
+    def delete(self, i: int) -> int:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.thread.close()
@@ -264,8 +270,11 @@ def _imports_of_add(sub: Ours, env: dict[str, str]) -> tuple[list[str], dict[str
         cenv = env | {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "importtime", "CNI_IFNAME": "eth0",
                       "CNI_NETNS": str(netns.path_of(sub.container(i))), "CNI_PATH": str(sub.plugin.parent)}
         for argv in ([str(sub.plugin)], [sys.executable, "-X", "importtime", str(sub.plugin)]):
-            done = sub.thread.call(lambda a=argv: subprocess.run(a, input=conf, env=cenv, capture_output=True,
-                                                                 text=True))
+
+            def add(argv: list[str] = argv) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(argv, input=conf, env=cenv, capture_output=True, text=True)
+
+            done = sub.thread.call(add)
             sub.exec(sub.plugin, "DEL", i, sub.request(i))
     finally:
         netns.delete(sub.container(i))
