@@ -16,12 +16,14 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from overlays.cni.config import CAPABILITIES, PLUGIN_TYPE
 from overlays.cni.protocol import SUPPORTED_VERSIONS
-from overlays.errors import Conflict, NotFound
+from overlays.errors import Conflict, NotFound, NotPermitted, OverlaysError
 
 DEFAULT_CONF_DIR = Path("/etc/cni/net.d")
 DEBIAN_BIN_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins, and where its runtimes look
@@ -100,6 +102,17 @@ def plugin_executable() -> Path:
     return Path(found).absolute()
 
 
+@contextmanager
+def _writing() -> Iterator[None]:
+    """File errors as one line naming the path."""
+    try:
+        yield
+    except PermissionError as e:
+        raise NotPermitted(f"cannot write {e.filename}: permission denied (run as root?)") from e
+    except OSError as e:
+        raise OverlaysError(f"cannot write {e.filename}: {e.strerror}") from e
+
+
 def install(doc: dict[str, Any], conf_dir: Path, bin_dir: Path, plugin: Path) -> tuple[Path, Path]:
     """Write the conflist and link the plugin; returns both paths. Refuses to replace what is not ours."""
     network = doc["name"]
@@ -112,16 +125,17 @@ def install(doc: dict[str, Any], conf_dir: Path, bin_dir: Path, plugin: Path) ->
         raise Conflict(f"{clash[0]} already configures a CNI network named {network}; remove it first")
     if (link.exists() or link.is_symlink()) and not link.is_symlink():
         raise Conflict(f"{link} exists and is not a link to {PLUGIN}; remove it first")
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.tmp")
-    staged.write_text(render(doc))
-    os.replace(staged, path)  # a runtime reading the dir sees the old file or the new one, never half of one
-    if not (link.is_symlink() and os.readlink(link) == str(plugin)):
-        staged_link = link.with_name(f".{PLUGIN}.tmp")
-        staged_link.unlink(missing_ok=True)
-        staged_link.symlink_to(plugin)
-        os.replace(staged_link, link)
+    with _writing():
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        staged = path.with_name(f".{path.name}.tmp")
+        staged.write_text(render(doc))
+        os.replace(staged, path)  # a runtime reading the dir sees the old file or the new one, never half of one
+        if not (link.is_symlink() and os.readlink(link) == str(plugin)):
+            staged_link = link.with_name(f".{PLUGIN}.tmp")
+            staged_link.unlink(missing_ok=True)
+            staged_link.symlink_to(plugin)
+            os.replace(staged_link, link)
     return path, link
 
 
@@ -132,10 +146,11 @@ def uninstall(network: str, conf_dir: Path, bin_dir: Path) -> list[Path]:
         raise NotFound(f"no conflist for network {network} in {conf_dir} (looked for {path.name})")
     if not _is_ours(path):
         raise Conflict(f"{path} is not an overlays conflist; leaving it")
-    path.unlink()
     removed = [path]
     link = bin_dir / PLUGIN
-    if link.is_symlink() and not any(_is_ours(p) for p in conf_dir.glob("*.conflist")):
-        link.unlink()
-        removed.append(link)
+    with _writing():
+        path.unlink()
+        if link.is_symlink() and not any(_is_ours(p) for p in conf_dir.glob("*.conflist")):
+            link.unlink()
+            removed.append(link)
     return removed

@@ -178,3 +178,18 @@ def test_add_and_status_refuse_outside_the_host_namespace(lib: Libcni, make_netn
     doc, code, _ = lib.exec(lib.environment("STATUS"), lib.config("1.1.0"), elsewhere)
     assert doc is not None and (code, doc["code"]) == (1, 50)
     assert eth0(container) is None
+
+
+def test_cni_commands_of_the_cli(lib: Libcni, cli: Cli, host: str, state_dir: Path, tmp_path: Path) -> None:
+    printed = json.loads(cli("cni", "conflist", "front", check=True).stdout)
+    assert printed == lib.conflist
+    plugin = printed["plugins"][0]
+    assert (plugin["stateDir"], plugin["hostNetns"], plugin["node"], plugin["store"]) == (
+        str(state_dir.resolve()), host, host, None)
+    missing = cli("cni", "conflist", "nope")
+    assert missing.returncode == 1 and missing.stderr.strip() == "overlays: error: network nope does not exist"
+    dirs = ["--conf-dir", str(tmp_path / "net.d"), "--bin-dir", str(tmp_path / "bin")]
+    assert cli("cni", "uninstall", "front", *dirs, check=True).returncode == 0
+    assert not (tmp_path / "bin" / "overlays-cni").exists() and list((tmp_path / "net.d").iterdir()) == []
+    again = cli("cni", "uninstall", "front", *dirs)
+    assert again.returncode == 1 and "no conflist for network front" in again.stderr

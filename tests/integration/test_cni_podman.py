@@ -105,6 +105,17 @@ def test_podman_rm_leaves_nothing_in_the_store_or_the_kernel(pod: Pod, host: str
     assert left == []
 
 
+def test_a_0_4_0_conflist_as_podman_writes_them(pod: Pod, tmp_path: Path) -> None:
+    path = tmp_path / "net.d" / "overlays-front.conflist"
+    doc = json.loads(path.read_text())
+    del doc["cniVersions"]
+    path.write_text(json.dumps(doc | {"cniVersion": "0.4.0"}))
+    pod("run", "-d", "--name", "old", "--network", "front", IMAGE, "sleep", "600")
+    ip = pod.ip_of("old")
+    assert ip.startswith("10.62.0.")
+    assert f"inet {ip}/24" in pod("exec", "old", "ip", "-4", "-o", "addr", "show", "eth0").stdout
+
+
 def test_a_static_mac_is_refused_with_a_clear_error(pod: Pod, host: str, state_dir: Path) -> None:
     done = pod("run", "--rm", "--network", "front", "--mac-address", "02:42:0a:3e:00:09", IMAGE, "true", check=False)
     assert done.returncode != 0 and "static MAC 02:42:0a:3e:00:09" in done.stderr
