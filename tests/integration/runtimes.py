@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 BUSYBOX = Path("/bin/busybox")
-APPLETS = ("sh", "ip", "ifconfig", "ping", "wget", "nc", "httpd", "sleep", "cat", "echo", "hostname", "true")
+APPLETS = ("sh", "ip", "ifconfig", "ping", "wget", "nc", "httpd", "sleep", "seq", "cat", "echo", "hostname", "true")
 PAGE = "hello from an overlays network\n"  # served by busybox httpd (its wget -T segfaults: do not use it)
 IMAGE = "localhost/overlays-busybox:latest"
 CNI_CONF_DIR, CNI_BIN_DIRS = Path("/etc/cni/net.d"), (Path("/opt/cni/bin"), Path("/usr/lib/cni"))

@@ -193,3 +193,19 @@ def test_cni_commands_of_the_cli(lib: Libcni, cli: Cli, host: str, state_dir: Pa
     assert not (tmp_path / "bin" / "overlays-cni").exists() and list((tmp_path / "net.d").iterdir()) == []
     again = cli("cni", "uninstall", "front", *dirs)
     assert again.returncode == 1 and "no conflist for network front" in again.stderr
+
+
+def test_the_cli_sees_an_attachment_as_a_sandbox_like_any_other(lib: Libcni, cli: Cli,
+                                                                 make_netns: Callable[[str], str]) -> None:
+    container = make_netns("c")
+    lib.add("web1", netns_path(container))
+    name = names.sandbox_name("web1", "eth0")
+    ps = cli("ps", check=True).stdout
+    assert name in ps and "adopted" in ps and "front=10.61.0.2" in ps
+    refused = cli("network", "rm", "front")
+    assert refused.returncode == 1 and name in refused.stderr
+    # Removed from our side first: the runtime's namespace stays, its DEL later is still a success.
+    cli("rm", "-f", name, check=True)
+    assert Path(netns_path(container)).exists() and eth0(container) is None
+    lib.delete("web1", netns_path(container))
+    cli("network", "rm", "front", check=True)

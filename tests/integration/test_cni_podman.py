@@ -83,8 +83,9 @@ def test_podman_run_gets_an_address_and_containers_reach_each_other(pod: Pod, ho
     inside = pod("exec", "web", "ip", "-4", "-o", "addr", "show", "eth0").stdout
     assert f"inet {web_ip}/24" in inside
     assert ip_json(host, "link", "show", box.endpoints[0].host_ifname)[0]["master"] == "ovb-front"
-    # A second container reaches the first over the network, by address.
-    got = pod("run", "--rm", "--network", "front", IMAGE, "wget", "-q", "-O", "-", f"http://{web_ip}/")
+    # A second container reaches the first over the network, by address (httpd may still be starting).
+    fetch = f"for i in $(seq 50); do wget -q -O - http://{web_ip}/ && exit 0; sleep 0.1; done; exit 1"
+    got = pod("run", "--rm", "--network", "front", IMAGE, "sh", "-c", fetch)
     assert got.stdout == PAGE
     assert sandboxes(host, state_dir) == [box.name], "run --rm took its attachment away again"
     # The host reaches it too (the bridge holds the gateway).
