@@ -89,8 +89,7 @@ def _unsupported(conf: config.PluginConf, req: Request) -> list[str]:
                         "and has no call for another name yet")
     if len(conf.ips) > 1:
         problems.append(f"static addresses {', '.join(map(str, conf.ips))}: one address per attachment")
-    if any(ip.version != 4 for ip in conf.ips):
-        problems.append(f"static address {conf.ips[0]}: overlays serves IPv4 only for now")
+    problems += [f"static address {ip}: overlays serves IPv4 only for now" for ip in conf.ips if ip.version != 4]
     if conf.mac:
         problems.append(f"static MAC {conf.mac}: the engine has no call for a given MAC yet")
     return problems

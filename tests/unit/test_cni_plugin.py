@@ -122,6 +122,7 @@ def test_add_twice_without_del_is_a_conflict(rt: Runtime) -> None:
     ({"args": "MAC=02:42:ac:11:00:02"}, "static MAC 02:42:ac:11:00:02"),
     ({"runtimeConfig": {"mac": "02:42:ac:11:00:03"}}, "static MAC 02:42:ac:11:00:03"),
     ({"runtimeConfig": {"ips": ["10.1.0.7", "10.1.0.8"]}}, "one address per attachment"),
+    ({"args": "IP=fd00::5"}, "static address fd00::5: overlays serves IPv4 only"),
 ])
 def test_what_the_engine_cannot_do_yet_is_refused_before_any_change(rt: Runtime, kwargs: dict[str, Any],
                                                                     named: str) -> None:
