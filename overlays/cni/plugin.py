@@ -19,9 +19,18 @@ the runtime expects the container's network in *its* namespace. DEL and GC act
 wherever they run: the engine reaches its host by name, and cleaning up is never
 wrong.
 
-What the engine cannot do yet (see ``UNSUPPORTED``) is refused with code 106,
-except published ports and aliases, which every ``podman run -p`` / DNS-enabled
-network sends: ADD then succeeds without them and says so on stderr.
+What the engine cannot do yet (``_unsupported``) is refused with code 106, except
+published ports and aliases (``_not_applied``), which every ``podman run -p`` and
+DNS-enabled network sends: ADD then succeeds without them and says so on stderr.
+The engine calls that would lift these (proposed, not in the engine yet):
+
+    Engine.adopt(name, netns_path=..., networks=[EndpointRequest(net, ip, ifname=, mac=, aliases=)],
+                 ports=[PortMapping...], labels={"cni.containerID": ..., "cni.ifname": ...})
+        one transaction for the sandbox, its endpoints and port claims, wired and published,
+        rolled back whole on failure (``_attach`` becomes that one call);
+    Engine.check(name) -> list[str]
+        what the kernel lacks against the record (veth, address, route, port map element),
+        for CHECK beyond today's record, namespace and prevResult comparison.
 """
 
 from __future__ import annotations
