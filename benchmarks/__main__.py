@@ -1,4 +1,4 @@
-"""``python -m benchmarks [all|attach|attach-ports|up|cli|limit|ports|dataplane|overlay] [--quick]``."""
+"""``python -m benchmarks [all|attach|attach-ports|up|cli|limit|ports|dataplane|overlay|cni] [--quick]``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from benchmarks import (
     attach_ports,
     bridge_limit,
     cli_latency,
+    cni,
     dataplane,
     overlay_convergence,
     ports,
@@ -32,7 +33,7 @@ from benchmarks.harness import (
 
 BENCHMARKS: dict[str, ModuleType] = {
     m.NAME: m
-    for m in (attach, attach_ports, cli_latency, bridge_limit, topology_up, overlay_convergence, ports, dataplane)
+    for m in (attach, attach_ports, cli_latency, bridge_limit, topology_up, overlay_convergence, ports, dataplane, cni)
 }
 
 

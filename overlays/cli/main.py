@@ -51,6 +51,7 @@ MODULES = {
     "agent": "overlays.cli.agent",
     "graph": "overlays.cli.view",
     "ui": "overlays.cli.view",
+    "cni": "overlays.cli.cni",
 }
 GLOBAL_OPTIONS = {  # option: (environment variable, metavar, help)
     "--host-netns": ("OVERLAYS_HOST_NETNS", "NAME",

@@ -51,6 +51,15 @@ def exists(name: str) -> bool:
     return path_of(name).exists()
 
 
+Identity = tuple[int, int]
+
+
+def identity(path: str | Path) -> Identity:
+    """Which namespace ``path`` names: its nsfs device and inode (two paths name one namespace iff equal)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def _check(ret: int, what: str, obj: str) -> None:
     if ret != 0:
         err = ctypes.get_errno()

@@ -53,7 +53,8 @@ _THREAD_NETNS = "/proc/thread-self/ns/net"
 # nft -f FILE prints "FILE:LINE:COLUMNS: Error: ..." (the file here being our memfd).
 _LOCATED = re.compile(r"^/proc/self/fd/\d+:(?P<line>\d+):[\d-]+: (?P<message>.*)$")
 
-Identity = tuple[int, int]
+Identity = netns.Identity
+_identity = netns.identity
 
 
 @dataclass
@@ -64,11 +65,6 @@ class _Entry:
 
 _lock = threading.Lock()
 _contexts: dict[Identity, _Entry] = {}
-
-
-def _identity(path: str | Path) -> Identity:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino
 
 
 def _after_fork_in_child() -> None:

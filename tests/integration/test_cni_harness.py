@@ -1,0 +1,211 @@
+"""The installed overlays-cni, exec'd exactly as libcni does, over every verb and every spec version it claims.
+
+No Debian runtime sends GC or STATUS (their libcni stops at spec 1.0.0), so this
+harness is where those are tested for real. The plugin runs inside the test's host
+namespace; each "container" is a namespace the test makes, as a runtime would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from overlays import Engine
+from overlays.cni import names
+
+from .conftest import Cli, ip_json
+from .runtimes import Libcni
+
+SUBNET = "10.61.0.0/24"
+ALL_VERSIONS = ["0.4.0", "1.0.0", "1.1.0"]
+
+
+@pytest.fixture
+def lib(cli: Cli, host: str, tmp_path: Path) -> Libcni:
+    """Network ``front`` installed into CNI dirs of the test's own, and libcni's view of it."""
+    cli("network", "create", "front", "--subnet", SUBNET, check=True)
+    conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
+    cli("cni", "install", "front", "--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir), check=True)
+    return Libcni(host, bin_dir, json.loads((conf_dir / "overlays-front.conflist").read_text()))
+
+
+def engine_of(host: str, state_dir: Path) -> Engine:
+    return Engine(host_netns=host, state_dir=state_dir)
+
+
+def netns_path(name: str) -> str:
+    return f"/run/netns/{name}"
+
+
+def eth0(netns: str) -> dict[str, object] | None:
+    found = [link for link in ip_json(netns, "addr", "show") if link["ifname"] == "eth0"]
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("version", ALL_VERSIONS)
+def test_every_verb_at_every_version(lib: Libcni, host: str, state_dir: Path,
+                                     make_netns: Callable[[str], str], version: str) -> None:
+    container = make_netns("c")
+    cid = f"{container}{'0' * 40}"
+    result = lib.add(cid, netns_path(container), version)
+    # The result, in the version's shape, says what the kernel now holds.
+    inside = [itf for itf in result["interfaces"] if itf.get("sandbox")]
+    assert len(inside) == 1 and inside[0]["name"] == "eth0" and inside[0]["sandbox"] == netns_path(container)
+    ip = result["ips"][0]
+    assert result["interfaces"][ip["interface"]] is inside[0]
+    assert ip["address"] == "10.61.0.2/24" and ip["gateway"] == "10.61.0.1"
+    assert ("version" in ip) == (version == "0.4.0")
+    assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.61.0.1"}]
+    link = eth0(container)
+    assert link is not None and link["address"] == inside[0]["mac"]
+    assert [(a["local"], a["prefixlen"]) for a in link["addr_info"]] == [("10.61.0.2", 24)]  # type: ignore[attr-defined]
+    host_side = {str(h["ifname"]): h for h in ip_json(host, "link", "show")}
+    assert host_side[result["interfaces"][0]["name"]]["master"] == "ovb-front"
+    # One state with the CLI: the same engine instance sees an adopted sandbox.
+    with engine_of(host, state_dir) as eng:
+        box = eng.sandbox(names.sandbox_name(cid, "eth0"))
+        assert box.adopted and box.netns.startswith(f"ov-{eng.ctx.instance}-")
+        assert eng.network("front")[1] == [box.name]
+
+    env = lib.environment("CHECK", cid, netns_path(container))
+    assert lib.exec(env, lib.config(version, prev=result))[:2] == (None, 0)
+    for verb in ("GC", "STATUS"):
+        doc, code, _ = lib.exec(lib.environment(verb), lib.config(version))
+        if version == "1.1.0":
+            assert (doc, code) == (None, 0), doc
+        else:
+            assert doc is not None and (code, doc["code"]) == (1, 1), doc  # GC and STATUS came with 1.1.0
+    with engine_of(host, state_dir) as eng:  # GC without valid attachments listed nothing as stale here
+        assert [b.name for b in eng.sandboxes()] == ([] if version == "1.1.0" else [box.name])
+    if version == "1.1.0":
+        result = lib.add(cid, netns_path(container), version)
+
+    for _ in range(2):  # DEL is idempotent
+        lib.delete(cid, netns_path(container), version, prev=result)
+    assert eth0(container) is None
+    assert [str(h["ifname"]) for h in ip_json(host, "link", "show")] == ["lo", "ovb-front"]
+    assert Path(netns_path(container)).exists(), "the runtime's namespace is the runtime's to delete"
+    with engine_of(host, state_dir) as eng:
+        assert eng.sandboxes() == []
+    doc, code, _ = lib.exec(lib.environment("VERSION"), b'{"cniVersion": "%s"}' % version.encode())
+    assert code == 0 and doc == {"cniVersion": version, "supportedVersions": ALL_VERSIONS}
+
+
+@pytest.mark.parametrize(("drop", "extra", "code", "named"), [
+    ("CNI_COMMAND", {}, 4, "CNI_COMMAND"),
+    ("CNI_NETNS", {}, 4, "CNI_NETNS"),
+    ("CNI_CONTAINERID", {}, 4, "CNI_CONTAINERID"),
+    ("", {"CNI_IFNAME": "eth 0"}, 4, "CNI_IFNAME"),
+    ("", {"CNI_COMMAND": "PLUG"}, 4, "PLUG"),
+    ("", {"CNI_ARGS": "IP"}, 4, "CNI_ARGS"),
+])
+def test_bad_environments_change_nothing(lib: Libcni, host: str, state_dir: Path, make_netns: Callable[[str], str],
+                                         drop: str, extra: dict[str, str], code: int, named: str) -> None:
+    container = make_netns("c")
+    env = lib.environment("ADD", "c1", netns_path(container)) | extra
+    env.pop(drop, None)
+    doc, status, _ = lib.exec(env, lib.config("1.0.0"))
+    assert doc is not None and (status, doc["code"]) == (1, code) and named in doc["msg"]
+    assert eth0(container) is None
+    with engine_of(host, state_dir) as eng:
+        assert eng.sandboxes() == []
+
+
+@pytest.mark.parametrize(("stdin", "code"), [(b"{", 6), (b"[]", 6), (b'{"cniVersion": "1.0.0"}', 7),
+                                             (b'{"cniVersion": "0.3.1", "name": "front"}', 1)])
+def test_bad_json_changes_nothing(lib: Libcni, make_netns: Callable[[str], str], stdin: bytes, code: int) -> None:
+    container = make_netns("c")
+    doc, status, _ = lib.exec(lib.environment("ADD", "c1", netns_path(container)), stdin)
+    assert doc is not None and (status, doc["code"]) == (1, code)
+    assert eth0(container) is None
+
+
+def test_a_missing_netns_fails_add_and_not_del(lib: Libcni, host: str, state_dir: Path) -> None:
+    gone = "/run/netns/ot-no-such-netns"
+    doc, code, _ = lib.exec(lib.environment("ADD", "c1", gone), lib.config("1.0.0"))
+    assert doc is not None and (code, doc["code"]) == (1, 101) and gone in doc["msg"]
+    lib.delete("c1", gone)
+    with engine_of(host, state_dir) as eng:
+        assert eng.sandboxes() == []
+
+
+def test_del_after_the_runtime_deleted_the_namespace(lib: Libcni, host: str, state_dir: Path,
+                                                     make_netns: Callable[[str], str]) -> None:
+    container = make_netns("c")
+    result = lib.add("c1", netns_path(container))
+    subprocess.run(["ip", "netns", "del", container], check=True)  # our adopted name keeps it alive till DEL
+    lib.delete("c1", "", prev=result)  # libcni may send no netns at all
+    assert [str(h["ifname"]) for h in ip_json(host, "link", "show")] == ["lo", "ovb-front"]
+    with engine_of(host, state_dir) as eng:
+        assert eng.sandboxes() == []
+
+
+def test_gc_removes_a_stale_attachment_and_keeps_the_valid_ones(lib: Libcni, host: str, state_dir: Path,
+                                                                 make_netns: Callable[[str], str]) -> None:
+    keep, stale = make_netns("k"), make_netns("s")
+    kept = lib.add("keep1", netns_path(keep), "1.1.0")
+    forgotten = lib.add("stale1", netns_path(stale), "1.1.0")
+    valid = {"cni.dev/valid-attachments": [{"containerID": "keep1", "ifname": "eth0"}]}
+    doc, code, _ = lib.exec(lib.environment("GC"), lib.config("1.1.0", **valid))
+    assert (doc, code) == (None, 0)
+    links = {str(h["ifname"]) for h in ip_json(host, "link", "show")}
+    assert kept["interfaces"][0]["name"] in links and forgotten["interfaces"][0]["name"] not in links
+    assert eth0(keep) is not None and eth0(stale) is None
+    with engine_of(host, state_dir) as eng:
+        assert [b.name for b in eng.sandboxes()] == [names.sandbox_name("keep1", "eth0")]
+
+
+def test_static_address_and_what_is_refused(lib: Libcni, make_netns: Callable[[str], str]) -> None:
+    a, b = make_netns("a"), make_netns("b")
+    result = lib.add("c1", netns_path(a), args="IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.61.0.77")
+    assert result["ips"][0]["address"] == "10.61.0.77/24"
+    doc, code, _ = lib.exec(lib.environment("ADD", "c2", netns_path(b), args="IP=10.61.0.77"), lib.config("1.0.0"))
+    assert doc is not None and (code, doc["code"]) == (1, 102) and "10.61.0.77" in doc["msg"]
+    doc, code, _ = lib.exec(lib.environment("ADD", "c2", netns_path(b), args="MAC=02:42:0a:3d:00:09"),
+                            lib.config("1.0.0"))
+    assert doc is not None and (code, doc["code"]) == (1, 106) and "static MAC" in doc["msg"]
+    assert eth0(b) is None
+
+
+def test_add_and_status_refuse_outside_the_host_namespace(lib: Libcni, make_netns: Callable[[str], str]) -> None:
+    container, elsewhere = make_netns("c"), make_netns("x")
+    doc, code, _ = lib.exec(lib.environment("ADD", "c1", netns_path(container)), lib.config("1.0.0"), elsewhere)
+    assert doc is not None and (code, doc["code"]) == (1, 107) and "another network namespace" in doc["msg"]
+    doc, code, _ = lib.exec(lib.environment("STATUS"), lib.config("1.1.0"), elsewhere)
+    assert doc is not None and (code, doc["code"]) == (1, 50)
+    assert eth0(container) is None
+
+
+def test_cni_commands_of_the_cli(lib: Libcni, cli: Cli, host: str, state_dir: Path, tmp_path: Path) -> None:
+    printed = json.loads(cli("cni", "conflist", "front", check=True).stdout)
+    assert printed == lib.conflist
+    plugin = printed["plugins"][0]
+    assert (plugin["stateDir"], plugin["hostNetns"], plugin["node"], plugin["store"]) == (
+        str(state_dir.resolve()), host, host, None)
+    missing = cli("cni", "conflist", "nope")
+    assert missing.returncode == 1 and missing.stderr.strip() == "overlays: error: network nope does not exist"
+    dirs = ["--conf-dir", str(tmp_path / "net.d"), "--bin-dir", str(tmp_path / "bin")]
+    assert cli("cni", "uninstall", "front", *dirs, check=True).returncode == 0
+    assert not (tmp_path / "bin" / "overlays-cni").exists() and list((tmp_path / "net.d").iterdir()) == []
+    again = cli("cni", "uninstall", "front", *dirs)
+    assert again.returncode == 1 and "no conflist for network front" in again.stderr
+
+
+def test_the_cli_sees_an_attachment_as_a_sandbox_like_any_other(lib: Libcni, cli: Cli,
+                                                                 make_netns: Callable[[str], str]) -> None:
+    container = make_netns("c")
+    lib.add("web1", netns_path(container))
+    name = names.sandbox_name("web1", "eth0")
+    ps = cli("ps", check=True).stdout
+    assert name in ps and "adopted" in ps and "front=10.61.0.2" in ps
+    refused = cli("network", "rm", "front")
+    assert refused.returncode == 1 and name in refused.stderr
+    # Removed from our side first: the runtime's namespace stays, its DEL later is still a success.
+    cli("rm", "-f", name, check=True)
+    assert Path(netns_path(container)).exists() and eth0(container) is None
+    lib.delete("web1", netns_path(container))
+    cli("network", "rm", "front", check=True)

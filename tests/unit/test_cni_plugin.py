@@ -1,0 +1,263 @@
+"""The plugin's verbs on a real engine over a fake kernel and a memory store (no root), and the conflist files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overlays import Engine, NetworkSpec
+from overlays.cni import conflist, names, protocol
+from overlays.cni.config import parse
+from overlays.cni.plugin import EnginePlugin
+from overlays.errors import Conflict, NotFound
+from overlays.store import MemoryStore
+
+from .fakes import FakeKernel
+
+HOST = "fakehost"
+CID = "ab" * 32
+
+
+class AdoptingKernel(FakeKernel):
+    """The fake kernel, remembering which runtime namespace each adopted one is (the kernel compares inodes)."""
+
+    def __init__(self, *hosts: str) -> None:
+        super().__init__(*hosts)
+        self.sources: dict[Path, Path] = {}
+
+    def adopt_netns(self, name: str, source: Path) -> Path:
+        path = super().adopt_netns(name, source)
+        self.sources[path] = Path(source)
+        return path
+
+    def same(self, ours: Path, theirs: Path) -> bool:
+        if ours not in self.sources or not theirs.exists():
+            raise FileNotFoundError(2, "gone", str(theirs))
+        return self.sources[ours] == theirs
+
+
+class Runtime:
+    """Execs the protocol the way libcni does, against one engine, and remembers each ADD's result."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.kernel = AdoptingKernel(HOST)
+        self.engine = Engine(host_netns=HOST, state_dir=tmp_path, store=MemoryStore(), kernel=self.kernel,  # type: ignore[arg-type]
+                             check_root=False)
+        self.engine.create_network(NetworkSpec.parse("front", subnet="10.1.0.0/24"))
+        self.tmp = tmp_path
+        self.warnings: list[str] = []
+
+    def netns(self, label: str) -> str:
+        path = self.tmp / f"netns-{label}"  # what the runtime made; the fake kernel only needs it to exist
+        path.touch()
+        return str(path)
+
+    def call(self, command: str, cid: str = CID, ifname: str = "eth0", netns: str = "", version: str = "1.1.0",
+             args: str = "", **conf: Any) -> tuple[dict[str, Any], int]:
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname, "CNI_PATH": "/opt/cni/bin",
+               "CNI_NETNS": netns or self.netns(cid[:8]), "CNI_ARGS": args}
+        stdin = json.dumps({"cniVersion": version, "name": "front", "type": "overlays-cni", **conf}).encode()
+
+        def backend(req: protocol.Request, warn: protocol.Warn) -> EnginePlugin:
+            return EnginePlugin(parse(req), warn, engine=self.engine, host_check=False, same_netns=self.kernel.same)
+
+        out, code = protocol.handle(env, stdin, backend, self.warnings.append)
+        return (json.loads(out) if out else {}), code
+
+    def boxes(self) -> list[str]:
+        return sorted(b.name for b in self.engine.sandboxes())
+
+
+@pytest.fixture
+def rt(tmp_path: Path) -> Runtime:
+    return Runtime(tmp_path)
+
+
+def test_add_adopts_the_runtime_namespace_and_connects_it(rt: Runtime) -> None:
+    netns = rt.netns("c1")
+    result, code = rt.call("ADD", netns=netns)
+    assert code == 0, result
+    box = rt.engine.sandbox(names.sandbox_name(CID, "eth0"))
+    ep = box.endpoints[0]
+    assert box.adopted and (ep.network, ep.ifname, str(ep.ip)) == ("front", "eth0", "10.1.0.2")
+    assert result["interfaces"][1] == {"name": "eth0", "mac": ep.mac, "mtu": 1500, "sandbox": netns}
+    assert result["ips"] == [{"interface": 1, "address": "10.1.0.2/24", "gateway": "10.1.0.1"}]
+    assert rt.kernel.namespaces[box.netns].links["eth0"].mac == ep.mac
+
+
+def test_static_ip_from_cni_args_or_the_ips_capability(rt: Runtime) -> None:
+    a, _ = rt.call("ADD", cid="a1", args="IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.1.0.50")
+    b, _ = rt.call("ADD", cid="b1", runtimeConfig={"ips": ["10.1.0.60/24"]})
+    assert [a["ips"][0]["address"], b["ips"][0]["address"]] == ["10.1.0.50/24", "10.1.0.60/24"]
+
+
+def test_a_taken_address_is_a_conflict_and_leaves_nothing(rt: Runtime) -> None:
+    rt.call("ADD", cid="a1", args="IP=10.1.0.50")
+    doc, code = rt.call("ADD", cid="b1", args="IP=10.1.0.50")
+    assert (code, doc["code"]) == (1, 102)
+    assert "10.1.0.50" in doc["msg"]
+    assert rt.boxes() == [names.sandbox_name("a1", "eth0")]
+
+
+def test_add_on_a_missing_network_rolls_the_adoption_back(rt: Runtime) -> None:
+    rt.engine.remove_network("front")
+    doc, code = rt.call("ADD")
+    assert (code, doc["code"]) == (1, 101)
+    assert "network front does not exist" in doc["msg"]
+    assert rt.boxes() == []
+
+
+def test_add_twice_without_del_is_a_conflict(rt: Runtime) -> None:
+    rt.call("ADD")
+    doc, code = rt.call("ADD")
+    assert (code, doc["code"]) == (1, 102)
+    assert "DEL it first" in doc["msg"]
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"ifname": "net1"}, "CNI_IFNAME net1"),
+    ({"args": "MAC=02:42:ac:11:00:02"}, "static MAC 02:42:ac:11:00:02"),
+    ({"runtimeConfig": {"mac": "02:42:ac:11:00:03"}}, "static MAC 02:42:ac:11:00:03"),
+    ({"runtimeConfig": {"ips": ["10.1.0.7", "10.1.0.8"]}}, "one address per attachment"),
+    ({"args": "IP=fd00::5"}, "static address fd00::5: overlays serves IPv4 only"),
+])
+def test_what_the_engine_cannot_do_yet_is_refused_before_any_change(rt: Runtime, kwargs: dict[str, Any],
+                                                                    named: str) -> None:
+    doc, code = rt.call("ADD", **kwargs)
+    assert (code, doc["code"]) == (1, 106)
+    assert named in doc["msg"]
+    assert rt.boxes() == []
+
+
+def test_ports_and_aliases_are_not_applied_yet_and_said_so(rt: Runtime) -> None:
+    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    doc, code = rt.call("ADD", runtimeConfig={"portMappings": ports, "aliases": {"front": ["web"], "other": ["x"]}})
+    assert code == 0, doc
+    assert any("8080->80/tcp" in w for w in rt.warnings)
+    assert any("aliases not kept (web)" in w for w in rt.warnings)
+
+
+@pytest.mark.parametrize(("conf", "args", "code", "named"), [
+    ({"runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}}, "", 7, "hostPort"),
+    ({"runtimeConfig": {"portMappings": [{"hostPort": 1, "containerPort": 80, "protocol": "icmp"}]}}, "", 7,
+     "icmp"),
+    ({"runtimeConfig": {"ips": ["10.1.0.300"]}}, "", 7, "10.1.0.300"),
+    ({}, "IP=nope", 4, "CNI_ARGS IP"),
+    ({}, "FOO=1", 4, "FOO"),
+    ({"stateDir": 5}, "", 7, "stateDir"),
+])
+def test_bad_plugin_input_names_the_key(rt: Runtime, conf: dict[str, Any], args: str, code: int,
+                                        named: str) -> None:
+    doc, status = rt.call("ADD", args=args, **conf)
+    assert (status, doc["code"]) == (1, code)
+    assert named in doc["msg"]
+    assert rt.boxes() == []
+
+
+def test_del_removes_the_attachment_and_is_idempotent(rt: Runtime) -> None:
+    rt.call("ADD")
+    for _ in range(3):
+        assert rt.call("DEL", netns="/run/netns/gone") == ({}, 0)
+    assert rt.boxes() == []
+    assert rt.engine.network("front")[1] == []
+
+
+def test_check_passes_after_add_and_fails_on_mismatch_or_unknown(rt: Runtime) -> None:
+    netns = rt.netns("c1")
+    added, _ = rt.call("ADD", netns=netns)
+    assert rt.call("CHECK", netns=netns, prevResult=added) == ({}, 0)
+    tampered = dict(added, ips=[{"interface": 1, "address": "10.1.0.99/24"}])
+    doc, code = rt.call("CHECK", netns=netns, prevResult=tampered)
+    assert code == 1 and "10.1.0.99/24" in doc["msg"]
+    doc, code = rt.call("CHECK", cid="other", netns=netns)
+    assert (code, doc["code"]) == (1, 3)
+    doc, code = rt.call("CHECK", netns=rt.netns("another"))
+    assert code == 1 and "holds another namespace" in doc["msg"]
+    Path(netns).unlink()  # the runtime's namespace went away
+    doc, code = rt.call("CHECK", netns=netns)
+    assert code == 1 and "is gone" in doc["msg"]
+
+
+def test_gc_removes_only_stale_attachments_of_this_network(rt: Runtime) -> None:
+    for cid in ("keep1", "stale1", "stale2"):
+        rt.call("ADD", cid=cid)
+    rt.engine.adopt("hand-made", netns_path=rt.netns("hand"))  # not an attachment: GC leaves it alone
+    rt.engine.connect("front", "hand-made")
+    doc, code = rt.call("GC", **{"cni.dev/valid-attachments": [{"containerID": "keep1", "ifname": "eth0"}]})
+    assert (doc, code) == ({}, 0)
+    assert rt.boxes() == sorted(["hand-made", names.sandbox_name("keep1", "eth0")])
+
+
+def test_gc_keeps_going_past_a_failure_and_reports_it(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    for cid in ("stale1", "stale2"):
+        rt.call("ADD", cid=cid)
+    real = rt.engine.remove_sandbox
+    broken = names.sandbox_name("stale1", "eth0")
+
+    def remove(name: str, force: bool = False, wait: bool = True) -> None:
+        if name == broken:
+            raise Conflict("the kernel said no")
+        real(name, force, wait)
+
+    monkeypatch.setattr(rt.engine, "remove_sandbox", remove)
+    doc, code = rt.call("GC")
+    assert (code, doc["code"]) == (1, 100)
+    assert broken in doc["msg"] and "the kernel said no" in doc["msg"]
+    assert rt.boxes() == [broken]
+
+
+def test_status_says_whether_an_add_can_succeed(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert rt.call("STATUS") == ({}, 0)
+    rt.engine.create_network(NetworkSpec.parse("tiny", subnet="10.2.0.0/30"))  # one address: .2
+    rt.engine.adopt("x", netns_path=rt.netns("x"))
+    rt.engine.connect("tiny", "x")
+    doc, code = rt.call("STATUS", name="tiny")
+    assert (code, doc["code"]) == (1, 50)
+    assert "no free address" in doc["msg"]
+    doc, code = rt.call("STATUS", name="nope")
+    assert (code, doc["code"]) == (1, 50)
+    assert "network nope does not exist" in doc["msg"]
+
+
+def test_conflist_install_and_uninstall_in_given_dirs(tmp_path: Path) -> None:
+    conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
+    plugin = tmp_path / "venv" / "overlays-cni"
+    doc = conflist.build("front", state_dir=tmp_path / "state", store=None, node="h1", host_netns="h1")
+    path, link = conflist.install(doc, conf_dir, bin_dir, plugin)
+    assert json.loads(path.read_text()) == doc
+    assert doc["plugins"][0]["capabilities"] == {"portMappings": True, "ips": True, "mac": True, "aliases": True}
+    assert link.is_symlink() and link.readlink() == plugin
+    back = conflist.build("back", state_dir=tmp_path / "state", store=None, node="h1", host_netns="h1")
+    conflist.install(back, conf_dir, bin_dir, plugin)  # a second network shares the link
+    assert conflist.uninstall("front", conf_dir, bin_dir) == [path]
+    assert link.is_symlink()
+    assert conflist.uninstall("back", conf_dir, bin_dir) == [conf_dir / "overlays-back.conflist", link]
+    assert list(conf_dir.iterdir()) == [] and not link.exists()
+    with pytest.raises(NotFound, match="no conflist for network front"):
+        conflist.uninstall("front", conf_dir, bin_dir)
+
+
+def test_install_refuses_to_replace_what_is_not_ours(tmp_path: Path) -> None:
+    conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
+    conf_dir.mkdir()
+    (conf_dir / "10-front.conflist").write_text(json.dumps({"name": "front", "plugins": [{"type": "bridge"}]}))
+    doc = conflist.build("front", state_dir=tmp_path, store=None, node="n", host_netns=None)
+    with pytest.raises(Conflict, match=r"10-front\.conflist already configures a CNI network named front"):
+        conflist.install(doc, conf_dir, bin_dir, tmp_path / "overlays-cni")
+    (conf_dir / "10-front.conflist").unlink()
+    bin_dir.mkdir()
+    (bin_dir / "overlays-cni").write_text("someone else's")
+    with pytest.raises(Conflict, match="is not a link"):
+        conflist.install(doc, conf_dir, bin_dir, tmp_path / "overlays-cni")
+    assert list(conf_dir.iterdir()) == []
+
+
+def test_store_url_is_made_absolute_for_the_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert conflist.store_url("lab.db") == str(tmp_path / "lab.db")
+    assert conflist.store_url("etcd://h1:2379") == "etcd://h1:2379"
+    assert conflist.store_url(None) is None
