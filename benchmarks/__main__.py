@@ -1,4 +1,4 @@
-"""``python -m benchmarks [all|attach|attach-ports|up|cli|limit|ports|dataplane|overlay] [--quick]``."""
+"""``python -m benchmarks [all|attach|attach-ports|up|cli|limit|ports|dataplane|overlay|dns] [--quick]``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from benchmarks import (
     bridge_limit,
     cli_latency,
     dataplane,
+    dns,
     overlay_convergence,
     ports,
     topology_up,
@@ -32,7 +33,7 @@ from benchmarks.harness import (
 
 BENCHMARKS: dict[str, ModuleType] = {
     m.NAME: m
-    for m in (attach, attach_ports, cli_latency, bridge_limit, topology_up, overlay_convergence, ports, dataplane)
+    for m in (attach, attach_ports, cli_latency, bridge_limit, topology_up, overlay_convergence, ports, dataplane, dns)
 }
 
 

@@ -13,7 +13,22 @@ from __future__ import annotations
 import ipaddress
 from typing import NamedTuple
 
-from dnslib import AAAA, CLASS, EDNS0, OPCODE, PTR, QTYPE, RCODE, RR, A, DNSBuffer, DNSError, DNSHeader, DNSRecord
+from dnslib import (
+    AAAA,
+    CLASS,
+    EDNS0,
+    OPCODE,
+    PTR,
+    QTYPE,
+    RCODE,
+    RR,
+    A,
+    DNSBuffer,
+    DNSError,
+    DNSHeader,
+    DNSQuestion,
+    DNSRecord,
+)
 
 from overlays.dns.names import Address, NamesTable, Scope
 
@@ -31,25 +46,35 @@ class Forward(NamedTuple):
 
 
 def answer(query: bytes, table: NamesTable, scope: Scope, limit: int | None) -> bytes | Forward | None:
-    """What to do with ``query`` from a sandbox of ``scope``; ``limit`` None over TCP. None: drop it."""
+    """What to do with ``query`` from a sandbox of ``scope``; ``limit`` None over TCP. None: drop it.
+
+    The header and the question are decoded first: most of what is forwarded is decided
+    from them alone, and only a query we answer is decoded whole (its EDNS record says
+    how large the answer may be).
+    """
+    buffer = DNSBuffer(query)
+    try:
+        head = DNSHeader.parse(buffer)
+        q = DNSQuestion.parse(buffer) if head.q == 1 else None
+    except (DNSError, ValueError, IndexError, UnicodeDecodeError):
+        return _format_error(query)
+    if head.qr:
+        return None  # an answer sent to a server: never answer an answer
+    if q is not None and head.opcode == OPCODE.QUERY:
+        records = _ours(table, scope, q.qname, q.qtype, q.qclass)
+        forwarding = table.forwarding(scope)
+        if records is None and forwarding.allowed:
+            return Forward(forwarding.servers)
     try:
         request = DNSRecord.parse(query)
     except (DNSError, ValueError, IndexError, UnicodeDecodeError):
         return _format_error(query)
-    head = request.header
-    if head.qr:
-        return None  # an answer sent to a server: never answer an answer
     if head.opcode != OPCODE.QUERY:
         return _bare(request, RCODE.NOTIMP)
-    if len(request.questions) != 1:
+    if q is None:
         return _bare(request, RCODE.FORMERR)
-    q = request.q
-    forwarding = table.forwarding(scope)
     reply = request.reply(ra=int(forwarding.allowed), aa=1)
-    records = _ours(table, scope, q.qname, q.qtype, q.qclass)
     if records is None:
-        if forwarding.allowed:
-            return Forward(forwarding.servers)
         reply.header.aa = 0
         reply.header.rcode = RCODE.NXDOMAIN
     else:

@@ -13,7 +13,7 @@ An upstream that refuses (ICMP port unreachable), cannot be reached or stays sil
 SERVFAIL. A query that came over TCP is forwarded over TCP (a truncated UDP answer
 makes the asker's resolver retry over TCP, and then it reaches upstream the same way).
 
-All sockets are non-blocking and driven by the server's selector: a slow upstream holds
+All sockets are non-blocking and driven by the server's event loop (one epoll): a slow upstream holds
 only its own queries. UDP sockets are made in batches (one namespace entry for many) and
 each is used once.
 """
@@ -24,7 +24,6 @@ import contextlib
 import errno
 import heapq
 import itertools
-import selectors
 import socket
 import struct
 import time
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from overlays.dns import answers
+from overlays.dns.loop import READ, WRITE, Loop
 from overlays.errors import KernelError
 from overlays.kernel import sockets
 
@@ -60,9 +60,9 @@ def _family(address: str) -> socket.AddressFamily:
 
 
 class Forwarder:
-    def __init__(self, selector: selectors.BaseSelector, host_path: Path | None, timeout: float = 2.0,
+    def __init__(self, loop: Loop, host_path: Path | None, timeout: float = 2.0,
                  log: Log | None = None) -> None:
-        self.selector = selector
+        self.loop = loop
         self.host_path = host_path
         self.timeout = timeout
         self.log = log or (lambda line: None)
@@ -128,12 +128,12 @@ class Forwarder:
         if query.tcp:
             query.inbuf.clear()
             query.sock = sockets.tcp_client(self.host_path, server, DNS_PORT)
-            self.selector.register(query.sock, selectors.EVENT_WRITE, lambda mask: self._on_tcp(query, mask))
+            self.loop.register(query.sock, WRITE, lambda events: self._on_tcp(query, events))
             return
         query.sock = self._fresh(_family(server))
         query.sock.connect((server, DNS_PORT))
         query.sock.send(query.data)
-        self.selector.register(query.sock, selectors.EVENT_READ, lambda mask: self._on_udp(query))
+        self.loop.register(query.sock, READ, lambda events: self._on_udp(query))
 
     def _fresh(self, family: socket.AddressFamily) -> socket.socket:
         spare = self._spare.setdefault(family, [])
@@ -153,16 +153,16 @@ class Forwarder:
         if len(data) >= 12 and data[:2] == query.data[:2]:
             self._finish(query, data)
 
-    def _on_tcp(self, query: _Query, mask: int) -> None:
+    def _on_tcp(self, query: _Query, events: int) -> None:
         sock = query.sock
         assert sock is not None
         try:
-            if mask & selectors.EVENT_WRITE:
+            if events & WRITE:
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     raise OSError(err, errno.errorcode.get(err, str(err)))
                 sock.sendall(struct.pack("!H", len(query.data)) + query.data)  # fresh connection: room for it
-                self.selector.modify(sock, selectors.EVENT_READ, lambda m: self._on_tcp(query, m))
+                self.loop.modify(sock, READ, lambda ev: self._on_tcp(query, ev))
                 return
             chunk = sock.recv(65537)
         except BlockingIOError:
@@ -211,7 +211,6 @@ class Forwarder:
 
     def _drop_socket(self, query: _Query) -> None:
         if query.sock is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(query.sock)
+            self.loop.unregister(query.sock)
             query.sock.close()
             query.sock = None

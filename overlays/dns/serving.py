@@ -12,9 +12,7 @@ are never kept (their TTLs are the upstream's business).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import selectors
 import socket
 import struct
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 
 from overlays.dns import answers
 from overlays.dns.forward import Forwarder
+from overlays.dns.loop import READ, WRITE, Loop
 from overlays.dns.names import NamesTable, Scope
 from overlays.kernel import resolvconf
 
@@ -96,9 +95,9 @@ def _mtime(path: Path) -> float:
 class QueryService:
     """Answers queries from the local sandboxes' sockets; forwards the rest through ``forwarder``."""
 
-    def __init__(self, selector: selectors.BaseSelector, table: NamesTable, forwarder: Forwarder,
+    def __init__(self, loop: Loop, table: NamesTable, forwarder: Forwarder,
                  resolvers: HostResolvers, cache: bool = True) -> None:
-        self.selector = selector
+        self.loop = loop
         self.table = table
         self.forwarder = forwarder
         self.resolvers = resolvers
@@ -111,15 +110,14 @@ class QueryService:
     # -- sockets of a sandbox ---------------------------------------------------------
 
     def watch(self, box: LocalSandbox) -> None:
-        self.selector.register(box.udp, selectors.EVENT_READ, lambda mask: self._on_udp(box))
-        self.selector.register(box.tcp, selectors.EVENT_READ, lambda mask: self._on_accept(box))
+        self.loop.register(box.udp, READ, lambda events: self._on_udp(box))
+        self.loop.register(box.tcp, READ, lambda events: self._on_accept(box))
 
     def forget(self, box: LocalSandbox) -> None:
         for conn in list(box.conns):
             self._close_conn(conn)
         for sock in (box.udp, box.tcp):
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(sock)
+            self.loop.unregister(sock)
             sock.close()
 
     # -- answering --------------------------------------------------------------------
@@ -179,12 +177,12 @@ class QueryService:
         conn = TcpConn(sock, box)
         box.conns.add(conn)
         self.conns[conn] = None
-        self.selector.register(sock, selectors.EVENT_READ, lambda mask: self._on_conn(conn, mask))
+        self.loop.register(sock, READ, lambda events: self._on_conn(conn, events))
 
-    def _on_conn(self, conn: TcpConn, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
+    def _on_conn(self, conn: TcpConn, events: int) -> None:
+        if events & WRITE:
             self._flush(conn)
-        if not mask & selectors.EVENT_READ:
+        if not events & READ:
             return
         try:
             chunk = conn.sock.recv(65537)
@@ -223,8 +221,7 @@ class QueryService:
         del conn.outbuf[:sent]
         if conn.writing != bool(conn.outbuf):  # wait for room only while something is left to send
             conn.writing = bool(conn.outbuf)
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.writing else 0)
-            self.selector.modify(conn.sock, events, lambda mask: self._on_conn(conn, mask))
+            self.loop.modify(conn.sock, READ | (WRITE if conn.writing else 0), lambda ev: self._on_conn(conn, ev))
 
     def _touch(self, conn: TcpConn) -> None:
         conn.last = time.monotonic()
@@ -240,6 +237,5 @@ class QueryService:
     def _close_conn(self, conn: TcpConn) -> None:
         self.conns.pop(conn, None)
         conn.box.conns.discard(conn)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(conn.sock)
+        self.loop.unregister(conn.sock)
         conn.sock.close()
