@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := iproute2 nftables iputils-ping procps python3-venv curl etcd-server
+APT_PACKAGES := iproute2 nftables iputils-ping procps python3-venv curl etcd-server dnsmasq-base
 
 .PHONY: demo test lint unit integration setup clean bench bench-quick compile
 

@@ -36,7 +36,9 @@ import socket
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ from overlays.kernel.dnsctl import Record
 
 Log = Callable[[str], None]
 MAX_FDS = 2  # a register may carry its UDP and TCP sockets
+SWEEP_EVERY = 5.0  # seconds between checks that every served namespace still has its name
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,11 @@ class DnsServer:
     """Serve the registered sandboxes until stopped; ``run`` in the thread that owns it."""
 
     def __init__(self, state_dir: Path, host_netns: str | None = None, registrations: Iterable[Registration] = (),
-                 log: Log | None = None, cache: bool = True, forward_timeout: float = 2.0) -> None:
+                 log: Log | None = None, cache: bool = True, forward_timeout: float = 2.0,
+                 sweep_every: float = SWEEP_EVERY) -> None:
         self.log = log or (lambda line: None)
+        self.sweep_every = sweep_every
+        self._jobs: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self.host_netns = host_netns
         host_path = None
         if host_netns is not None:
@@ -148,6 +154,7 @@ class DnsServer:
     def run(self, stop: threading.Event | None = None) -> None:
         """Serve until ``stop`` is set or ``stop()`` is called (from any thread)."""
         idle_check = time.monotonic() + 1.0
+        sweep_at = time.monotonic() + self.sweep_every
         while not self._stopping and not (stop is not None and stop.is_set()):
             deadline = self.forwarder.next_deadline()
             timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
@@ -157,6 +164,37 @@ class DnsServer:
             if now >= idle_check:
                 idle_check = now + 1.0
                 self.service.close_idle(now)
+            if now >= sweep_at:
+                sweep_at = now + self.sweep_every
+                self.sweep()
+
+    def sweep(self) -> list[str]:
+        """Stop serving sandboxes whose namespace lost its name (removed without an unregister).
+
+        Our sockets hold a reference to their namespace: while they exist the kernel
+        cannot free it, nor the veths in it. The engine unregisters before it deletes a
+        namespace; this only catches a caller that died in between.
+        """
+        gone = []
+        for name, box in list(self.boxes.items()):
+            try:
+                alive = netns.inode(box.netns) == box.inode
+            except OSError:
+                alive = False
+            if not alive:
+                gone.append(name)
+                self.unregister(name)
+        if gone:
+            self.log(f"namespace gone, no longer served: {', '.join(gone)}")
+        return gone
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` on the server's thread (the table and sockets are that thread's alone)."""
+        future: Future[Any] = Future()
+        self._jobs.append((fn, future))
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"j")
+        return future
 
     def _log_error(self) -> None:
         self.log("error: " + traceback.format_exc().strip().replace("\n", " | "))
@@ -169,6 +207,8 @@ class DnsServer:
 
     def close(self) -> None:
         """Close every socket, the control socket and its file."""
+        while self._jobs:
+            self._jobs.popleft()[1].cancel()
         for name in list(self.boxes):
             self.service.forget(self.boxes.pop(name))
         self.forwarder.close()
@@ -186,7 +226,14 @@ class DnsServer:
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
-            os.read(self._wake_r, 64)
+            os.read(self._wake_r, 4096)
+        while self._jobs:
+            fn, future = self._jobs.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as e:
+                    future.set_exception(e)
 
     # -- the control socket -------------------------------------------------------------
 

@@ -91,8 +91,10 @@ class Lab:
     daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
     etc_dirs: list[str] = field(default_factory=list)
 
-    def serve(self, registrations: list[Registration] | None = None, forward_timeout: float = 2.0) -> DnsServer:
-        server = DnsServer(self.state_dir, self.host, registrations or [], forward_timeout=forward_timeout)
+    def serve(self, registrations: list[Registration] | None = None, forward_timeout: float = 2.0,
+              sweep_every: float = 5.0) -> DnsServer:
+        server = DnsServer(self.state_dir, self.host, registrations or [], forward_timeout=forward_timeout,
+                           sweep_every=sweep_every)
         thread = threading.Thread(target=server.run, name="dns-test", daemon=True)
         thread.start()
         self.servers.append((server, thread))
@@ -318,3 +320,49 @@ def test_a_failing_upstream_is_skipped_and_a_slow_one_blocks_no_one(lab: Lab) ->
             pytest.fail("the slow query was answered before its upstream timed out")
         pending.settimeout(10)
         assert DNSRecord.parse(pending.recv(512)).header.rcode == RCODE.SERVFAIL  # after the timeout
+
+
+def poll(what: str, ok: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait for a change the server makes on its own schedule (no timing is asserted)."""
+    deadline = time.monotonic() + timeout
+    while not ok():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def test_a_namespace_deleted_without_unregister_is_let_go(lab: Lab) -> None:
+    server = lab.serve(sweep_every=0.1)
+    kept = lab.sandbox("k")
+    doomed = unique("x")
+    subprocess.run(["ip", "netns", "add", doomed], check=True)
+    try:
+        with dnsctl.Client(lab.state_dir) as client:
+            client.register("k", netns.path_of(kept), [Record("n", "k", ("10.1.0.2",))])
+            client.register("x", netns.path_of(doomed), [Record("n", "x", ("10.1.0.3",))])
+            assert client.status()["local"] == ["k", "x"]
+    finally:
+        subprocess.run(["ip", "netns", "del", doomed], check=True)
+    # Our sockets hold the namespace alive: the server must notice its name is gone and close them.
+    poll("the deleted namespace let go", lambda: server.submit(server.status).result(5)["local"] == ["k"])
+    assert addresses(ask(kept, "k")) == ["10.1.0.2"]
+    assert ask(kept, "x").header.rcode == RCODE.NXDOMAIN
+
+
+def test_work_from_another_thread_runs_on_the_servers_thread(lab: Lab) -> None:
+    server = lab.serve()
+    a = lab.sandbox("a")
+    server.submit(lambda: server.register("a", str(netns.path_of(a)), [Record("n", "a", ("10.1.0.2",))])).result(5)
+    assert addresses(ask(a, "a")) == ["10.1.0.2"]
+    failed = server.submit(lambda: server.register("z", "/run/netns/ot-dns-no-such-ns", []))
+    with pytest.raises(NotFound):
+        failed.result(5)
+
+
+def test_the_hosts_resolv_conf_is_read_again_when_it_changes(lab: Lab) -> None:
+    lab.etc(lab.host, "resolv.conf", f"nameserver {QUIET_IP}\n")
+    a = lab.sandbox("a")
+    lab.serve([Registration("a", str(netns.path_of(a)), (Record("n", "a", ("10.1.0.2",)),))])
+    assert ask(a, "outside.test").header.rcode == RCODE.SERVFAIL  # that upstream refuses
+    lab.etc(lab.host, "resolv.conf", f"nameserver {PEER_IP}\n")
+    poll("the new upstream used", lambda: addresses(ask(a, "outside.test")) == ["192.0.2.7"])
