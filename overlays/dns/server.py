@@ -28,6 +28,7 @@ no lock is ever taken. Nothing blocks: a slow upstream only delays its own queri
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
 import os
@@ -74,6 +75,7 @@ class DnsServer:
         self.log = log or (lambda line: None)
         self.sweep_every = sweep_every
         self._jobs: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._buffer = bytearray(dnsctl.MAX_MESSAGE)
         self.host_netns = host_netns
         host_path = None
         if host_netns is not None:
@@ -247,7 +249,7 @@ class DnsServer:
 
     def _on_control(self, conn: socket.socket) -> None:
         try:
-            data, fds, _, _ = socket.recv_fds(conn, dnsctl.MAX_MESSAGE, MAX_FDS)
+            data, fds = self._receive(conn)
         except BlockingIOError:
             return
         except OSError:
@@ -264,6 +266,15 @@ class DnsServer:
         except OSError:  # a client that does not read its answers: drop it
             self.loop.unregister(conn)
             conn.close()
+
+    def _receive(self, conn: socket.socket) -> tuple[bytes, list[int]]:
+        """One request and the descriptors that came with it (into a buffer kept for it)."""
+        size, ancillary, _, _ = conn.recvmsg_into([self._buffer], socket.CMSG_SPACE(MAX_FDS * 4))
+        fds = array.array("i")
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        return bytes(self._buffer[:size]), list(fds)
 
     def _handle(self, data: bytes, fds: list[int]) -> dict[str, Any]:
         adopted = None

@@ -87,6 +87,7 @@ class Client:
         self.path = socket_path(state_dir)
         self.timeout = timeout
         self._sock: socket.socket | None = None
+        self._buffer = bytearray(MAX_MESSAGE)  # read into: a fresh 1 MiB bytes per call costs ~20 us
 
     def register(self, sandbox: str, netns_path: str | Path | None, records: Iterable[Record],
                  sockets: Sequence[socket.socket] = ()) -> None:
@@ -115,7 +116,8 @@ class Client:
                     sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
                 else:
                     sock.send(data)
-                answer = sock.recv(MAX_MESSAGE)
+                size = sock.recv_into(self._buffer)
+                answer = bytes(self._buffer[:size])
                 if not answer:
                     raise ConnectionResetError("the DNS server closed the connection")
                 break
