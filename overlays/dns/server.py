@@ -114,6 +114,8 @@ class DnsServer:
                  adopted: tuple[socket.socket, socket.socket] | None = None) -> None:
         """Serve ``sandbox`` inside ``netns_path`` (None: names only) with exactly these names."""
         records = tuple(records)
+        if adopted is not None and netns_path is None:
+            raise InvalidSpec(f"sandbox {sandbox}: sockets handed over without its namespace")
         old = self.boxes.get(sandbox)
         new: LocalSandbox | None = None
         if netns_path is not None:

@@ -4,10 +4,11 @@ The socket a query arrives on names the sandbox that asks (it lives in that sand
 namespace and nowhere else), and so the scope of its answer: no source address is
 trusted or even looked at.
 
-Answer cache. The answer to a question about our names depends only on the question's
-bytes after the ID and on the asker's scope, so it is kept, keyed by both, and reused
-with the new ID spliced in; any change of the names table empties it. Forwarded answers
-are never kept (their TTLs are the upstream's business).
+Answer cache. What to do with a query depends only on its bytes after the ID and on
+the asker's scope (and the table), so it is kept, keyed by both: our answer, reused with
+the new ID spliced in, or the decision to forward (which saves decoding the question
+again). Any change of the names table empties it. Forwarded *answers* are never kept:
+their TTLs are the upstream's business.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class QueryService:
         self.forwarder = forwarder
         self.resolvers = resolvers
         self.use_cache = cache
-        self._cache: dict[tuple[Scope, bool, bytes], bytes] = {}
+        self._cache: dict[tuple[Scope, bool, bytes], bytes | answers.Forward] = {}
         self._generation = -1
         self.conns: dict[TcpConn, None] = {}  # in order of last use: the first is the idlest
         self.stats = {"queries": 0, "cached": 0, "tcp_queries": 0}
@@ -130,21 +131,22 @@ class QueryService:
             self._cache.clear()
             self._generation = self.table.generation
         key = (scope, tcp, data[2:])
-        cached = self._cache.get(key) if self.use_cache else None
-        if cached is not None:
-            self.stats["cached"] += 1
-            reply(data[:2] + cached)
-            return
-        result = answers.answer(data, self.table, scope, None if tcp else answers.UDP_MAX)
-        if isinstance(result, bytes):
+        known = self._cache.get(key) if self.use_cache else None
+        if known is None:
+            result = answers.answer(data, self.table, scope, None if tcp else answers.UDP_MAX)
+            if result is None:
+                return
+            known = result[2:] if isinstance(result, bytes) else result
             if self.use_cache:
                 if len(self._cache) >= CACHE_MAX:
                     self._cache.clear()
-                self._cache[key] = result[2:]
-            reply(result)
-        elif result is not None:
-            servers = result.servers or self.resolvers.servers()
-            self.forwarder.forward(data, servers, reply, tcp=tcp)
+                self._cache[key] = known
+        else:
+            self.stats["cached"] += 1
+        if isinstance(known, bytes):
+            reply(data[:2] + known)
+        else:
+            self.forwarder.forward(data, known.servers or self.resolvers.servers(), reply, tcp=tcp)
 
     def _on_udp(self, box: LocalSandbox) -> None:
         sock = box.udp
