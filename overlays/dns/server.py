@@ -76,6 +76,7 @@ class DnsServer:
         self.sweep_every = sweep_every
         self._jobs: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._buffer = bytearray(dnsctl.MAX_MESSAGE)
+        self._controls: set[socket.socket] = set()  # connections of engines and agents
         self.host_netns = host_netns
         host_path = None
         if host_netns is not None:
@@ -216,6 +217,8 @@ class DnsServer:
         for name in list(self.boxes):
             self.service.forget(self.boxes.pop(name))
         self.forwarder.close()
+        for conn in list(self._controls):
+            self._drop_control(conn)
         self.loop.unregister(self.control)
         self.control.close()
         with contextlib.suppress(FileNotFoundError):
@@ -247,6 +250,7 @@ class DnsServer:
         except OSError:
             return
         conn.setblocking(False)
+        self._controls.add(conn)
         self.loop.register(conn, READ, lambda events: self._on_control(conn))
 
     def _on_control(self, conn: socket.socket) -> None:
@@ -259,15 +263,18 @@ class DnsServer:
         if not data:
             for fd in fds:
                 os.close(fd)
-            self.loop.unregister(conn)
-            conn.close()
+            self._drop_control(conn)
             return
         reply = self._handle(data, fds)
         try:
             conn.send(json.dumps(reply, separators=(",", ":")).encode())
         except OSError:  # a client that does not read its answers: drop it
-            self.loop.unregister(conn)
-            conn.close()
+            self._drop_control(conn)
+
+    def _drop_control(self, conn: socket.socket) -> None:
+        self._controls.discard(conn)
+        self.loop.unregister(conn)
+        conn.close()
 
     def _receive(self, conn: socket.socket) -> tuple[bytes, list[int]]:
         """One request and the descriptors that came with it (into a buffer kept for it)."""

@@ -81,16 +81,23 @@ def _raise_remote(reply: dict[str, Any]) -> None:
 
 
 class Client:
-    """A connection to the host's DNS server, opened on first use and reopened once if it broke."""
+    """A connection to the host's DNS server, opened on first use and reopened once if it broke.
+
+    A call waits for the server's answer; with ``wait=False`` it returns once sent, and
+    ``wait()`` later collects the answers (in order) and raises the first refusal. The
+    engine can so overlap the server's work (binding, and on an idle machine waking up)
+    with its own, and still return only once the names are served.
+    """
 
     def __init__(self, state_dir: Path, timeout: float = TIMEOUT) -> None:
         self.path = socket_path(state_dir)
         self.timeout = timeout
         self._sock: socket.socket | None = None
+        self._pending = 0
         self._buffer = bytearray(MAX_MESSAGE)  # read into: a fresh 1 MiB bytes per call costs ~20 us
 
     def register(self, sandbox: str, netns_path: str | Path | None, records: Iterable[Record],
-                 sockets: Sequence[socket.socket] = ()) -> None:
+                 sockets: Sequence[socket.socket] = (), wait: bool = True) -> None:
         """The sandbox's names are these (replacing what it had), answered inside ``netns_path``.
 
         ``netns_path`` None: names only, no sockets (a sandbox of another host).
@@ -98,17 +105,30 @@ class Client:
         """
         request = {"op": "register", "sandbox": sandbox, "netns": None if netns_path is None else str(netns_path),
                    "records": [r.to_wire() for r in records]}
-        self.call(request, [s.fileno() for s in sockets])
+        self._request(request, [s.fileno() for s in sockets], wait)
 
-    def unregister(self, sandbox: str) -> None:
+    def unregister(self, sandbox: str, wait: bool = True) -> None:
         """The sandbox's names and sockets are gone (nothing to do if it had none)."""
-        self.call({"op": "unregister", "sandbox": sandbox})
+        self._request({"op": "unregister", "sandbox": sandbox}, (), wait)
 
     def status(self) -> dict[str, Any]:
         return self.call({"op": "status"})
 
     def call(self, request: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
+        """Send ``request`` and return the server's answer (after those of earlier unwaited calls)."""
+        return self._request(request, fds, True)
+
+    def wait(self) -> None:
+        """Collect the answers of the calls made with ``wait=False``; raise the first refusal."""
+        self._collect()
+
+    def _request(self, request: dict[str, Any], fds: Sequence[int], wait: bool) -> dict[str, Any]:
         data = json.dumps(request, separators=(",", ":")).encode()
+        self._send(data, fds)
+        self._pending += 1
+        return self._collect() if wait else {}
+
+    def _send(self, data: bytes, fds: Sequence[int]) -> None:
         for attempt in (1, 2):
             sock = self._connected()
             try:
@@ -116,23 +136,41 @@ class Client:
                     sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
                 else:
                     sock.send(data)
-                size = sock.recv_into(self._buffer)
-                answer = bytes(self._buffer[:size])
-                if not answer:
-                    raise ConnectionResetError("the DNS server closed the connection")
-                break
+                return
             except (BrokenPipeError, ConnectionResetError) as e:
+                lost = self._pending
                 self.close()
-                if attempt == 2:
+                if attempt == 2 or lost:  # answers we were owed are gone with the connection
                     raise KernelError("ask the DNS server", str(self.path), None, str(e)) from e
             except TimeoutError as e:
                 self.close()
                 raise KernelError("ask the DNS server", str(self.path), None,
+                                  f"could not send within {self.timeout:g} s") from e
+
+    def _collect(self) -> dict[str, Any]:
+        last: dict[str, Any] = {}
+        first_refusal: dict[str, Any] | None = None
+        while self._pending:
+            sock = self._connected()
+            try:
+                size = sock.recv_into(self._buffer)
+            except TimeoutError as e:
+                self.close()
+                raise KernelError("ask the DNS server", str(self.path), None,
                                   f"no answer within {self.timeout:g} s") from e
-        reply: dict[str, Any] = json.loads(answer)
-        if not reply.get("ok"):
-            _raise_remote(reply)
-        return reply
+            except OSError as e:
+                self.close()
+                raise KernelError("ask the DNS server", str(self.path), None, str(e)) from e
+            if size == 0:
+                self.close()
+                raise KernelError("ask the DNS server", str(self.path), None, "it closed the connection")
+            self._pending -= 1
+            last = json.loads(bytes(self._buffer[:size]))
+            if not last.get("ok") and first_refusal is None:
+                first_refusal = last
+        if first_refusal is not None:
+            _raise_remote(first_refusal)
+        return last
 
     def _connected(self) -> socket.socket:
         if self._sock is not None:
@@ -148,6 +186,7 @@ class Client:
         return sock
 
     def close(self) -> None:
+        self._pending = 0
         if self._sock is not None:
             self._sock.close()
             self._sock = None

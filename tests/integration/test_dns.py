@@ -366,3 +366,19 @@ def test_the_hosts_resolv_conf_is_read_again_when_it_changes(lab: Lab) -> None:
     assert ask(a, "outside.test").header.rcode == RCODE.SERVFAIL  # that upstream refuses
     lab.etc(lab.host, "resolv.conf", f"nameserver {PEER_IP}\n")
     poll("the new upstream used", lambda: addresses(ask(a, "outside.test")) == ["192.0.2.7"])
+
+
+def test_calls_that_do_not_wait_are_collected_in_order_and_a_restart_is_survived(lab: Lab) -> None:
+    server = lab.serve()
+    a, b = lab.sandbox("a"), lab.sandbox("b")
+    with dnsctl.Client(lab.state_dir) as client:
+        client.register("a", netns.path_of(a), [Record("n", "a", ("10.1.0.2",))], wait=False)
+        client.register("z", "/run/netns/ot-dns-no-such-ns", [], wait=False)
+        client.register("b", netns.path_of(b), [Record("n", "b", ("10.1.0.3",))], wait=False)
+        with pytest.raises(NotFound, match="sandbox z"):
+            client.wait()  # all three answered; the one refusal raised
+        assert client.status()["local"] == ["a", "b"]
+        lab.stop(server)
+        lab.serve()  # a new server: the client's connection is stale, and is opened again
+        client.register("a", netns.path_of(a), [Record("n", "a", ("10.1.0.2",))])
+        assert addresses(ask(a, "a")) == ["10.1.0.2"]
