@@ -65,8 +65,9 @@ def answer(query: bytes, table: NamesTable, scope: Scope, limit: int | None) -> 
         forwarding = table.forwarding(scope)
         if records is None and forwarding.allowed:
             return Forward(forwarding.servers)
-    try:
-        request = DNSRecord.parse(query)
+    try:  # a plain query (glibc's, without EDNS) is read whole already: only the rest needs decoding
+        request = DNSRecord(head, [q]) if q is not None and not (head.a or head.auth or head.ar) \
+            else DNSRecord.parse(query)
     except (DNSError, ValueError, IndexError, UnicodeDecodeError):
         return _format_error(query)
     if head.opcode != OPCODE.QUERY:
