@@ -44,22 +44,33 @@ class _NeededCommandLine(_CommandLine):
     needed = True
 
 
-def _requests(networks: list[str], ip: str | None) -> list[EndpointRequest]:
+def _requests(networks: list[str], ip: str | None, mac: str | None, aliases: list[str]) -> list[EndpointRequest]:
     from overlays.model.specs import EndpointRequest
 
     nets = [n for n in networks if n != "none"]
     if "none" in networks and nets:
         raise InvalidSpec("--network none cannot be combined with other networks")
-    if ip and len(nets) != 1:
-        raise InvalidSpec("--ip needs exactly one --network")
-    return [EndpointRequest.parse(n, ip if i == 0 else None) for i, n in enumerate(nets)]
+    for option, given in (("--ip", ip), ("--mac", mac)):
+        if given and len(nets) != 1:
+            raise InvalidSpec(f"{option} needs exactly one --network")
+    if aliases and not nets:
+        raise InvalidSpec("--alias needs a --network")
+    return [EndpointRequest.parse(n, ip if i == 0 else None, mac if i == 0 else None, aliases=aliases)
+            for i, n in enumerate(nets)]
+
+
+def _endpoint_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ip", metavar="IP", help="Static address on the network.")
+    p.add_argument("--mac", metavar="MAC", help="Static MAC address of the interface (default: derived from its IP).")
+    p.add_argument("--alias", dest="aliases", metavar="NAME", action="append", default=[],
+                   help="Another name the sandbox answers to on its network(s) (repeatable).")
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", metavar="NAME", help="Sandbox name (default: a generated one).")
     p.add_argument("--network", dest="networks", metavar="NET", action="append",
                    help="Network to join (repeatable); 'none' gives loopback only (the default).")
-    p.add_argument("--ip", metavar="IP", help="Static address on the network.")
+    _endpoint_options(p)
     p.add_argument("--hostname", metavar="H", help="Hostname seen by the sandbox's processes.")
     p.add_argument("-p", "--publish", metavar="[IP:]HOST:PORT[/PROTO]", action="append",
                    help="Publish a port (repeatable; ranges like 8000-8010:8000-8010; /tcp or /udp, default tcp).")
@@ -81,7 +92,7 @@ def run(s: Settings, a: argparse.Namespace) -> int:
     if a.detach and not cmd:
         raise InvalidSpec("-d needs a command to run (overlays run -d --name web -- CMD...)")
     ports = [m for text in a.publish or () for m in parse_publish(text)]
-    requests = _requests(a.networks or [], a.ip)
+    requests = _requests(a.networks or [], a.ip, a.mac, a.aliases)
     spec = SandboxSpec.parse(a.name or _generated_name(), requests, a.hostname, ports)
     engine = s.engine()
     with held_signals():
@@ -177,16 +188,16 @@ def _network_and_sandbox(p: argparse.ArgumentParser) -> None:
 
 def _connect_arguments(p: argparse.ArgumentParser) -> None:
     _network_and_sandbox(p)
-    p.add_argument("--ip", metavar="IP", help="Static address on the network.")
+    _endpoint_options(p)
 
 
 def connect(s: Settings, a: argparse.Namespace) -> None:
     """Connect SANDBOX to NETWORK (its next interface: eth0, eth1, ...)."""
-    from overlays.model.specs import parse_ip
+    from overlays.model.specs import EndpointRequest
 
-    addr = parse_ip(f"--ip for network {a.network}", a.ip) if a.ip else None
+    request = EndpointRequest.parse(a.network, a.ip, a.mac, aliases=a.aliases)
     with held_signals():
-        ep = s.engine().connect(a.network, a.sandbox, addr)
+        ep = s.engine().connect(request, a.sandbox)
     echo(f"sandbox {a.sandbox} connected to {a.network}: {ep.ifname} {ep.ip}/{ep.prefixlen}")
 
 

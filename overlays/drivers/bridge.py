@@ -10,6 +10,7 @@ half-made interface is visible.
 from __future__ import annotations
 
 import errno
+import ipaddress
 from pathlib import Path
 
 from overlays.errors import Conflict, KernelError
@@ -49,14 +50,41 @@ def setup_bridge(host: Links, net: Network, alias: str, mac: str, with_gateway: 
         host.ensure_address(net.bridge, str(net.gateway), net.subnet.prefixlen)
 
 
-def bridge_problems(host: Links, net: Network, mac: str) -> list[str]:
-    """Read-only, in one lookup: the bridge is there, up, with its MAC (its address came with it)."""
+def bridge_ready(host: Links, net: Network, mac: str) -> bool:
+    """The usual case of an attach, in one lookup: the bridge is there, up, with its MAC."""
+    link = host.link(net.bridge)
+    return link is not None and link.up and link.mac == mac
+
+
+def bridge_problems(host: Links, net: Network, mac: str, with_gateway: bool) -> list[str]:
+    """Read-only: what is wrong with the bridge (missing, down, another MAC, its gateway address gone)."""
     link = host.link(net.bridge)
     if link is None or not link.up:
         return [f"bridge {net.bridge} of network {net.name} is missing or down"]
+    found = []
     if link.mac != mac:
-        return [f"bridge {net.bridge} of network {net.name} has MAC {link.mac}, not its own {mac}"]
-    return []
+        found.append(f"bridge {net.bridge} of network {net.name} has MAC {link.mac}, not its own {mac}")
+    if with_gateway and _interface(net.gateway, net.subnet.prefixlen) not in host.interface_addresses(net.bridge):
+        found.append(f"bridge {net.bridge} of network {net.name} lost its gateway address {net.gateway}")
+    return found
+
+
+def _interface(ip: object, prefixlen: int) -> ipaddress.IPv4Interface:
+    return ipaddress.IPv4Interface(f"{ip}/{prefixlen}")
+
+
+def inside_problems(sandbox: Links, ep: Endpoint) -> list[str]:
+    """Read-only: the endpoint's interface inside the sandbox is there, up, with its MAC and address."""
+    link = sandbox.link(ep.ifname)
+    what = f"{ep.ifname} of sandbox {ep.sandbox} on {ep.network}"
+    if link is None:
+        return [f"{what} is missing"]
+    found = [] if link.up else [f"{what} is down"]
+    if link.mac != ep.mac:
+        found.append(f"{what} has MAC {link.mac}, not {ep.mac}")
+    if _interface(ep.ip, ep.prefixlen) not in sandbox.interface_addresses(ep.ifname):
+        found.append(f"{what} lost its address {ep.ip}/{ep.prefixlen}")
+    return found
 
 
 def teardown_bridge(host: Links, net: Network) -> None:

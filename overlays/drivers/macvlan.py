@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from overlays.drivers.bridge import inside_problems
 from overlays.errors import NotFound
 from overlays.kernel.api import Links
 from overlays.model.state import Endpoint, Network
@@ -46,8 +47,8 @@ def detach(sandbox: Links, ep: Endpoint) -> None:
 
 
 def problems(sandbox: Links, ep: Endpoint) -> list[str]:
-    """Read-only: the sandbox's macvlan device exists and is up."""
+    """Read-only: the sandbox's macvlan device exists, is up, and has its MAC and address."""
     link = sandbox.link(ep.ifname)
-    if link is None or link.kind != "macvlan" or not link.up:
-        return [f"macvlan {ep.ifname} of sandbox {ep.sandbox} on {ep.network} is missing or down"]
-    return []
+    if link is not None and link.kind != "macvlan":
+        return [f"{ep.ifname} of sandbox {ep.sandbox} on {ep.network} is a {link.kind}, not a macvlan"]
+    return inside_problems(sandbox, ep)

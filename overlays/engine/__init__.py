@@ -9,7 +9,7 @@ stay fast by importing views only.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # annotations only: the spec classes are built by the command
     import subprocess
 
     from overlays.kernel.api import Kernel
-    from overlays.model.specs import Endpoint, IPAddress, Network, NetworkSpec, Sandbox, SandboxSpec
+    from overlays.model.ports import PortMapping
+    from overlays.model.specs import Endpoint, EndpointRequest, IPAddress, Network, NetworkSpec, Sandbox, SandboxSpec
     from overlays.model.state import EndpointRegistration, HostRegistration
     from overlays.store.base import Store, Txn
 
@@ -150,15 +151,20 @@ class Engine:
         return networks.prune(self.ctx)
 
     # sandboxes
-    def create_sandbox(self, spec: SandboxSpec) -> Sandbox:
+    def create_sandbox(self, spec: SandboxSpec, labels: Mapping[str, str] | None = None) -> Sandbox:
+        """A sandbox of its own namespace, on ``spec``'s networks; ``labels`` are noted in its record."""
         from overlays.engine import sandboxes
 
-        return sandboxes.create(self.ctx, spec)
+        return sandboxes.create(self.ctx, spec, labels)
 
-    def adopt(self, name: str, pid: int | None = None, netns_path: str | None = None) -> Sandbox:
+    def adopt(self, name: str, pid: int | None = None, netns_path: str | None = None, *,
+              networks: Sequence[EndpointRequest] = (), ports: Sequence[PortMapping] = (),
+              labels: Mapping[str, str] | None = None) -> Sandbox:
+        """Take a process's (``pid``) or a bind-mounted (``netns_path``) namespace as a sandbox, with
+        endpoints and published ports as ``create_sandbox``; the namespace is never deleted by us."""
         from overlays.engine import sandboxes
 
-        return sandboxes.adopt(self.ctx, name, pid, netns_path)
+        return sandboxes.adopt(self.ctx, name, pid, netns_path, networks=networks, ports=ports, labels=labels)
 
     def start(self, name: str, argv: Sequence[str]) -> int:
         """Run ``argv`` in the sandbox in the background; returns its PID."""
@@ -194,10 +200,20 @@ class Engine:
 
         sandboxes.remove_many(self.ctx, names, force)
 
-    def connect(self, network: str, sandbox: str, ip: IPAddress | None = None) -> Endpoint:
+    def connect(self, network: str | EndpointRequest, sandbox: str, ip: IPAddress | None = None) -> Endpoint:
+        """Attach ``sandbox`` to a network: its name (with ``ip``), or a whole EndpointRequest (MAC, interface
+        name, aliases)."""
         from overlays.engine import endpoints
+        from overlays.model.specs import EndpointRequest
 
-        return endpoints.connect(self.ctx, network, sandbox, ip)
+        request = network if isinstance(network, EndpointRequest) else EndpointRequest(network, ip)
+        return endpoints.connect(self.ctx, sandbox, request)
+
+    def check(self, name: str) -> list[str]:
+        """Read-only: what the kernel lacks against the sandbox's record ([] when it is whole)."""
+        from overlays.engine import repair
+
+        return repair.sandbox_problems(self.ctx, name)
 
     def disconnect(self, network: str, sandbox: str) -> None:
         from overlays.engine import endpoints

@@ -11,6 +11,7 @@ releases it once its kernel objects are gone.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,11 +19,11 @@ from pathlib import Path
 from overlays.engine import firewall, ports, records
 from overlays.engine.context import Context, NodeTxn
 from overlays.engine.netdrivers import driver_for, driver_named
-from overlays.errors import NotFound
+from overlays.errors import Conflict, NotFound
 from overlays.kernel.api import Links
 from overlays.model.names import sandbox_ifname
 from overlays.model.specs import EndpointRequest
-from overlays.model.state import Endpoint, IPAddress, Network, Sandbox
+from overlays.model.state import Endpoint, Network, Sandbox
 from overlays.undo import Undo
 
 Networks = Mapping[str, Network]
@@ -67,17 +68,29 @@ def left(ctx: Context, eps: Iterable[Endpoint], networks: Networks) -> None:
             driver_for(networks[name]).left(ctx, host, networks[name])
 
 
-def connect(ctx: Context, network: str, sandbox: str, ip: IPAddress | None = None) -> Endpoint:
-    """Attach a sandbox to one more network; it appears as the next free ethN."""
-    request = EndpointRequest(network, ip)
+def ifnames(sandbox: str, requests: Sequence[EndpointRequest], used: Iterable[str] = ()) -> list[str]:
+    """The interface each request gets in the sandbox: the name asked for, else the next free ethN."""
+    taken = set(used)
+    for r in requests:
+        if r.ifname in taken:
+            raise Conflict(f"sandbox {sandbox} already has an interface {r.ifname}")
+    taken |= {r.ifname for r in requests if r.ifname}
+    free = (name for name in map(sandbox_ifname, itertools.count()) if name not in taken)
+    return [r.ifname or next(free) for r in requests]
+
+
+def connect(ctx: Context, sandbox: str, request: EndpointRequest) -> Endpoint:
+    """Attach a sandbox to one more network; it appears as the interface asked for, or the next free ethN."""
+    network = request.network
 
     def record(txn: NodeTxn) -> tuple[Sandbox, Endpoint, dict[str, Network]]:
         box = records.get_sandbox(txn, sandbox)
         nets = records.networks_named(txn, [e.network for e in box.endpoints] + [network], missing_ok=True)
         if network not in nets:
             records.get_network(txn, network)  # raises NotFound
-        used = {e.ifname for e in box.endpoints}
-        ifname = next(sandbox_ifname(i) for i in range(len(used) + 1) if sandbox_ifname(i) not in used)
+        if box.endpoint(network) is not None:
+            raise Conflict(f"sandbox {sandbox} is already connected to network {network}")
+        (ifname,) = ifnames(sandbox, [request], (e.ifname for e in box.endpoints))
         ep = allocate(txn, ctx, nets[network], sandbox, request, ifname)
         txn.put(records.sandbox_key(sandbox), box.to_record())  # a concurrent rm of the sandbox now conflicts
         return box, ep, nets

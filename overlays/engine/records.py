@@ -6,6 +6,7 @@ This host's own records (under ``nodes/<node>/``, see context.NodeTxn):
     sandboxes/<name>                a Sandbox (without its endpoints)
     endpoints/<sandbox>/<network>   an Endpoint
     ipam/<network>/<ip>             an address taken (see ipam)
+    macs/<network>/<mac>            a MAC asked for (derived MACs follow their address)
     ports/<proto>/<port>            who publishes a host port (see engine.ports)
     topologies/<name>               what a topology file's ``up`` made (see topology)
     meta/networks                   bumped by every network create/remove, so
@@ -44,6 +45,11 @@ def sandbox_key(name: str) -> str:
 
 def endpoint_key(sandbox: str, network: str) -> str:
     return f"endpoints/{sandbox}/{network}"
+
+
+def mac_key(network: str, mac: str) -> str:
+    """A MAC asked for on a network (derived ones need no claim: they follow the address)."""
+    return f"macs/{network}/{mac}"
 
 
 def port_claim_key(protocol: str, port: int) -> str:

@@ -44,6 +44,9 @@ def sandbox_problems(ctx: Context, name: str) -> list[str]:
                 found.append(f"network {ep.network} of sandbox {name} is missing")
                 continue
             found += driver_for(net).endpoint_problems(ctx, host, inside, net, ep)
+        routed = any(driver_for(net).routes_out(net) for net in nets.values())
+        if routed and not inside.has_default_route():
+            found.append(f"sandbox {name} has no default route")
     return found
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,22 +22,23 @@ from overlays.engine.endpoints import Networks
 from overlays.engine.netdrivers import driver_named
 from overlays.errors import Conflict, InvalidSpec, NotFound, OverlaysError
 from overlays.kernel import process
-from overlays.model.names import netns_name, sandbox_ifname, validate_name
-from overlays.model.specs import SandboxSpec
+from overlays.model.names import netns_name
+from overlays.model.ports import PortMapping
+from overlays.model.specs import EndpointRequest, SandboxSpec
 from overlays.model.state import Endpoint, Sandbox
 from overlays.undo import Undo, best_effort
 
 
-def _record(ctx: Context, box: Sandbox, spec: SandboxSpec | None) -> tuple[list[Endpoint], Networks, list[Publish]]:
+def _record(ctx: Context, box: Sandbox, spec: SandboxSpec) -> tuple[list[Endpoint], Networks, list[Publish]]:
     """One transaction: the sandbox (its name must be free), its endpoints (pending) and its port claims."""
 
     def do(txn: NodeTxn) -> tuple[list[Endpoint], Networks, list[Publish]]:
         if not txn.create(records.sandbox_key(box.name), box.to_record()):
             raise Conflict(f"sandbox {box.name} already exists")
-        reqs = spec.networks if spec else ()
-        nets = records.networks_named(txn, [r.network for r in reqs])
-        eps = [endpoints.allocate(txn, ctx, nets[r.network], box.name, r, sandbox_ifname(i))
-               for i, r in enumerate(reqs)]
+        nets = records.networks_named(txn, [r.network for r in spec.networks])
+        names = endpoints.ifnames(box.name, spec.networks)
+        eps = [endpoints.allocate(txn, ctx, nets[r.network], box.name, r, name)
+               for r, name in zip(spec.networks, names, strict=True)]
         if not box.ports:
             return eps, nets, []
         to = ports.require_target(box.name, eps, nets)
@@ -67,18 +68,50 @@ def _mark_ready(ctx: Context, box: Sandbox, eps: list[Endpoint]) -> Sandbox:
     return replace(ready, endpoints=tuple(replace(e, state="ready") for e in eps))
 
 
-def create(ctx: Context, spec: SandboxSpec) -> Sandbox:
+def create(ctx: Context, spec: SandboxSpec, labels: Mapping[str, str] | None = None) -> Sandbox:
     """A new namespace named after the sandbox, with loopback up and one endpoint per network."""
-    netns = netns_name(spec.name, ctx.instance)
-    box = Sandbox(name=spec.name, netns=netns, hostname=spec.hostname, created=time.time(), ports=spec.ports)
+    box = Sandbox(name=spec.name, netns=netns_name(spec.name, ctx.instance), hostname=spec.hostname,
+                  created=time.time(), ports=spec.ports, labels=_labels(labels))
+    return _build(ctx, box, spec, lambda: ctx.kernel.create_netns(box.netns))
+
+
+def adopt(ctx: Context, name: str, pid: int | None = None, netns_path: str | None = None, *,
+          networks: Sequence[EndpointRequest] = (), ports: Sequence[PortMapping] = (),
+          labels: Mapping[str, str] | None = None) -> Sandbox:
+    """Take an existing process's (or bind-mounted) namespace under our name, with endpoints and ports as ``run``.
+
+    The namespace stays its owner's: removing the sandbox (or a failure halfway) takes our
+    interfaces out of it and our name off it, and never deletes it.
+    """
+    spec = SandboxSpec.parse(name, list(networks), None, list(ports))
+    if (pid is None) == (netns_path is None):
+        raise InvalidSpec(f"sandbox {name}: give exactly one of --pid or --netns")
+    source = Path(f"/proc/{pid}/ns/net") if pid is not None else Path(str(netns_path))
+    if pid is not None and process.start_time(pid) is None:
+        raise NotFound(f"process {pid} does not exist")
+    if not source.exists():
+        raise NotFound(f"network namespace {source} does not exist")
+    ctx.require_root()
+    box = Sandbox(name=name, netns=netns_name(name, ctx.instance), adopted=True, pid=pid,
+                  pid_start=process.start_time(pid) if pid else None, created=time.time(), ports=spec.ports,
+                  labels=_labels(labels))
+    return _build(ctx, box, spec, lambda: ctx.kernel.adopt_netns(box.netns, source))
+
+
+def _labels(labels: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((labels or {}).items()))
+
+
+def _build(ctx: Context, box: Sandbox, spec: SandboxSpec, make_netns: Callable[[], Path]) -> Sandbox:
+    """The endpoint protocol for a whole sandbox: record it pending, make the kernel match, mark it ready."""
     with ctx.open_host() as host:
         ports.check_host_ips(host, spec.ports)
         eps, nets, publishes = _record(ctx, box, spec)
         undo = Undo()
         undo.push(f"forget sandbox {box.name}", _forget_now, ctx, replace(box, endpoints=tuple(eps)), nets)
         try:
-            path = ctx.kernel.create_netns(box.netns)
-            undo.push(f"delete netns {box.netns}", ctx.kernel.delete_netns, box.netns)
+            path = make_netns()
+            undo.push(f"release netns {box.netns}", ctx.kernel.delete_netns, box.netns)  # adopted: our name only
             with ctx.kernel.open_path(box.netns, path) as inside:
                 inside.ensure_up("lo")
                 for ep in eps:  # a veth of an earlier sandbox of this name, not yet freed (rm without waiting)
@@ -96,34 +129,6 @@ def create(ctx: Context, spec: SandboxSpec) -> Sandbox:
 def _forget_now(ctx: Context, box: Sandbox, nets: Networks) -> None:
     ctx.transact(lambda txn: _forget(txn, ctx, box))
     endpoints.left(ctx, box.endpoints, nets)
-
-
-def adopt(ctx: Context, name: str, pid: int | None = None, netns_path: str | None = None) -> Sandbox:
-    """Take an existing process's (or bind-mounted) namespace under our name, to connect it."""
-    validate_name("sandbox", name)
-    if (pid is None) == (netns_path is None):
-        raise InvalidSpec(f"sandbox {name}: give exactly one of --pid or --netns")
-    source = Path(f"/proc/{pid}/ns/net") if pid is not None else Path(str(netns_path))
-    if pid is not None and process.start_time(pid) is None:
-        raise NotFound(f"process {pid} does not exist")
-    if not source.exists():
-        raise NotFound(f"network namespace {source} does not exist")
-    ctx.require_root()
-    box = Sandbox(
-        name=name,
-        netns=netns_name(name, ctx.instance),
-        adopted=True,
-        pid=pid,
-        pid_start=process.start_time(pid) if pid else None,
-        created=time.time(),
-    )
-    _record(ctx, box, None)
-    try:
-        ctx.kernel.adopt_netns(box.netns, source)
-    except BaseException:
-        _forget_now(ctx, box, {})
-        raise
-    return _mark_ready(ctx, box, [])
 
 
 def remove(ctx: Context, name: str, force: bool = False, wait: bool = True) -> None:

@@ -34,10 +34,18 @@ NETNS_PREFIX = "ov-"
 OWNER_TAG = "overlays"
 
 
+# Words the command line gives a meaning of their own: ``run --network none`` is "no network", and
+# ``host`` is Docker's "the host's own network", which overlays does not offer under that name.
+RESERVED = {"network": {"none": "it means no network (run --network none)", "host": "it means the host's own network"}}
+
+
 def validate_name(kind: str, name: str) -> str:
     """Return ``name`` if it is a valid network or sandbox name, else raise InvalidSpec."""
     if not name:
         raise InvalidSpec(f"{kind} name is empty")
+    why = RESERVED.get(kind, {}).get(name)
+    if why:
+        raise InvalidSpec(f"{kind} name {name!r} is reserved: {why}")
     if len(name) > NAME_MAX:
         raise InvalidSpec(f"{kind} name {name!r} is too long ({len(name)} > {NAME_MAX} characters)")
     if not _NAME_RE.match(name):
@@ -97,9 +105,12 @@ def clean_name(text: str, fallback: str) -> str:
     return cleaned or fallback
 
 
+DERIVED_MAC_PREFIX = "02:6f:"
+
+
 def endpoint_mac(ip: IPAddress) -> str:
     """A locally administered MAC derived from an address: stable across re-use, so ARP caches stay right."""
-    return "02:6f:" + ":".join(f"{b:02x}" for b in ip.packed[-4:])
+    return DERIVED_MAC_PREFIX + ":".join(f"{b:02x}" for b in ip.packed[-4:])
 
 
 def bridge_mac(network: str, node: str) -> str:

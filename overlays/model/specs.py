@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from overlays.errors import InvalidSpec
-from overlays.model.names import IFNAME_MAX, validate_name
+from overlays.model.names import DERIVED_MAC_PREFIX, IFNAME_MAX, validate_name
 from overlays.model.ports import PortMapping, check_distinct
 from overlays.model.state import Endpoint as Endpoint
 from overlays.model.state import IPAddress as IPAddress
@@ -29,6 +30,7 @@ MTU_MIN = 576
 MTU_MAX = 65535
 DEFAULT_MTU = 1500
 _IFNAME_RE = re.compile(r"^[^\s/:]+$")  # what the kernel accepts as a name (dev_valid_name), less ':' (aliases)
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 def parse_cidr(what: str, text: str) -> IPNetwork:
@@ -130,16 +132,51 @@ class NetworkSpec:
 
 @dataclass(frozen=True)
 class EndpointRequest:
-    """One network a sandbox should join, with an optional static address."""
+    """One network a sandbox should join: optionally a static address, MAC, interface name, DNS aliases."""
 
     network: str
     ip: IPAddress | None = None
+    mac: str | None = None  # None: derived from the address
+    ifname: str | None = None  # None: the sandbox's next free ethN
+    aliases: tuple[str, ...] = ()  # more names it answers to on this network (DNS)
 
     @classmethod
-    def parse(cls, network: str, ip: str | None = None) -> EndpointRequest:
+    def parse(cls, network: str, ip: str | None = None, mac: str | None = None, ifname: str | None = None,
+              aliases: Sequence[str] = ()) -> EndpointRequest:
         validate_name("network", network)
         addr = parse_ip(f"--ip for network {network}", ip) if ip else None
-        return cls(network, addr)
+        return cls(network, addr, parse_mac(f"--mac for network {network}", mac) if mac else None,
+                   check_ifname(f"interface for network {network}", ifname) if ifname else None,
+                   check_aliases(network, aliases))
+
+
+def parse_mac(what: str, text: str) -> str:
+    """A unicast MAC address, in lower case; the 02:6f: block is overlays' own (derived from addresses)."""
+    mac = text.strip().lower()
+    if not _MAC_RE.match(mac):
+        raise InvalidSpec(f"{what} {text!r} is not a MAC address (like 02:42:ac:11:00:02)")
+    if int(mac[:2], 16) & 1:
+        raise InvalidSpec(f"{what} {text!r} is a multicast address: a sandbox needs a unicast one")
+    if mac == "00:00:00:00:00:00":
+        raise InvalidSpec(f"{what} {text!r} is the null address")
+    if mac.startswith(DERIVED_MAC_PREFIX):
+        raise InvalidSpec(f"{what} {text!r}: addresses starting {DERIVED_MAC_PREFIX} are overlays' own "
+                          "(derived from a sandbox's IP); choose another")
+    return mac
+
+
+def check_ifname(what: str, name: str) -> str:
+    """An interface name the kernel takes inside a sandbox (not ``lo``)."""
+    if len(name) > IFNAME_MAX or not _IFNAME_RE.match(name) or name in (".", "..", "lo"):
+        raise InvalidSpec(f"{what}: {name!r} is not an interface name a sandbox can use")
+    return name
+
+
+def check_aliases(network: str, aliases: Sequence[str]) -> tuple[str, ...]:
+    for alias in aliases:
+        if not _valid_hostname(alias):
+            raise InvalidSpec(f"alias {alias!r} on network {network} is not a valid DNS name")
+    return tuple(dict.fromkeys(aliases))
 
 
 @dataclass(frozen=True)
@@ -165,6 +202,10 @@ class SandboxSpec:
         dupes = {n for n in seen if seen.count(n) > 1}
         if dupes:
             raise InvalidSpec(f"sandbox {name}: network {sorted(dupes)[0]} given twice")
+        ifnames = [n.ifname for n in nets if n.ifname]
+        if len(set(ifnames)) != len(ifnames):
+            raise InvalidSpec(f"sandbox {name}: interface {sorted(i for i in ifnames if ifnames.count(i) > 1)[0]} "
+                              "given twice")
         if hostname is not None and not _valid_hostname(hostname):
             raise InvalidSpec(f"sandbox {name}: hostname {hostname!r} is invalid")
         published = check_distinct(name, ports or ())

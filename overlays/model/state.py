@@ -86,9 +86,13 @@ class Endpoint:
     mtu: int
     state: str = "pending"  # "pending" until wired, "ready", "removing" while a disconnect is under way
     driver: str = "bridge"  # its network's driver, so the endpoint can be released without reading the network
+    aliases: tuple[str, ...] = ()  # more names it answers to on its network (DNS)
+    mac_given: bool = False  # the MAC was asked for (and claimed), not derived from the address
 
     def to_record(self) -> dict[str, Any]:
         return {
+            "aliases": list(self.aliases),
+            "mac_given": self.mac_given,
             "driver": self.driver,
             "sandbox": self.sandbox,
             "network": self.network,
@@ -116,6 +120,8 @@ class Endpoint:
             mtu=int(r["mtu"]),
             state=r.get("state", "ready"),
             driver=r.get("driver") or ("overlay" if r.get("overlay") else "bridge"),  # records before drivers
+            aliases=tuple(r.get("aliases") or ()),
+            mac_given=bool(r.get("mac_given")),
         )
 
 
@@ -134,6 +140,10 @@ class Sandbox:
     created: float = 0.0
     endpoints: tuple[Endpoint, ...] = field(default=())
     ports: tuple[PortMapping, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()  # what its creator notes (a runtime: its container id), sorted
+
+    def label(self, key: str) -> str | None:
+        return dict(self.labels).get(key)
 
     def endpoint(self, network: str) -> Endpoint | None:
         return next((e for e in self.endpoints if e.network == network), None)
@@ -150,6 +160,7 @@ class Sandbox:
             "state": self.state,
             "created": self.created,
             "ports": [p.to_record() for p in self.ports],
+            "labels": dict(self.labels),
         }
 
     @classmethod
@@ -166,6 +177,7 @@ class Sandbox:
             created=float(r.get("created", 0.0)),
             endpoints=endpoints,
             ports=tuple(PortMapping.from_record(p) for p in r.get("ports") or ()),
+            labels=tuple(sorted((r.get("labels") or {}).items())),
         )
 
 

@@ -130,7 +130,7 @@ def _connect(lab: Lab, action: Action, record: Record) -> None:
     request = next(r for r in decl.spec.networks if r.network == action.network)
     engine = lab.engine(action.host)
     _ignore_missing(lambda: engine.disconnect(action.network, action.name))
-    engine.connect(action.network, action.name, request.ip)
+    engine.connect(request, action.name)
     _note_sandbox(lab, action, record)
 
 

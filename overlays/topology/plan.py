@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from overlays.engine import Engine, views
 from overlays.errors import Conflict, NotFound
+from overlays.model.specs import EndpointRequest
 from overlays.topology.spec import NetworkDecl, SandboxDecl, Topology
 
 HOST, OUTSIDE, AGENT, NETWORK, SANDBOX = "host", "outside", "agent", "network", "sandbox"
@@ -99,12 +100,25 @@ def network_print(decl: NetworkDecl) -> str:
 
 def sandbox_print(decl: SandboxDecl) -> str:
     s = decl.spec
-    return json.dumps({"networks": {r.network: str(r.ip) if r.ip else None for r in s.networks},
+    return json.dumps({"networks": {r.network: _endpoint_print(r) for r in s.networks},
                        "ports": sorted(str(p) for p in s.ports), "command": list(decl.command),
                        "hostname": s.hostname}, sort_keys=True)
 
 
-def _networks_of(fingerprint: str) -> dict[str, str | None]:
+def _endpoint_print(r: EndpointRequest) -> str | dict[str, Any] | None:
+    """How an endpoint's declaration prints: its address alone (as records before MACs and aliases), or all."""
+    if r.mac is None and not r.aliases:
+        return str(r.ip) if r.ip else None
+    return {"ip": str(r.ip) if r.ip else None, "mac": r.mac, "aliases": list(r.aliases)}
+
+
+def _connect_detail(declared: str | dict[str, Any] | None) -> str:
+    if isinstance(declared, dict):
+        return ", ".join(f"{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in declared.items() if v)
+    return f"ip {declared}" if declared else ""
+
+
+def _networks_of(fingerprint: str) -> dict[str, Any]:
     return dict(json.loads(fingerprint)["networks"])
 
 
@@ -216,11 +230,11 @@ def _sandbox_actions(box: SandboxDecl, old: str | None, new: str, engine: Engine
         if net not in after or after[net] != ip:
             actions.append(Action("disconnect", SANDBOX, host, name, network=net))
     attached = {ep.network for ep in current.endpoints}
-    for net, ip in after.items():
-        moved = net not in before or before[net] != ip
+    for net, declared in after.items():
+        moved = net not in before or before[net] != declared
         lost = (host, net) in recreated_networks or (net not in attached and not moved)
         if moved or lost:
-            actions.append(Action("connect", SANDBOX, host, name, f"ip {ip}" if ip else "", network=net))
+            actions.append(Action("connect", SANDBOX, host, name, _connect_detail(declared), network=net))
     if not actions:
         problems = engine.sandbox_problems(name)
         if problems:

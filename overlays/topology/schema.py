@@ -49,7 +49,9 @@ SANDBOX = {
                     "additionalProperties": {
                         "type": ["object", "null"],
                         "additionalProperties": False,
-                        "properties": {"ip": IP},
+                        "properties": {"ip": IP, "mac": {"type": "string", "description": "a static MAC"},
+                                       "aliases": {"type": "array", "items": {"type": "string"},
+                                                   "description": "more names it answers to on this network"}},
                     },
                 },
             ]

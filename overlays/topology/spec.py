@@ -142,6 +142,7 @@ def _join(path: str, key: str | int) -> str:
 TOP_KEYS = {"name", "hosts", "fabric", "outside", "networks", "sandboxes"}
 NETWORK_KEYS = {"subnet", "gateway", "ip_range", "mtu", "internal", "masquerade", "hosts", "driver", "vni", "parent"}
 SANDBOX_KEYS = {"host", "networks", "ports", "command", "hostname"}
+ENDPOINT_KEYS = {"ip", "mac", "aliases"}
 
 
 def load(path: str | Path) -> Topology:
@@ -279,22 +280,24 @@ def _endpoints(
 ) -> list[EndpointRequest]:
     if raw is None:
         return []
-    items: list[tuple[str, str | None, str]] = []
+    items: list[tuple[str, dict[str, Any], str]] = []
     if isinstance(raw, list):
         for i, net in enumerate(raw):
-            items.append((r.typed(net, _join(path, i), str, "a network name"), None, _join(path, i)))
+            items.append((r.typed(net, _join(path, i), str, "a network name"), {}, _join(path, i)))
     else:
         for net, body in r.mapping(raw, path, None).items():
-            opts = r.mapping(body, _join(path, net), {"ip"})
-            items.append((net, r.typed(opts.get("ip"), _join(_join(path, net), "ip"), str, "an IP address string"),
-                          _join(path, net)))
+            items.append((net, r.mapping(body, _join(path, net), ENDPOINT_KEYS), _join(path, net)))
     requests = []
-    for net, ip, where in items:
+    for net, opts, where in items:
         if net not in known:
             raise r.fail(where, f"unknown network {net!r}" + (f" (declared: {', '.join(known)})" if known else ""))
         if host not in known[net].hosts:
             raise r.fail(where, f"network {net} does not exist on host {host}")
-        requests.append(r.at(where, EndpointRequest.parse, net, ip))
+        ip = r.typed(opts.get("ip"), _join(where, "ip"), str, "an IP address string")
+        mac = r.typed(opts.get("mac"), _join(where, "mac"), str, "a MAC address string")
+        aliases = r.typed(opts.get("aliases"), _join(where, "aliases"), list, "a list of names") or []
+        names = [r.typed(a, _join(_join(where, "aliases"), i), str, "a name") for i, a in enumerate(aliases)]
+        requests.append(r.at(where, EndpointRequest.parse, net, ip, mac, aliases=names))
     return requests
 
 

@@ -68,6 +68,8 @@ class NetworkDriver:
         records.bump_network_generation(txn)
         scope.delete(records.network_key(network.name))
         ipam.release_all(scope, network.name)
+        for key in scope.range(records.mac_key(network.name, "")):
+            scope.delete(key)
 
     def users(self, txn: NodeTxn, ctx: Context, network: Network) -> list[str]:
         """The sandboxes attached to the network (``node/sandbox`` where it spans hosts)."""
@@ -78,8 +80,12 @@ class NetworkDriver:
         """Take an address on ``network`` for ``sandbox`` and record the endpoint as pending."""
         if txn.get(records.endpoint_key(sandbox, network.name)) is not None:
             raise Conflict(f"sandbox {sandbox} is already connected to network {network.name}")
-        ip = ipam.allocate(self.scope(txn), network, self.owner(ctx, sandbox), request.ip)
-        ep = self.endpoint(ctx, network, sandbox, ifname, ip)
+        scope, owner = self.scope(txn), self.owner(ctx, sandbox)
+        ip = ipam.allocate(scope, network, owner, request.ip)
+        if request.mac is not None:  # a MAC asked for is claimed on the network (derived ones are unique by address)
+            _claim_mac(scope, network, request.mac, owner)
+        ep = replace(self.endpoint(ctx, network, sandbox, ifname, ip), aliases=request.aliases,
+                     mac=request.mac or endpoint_mac(ip), mac_given=request.mac is not None)
         txn.put(records.endpoint_key(sandbox, network.name), ep.to_record())
         return ep
 
@@ -101,6 +107,8 @@ class NetworkDriver:
         """Forget the endpoint and free its address (its network may be gone already)."""
         txn.delete(records.endpoint_key(ep.sandbox, ep.network))
         ipam.release(self.scope(txn), ep.network, ep.ip)
+        if ep.mac_given:
+            self.scope(txn).delete(records.mac_key(ep.network, ep.mac))
 
     # -- kernel steps ------------------------------------------------------------------------------------------------
 
@@ -148,6 +156,12 @@ class NetworkDriver:
 
     def endpoint_problems(self, ctx: Context, host: Links, inside: Links, network: Network, ep: Endpoint) -> list[str]:
         return []
+
+
+def _claim_mac(scope: Txn, network: Network, mac: str, owner: str) -> None:
+    if not scope.create(records.mac_key(network.name, mac), {"owner": owner}):
+        holder = (scope.get(records.mac_key(network.name, mac)) or {}).get("owner", "?")
+        raise Conflict(f"MAC {mac} on network {network.name} is already taken by {holder}")
 
 
 def mark_ready(driver: NetworkDriver, txn: NodeTxn, network: Network) -> Network:

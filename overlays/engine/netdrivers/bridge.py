@@ -60,7 +60,7 @@ class BridgeDriver(NetworkDriver):
 
     def attach(self, ctx: Context, host: Links, inside: Links, inside_path: Path, network: Network, ep: Endpoint,
                undo: Undo) -> None:
-        if bridge.bridge_problems(host, network, _mac(ctx, network)):
+        if not bridge.bridge_ready(host, network, _mac(ctx, network)):
             self._bridge(ctx, host, network)  # completes a network left half-made
         bridge.attach_veth(host, inside, inside_path, network, ep, ctx.instance, undo,
                            default_route=self.routes_out(network))
@@ -78,10 +78,10 @@ class BridgeDriver(NetworkDriver):
         return True  # internal networks too: their gateway is reachable, the firewall keeps the rest in
 
     def problems(self, ctx: Context, host: Links, network: Network) -> list[str]:
-        return bridge.bridge_problems(host, network, _mac(ctx, network))
+        return bridge.bridge_problems(host, network, _mac(ctx, network), with_gateway=True)
 
     def endpoint_problems(self, ctx: Context, host: Links, inside: Links, network: Network, ep: Endpoint) -> list[str]:
-        return bridge.veth_problems(host, network, ep)
+        return bridge.veth_problems(host, network, ep) or bridge.inside_problems(inside, ep)
 
 
 def _mac(ctx: Context, network: Network) -> str:

@@ -130,7 +130,7 @@ class OverlayDriver(NetworkDriver):
         return f"overlay network {network.name} (east-west only: there is no way in from the host)"
 
     def endpoint_problems(self, ctx: Context, host: Links, inside: Links, network: Network, ep: Endpoint) -> list[str]:
-        return bridge.veth_problems(host, network, ep)
+        return bridge.veth_problems(host, network, ep) or bridge.inside_problems(inside, ep)
 
 
 def _lock_name(network: Network) -> str:
