@@ -261,6 +261,21 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
         # in stdout's buffer goes to /dev/null, so the flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as e:  # never a traceback: one line, and the way to see more
+        if os.environ.get("OVERLAYS_DEBUG"):
+            raise
+        return _unexpected(e, _command_of(args))
+
+
+def _unexpected(e: Exception, command: str | None) -> int:
+    """What nothing above turned into an OverlaysError: the system's refusal, or a bug of ours."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f": {e.filename}" if e.filename else ""
+        print(f"overlays: error: {e.strerror}{where}", file=sys.stderr)
+        return 125 if command in FOREGROUND_COMMANDS else 1
+    print(f"overlays: internal error: {type(e).__name__}: {' '.join(str(e).split())} (a bug of overlays: please "
+          "report it; OVERLAYS_DEBUG=1 shows where)", file=sys.stderr)
+    return 70  # EX_SOFTWARE
 
 
 def run() -> None:

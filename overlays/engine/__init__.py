@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from overlays.engine import views
 from overlays.engine.context import Context, instance_id
-from overlays.errors import NotPermitted, StoreError
+from overlays.errors import InvalidSpec, NotPermitted, StoreError
 from overlays.model.names import clean_name, validate_name
 
 if TYPE_CHECKING:  # annotations only: the spec classes are built by the commands that take them
@@ -48,7 +48,13 @@ def _open_store(url: str | None, state_dir: Path) -> Store:
         return _open_sqlite(state_dir)
     from overlays.store import open_store
 
-    if not url.startswith("etcd://"):
+    scheme, sep, _ = url.partition("://")
+    if sep and scheme != "etcd":
+        raise InvalidSpec(f"--store {url}: unknown scheme {scheme!r} (give etcd://HOST:PORT[,...] or the path of a "
+                          "SQLite file)")
+    if not sep:
+        if Path(url).is_dir():
+            raise InvalidSpec(f"--store {url} is a directory: give the path of a SQLite file (say {url}/state.db)")
         _open_sqlite(Path(url).parent).close()  # creates the folder with clear errors
     return open_store(url)
 

@@ -29,12 +29,15 @@ from overlays.model.state import Endpoint, Sandbox
 from overlays.undo import Undo, best_effort
 
 
-def _record(ctx: Context, box: Sandbox, spec: SandboxSpec) -> tuple[list[Endpoint], Networks, list[Publish]]:
+def _record(ctx: Context, box: Sandbox, spec: SandboxSpec, check: Callable[[NodeTxn], None] | None = None,
+            ) -> tuple[list[Endpoint], Networks, list[Publish]]:
     """One transaction: the sandbox (its name must be free), its endpoints (pending) and its port claims."""
 
     def do(txn: NodeTxn) -> tuple[list[Endpoint], Networks, list[Publish]]:
         if not txn.create(records.sandbox_key(box.name), box.to_record()):
             raise Conflict(f"sandbox {box.name} already exists")
+        if check is not None:
+            check(txn)
         nets = records.networks_named(txn, [r.network for r in spec.networks])
         names = endpoints.ifnames(box.name, spec.networks)
         eps = [endpoints.allocate(txn, ctx, nets[r.network], box.name, r, name)
@@ -86,27 +89,44 @@ def adopt(ctx: Context, name: str, pid: int | None = None, netns_path: str | Non
     spec = SandboxSpec.parse(name, list(networks), None, list(ports))
     if (pid is None) == (netns_path is None):
         raise InvalidSpec(f"sandbox {name}: give exactly one of --pid or --netns")
-    source = Path(f"/proc/{pid}/ns/net") if pid is not None else Path(str(netns_path))
     if pid is not None and process.start_time(pid) is None:
         raise NotFound(f"process {pid} does not exist")
-    if not source.exists():
-        raise NotFound(f"network namespace {source} does not exist")
     ctx.require_root()
+    source = Path(f"/proc/{pid}/ns/net") if pid is not None else Path(str(netns_path))
+    found = ctx.kernel.namespace_of(source)
+    host = ctx.kernel.netns_path(ctx.host_netns) if ctx.host_netns else Path("/proc/thread-self/ns/net")
+    if found == ctx.kernel.namespace_of(host):
+        raise InvalidSpec(f"sandbox {name}: {source} is the host's own network namespace ({ctx.host_label}); "
+                          "a sandbox needs one of its own")
     box = Sandbox(name=name, netns=netns_name(name, ctx.instance), adopted=True, pid=pid,
                   pid_start=process.start_time(pid) if pid else None, created=time.time(), ports=spec.ports,
                   labels=_labels(labels))
-    return _build(ctx, box, spec, lambda: ctx.kernel.adopt_netns(box.netns, source))
+    return _build(ctx, box, spec, lambda: ctx.kernel.adopt_netns(box.netns, source),
+                  check=lambda txn: _not_a_sandbox_s(ctx, txn, name, source, found))
+
+
+def _not_a_sandbox_s(ctx: Context, txn: NodeTxn, name: str, source: Path, found: object) -> None:
+    """Inside the record transaction: the namespace to adopt is no other sandbox's (made or adopted)."""
+    for other in records.list_sandboxes(txn):
+        path = ctx.kernel.netns_path(other.netns)
+        try:
+            theirs = ctx.kernel.namespace_of(path)
+        except OverlaysError:
+            continue  # its namespace is gone: nothing to share
+        if theirs == found:
+            raise Conflict(f"sandbox {name}: {source} is already sandbox {other.name}'s network namespace")
 
 
 def _labels(labels: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((labels or {}).items()))
 
 
-def _build(ctx: Context, box: Sandbox, spec: SandboxSpec, make_netns: Callable[[], Path]) -> Sandbox:
+def _build(ctx: Context, box: Sandbox, spec: SandboxSpec, make_netns: Callable[[], Path],
+           check: Callable[[NodeTxn], None] | None = None) -> Sandbox:
     """The endpoint protocol for a whole sandbox: record it pending, make the kernel match, mark it ready."""
     with ctx.open_host() as host:
         ports.check_host_ips(host, spec.ports)
-        eps, nets, publishes = _record(ctx, box, spec)
+        eps, nets, publishes = _record(ctx, box, spec, check)
         undo = Undo()
         undo.push(f"forget sandbox {box.name}", _forget_now, ctx, replace(box, endpoints=tuple(eps)), nets)
         try:

@@ -33,6 +33,10 @@ class LinuxKernel:
     def adopt_netns(self, name: str, source: Path) -> Path:
         return netns.adopt(name, source)
 
+    def namespace_of(self, path: Path) -> tuple[int, int]:
+        """Which network namespace ``path`` names (InvalidSpec if it names none)."""
+        return netns.network_namespace(path)
+
     def delete_netns(self, name: str) -> None:
         nft = sys.modules.get("overlays.kernel.nft")  # never loaded: no cached context to drop
         if nft is not None:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from overlays.errors import KernelError, NotFound
+from overlays.errors import InvalidSpec, KernelError, NotFound, NotPermitted
 
 if TYPE_CHECKING:
     import socket
@@ -58,6 +58,32 @@ def identity(path: str | Path) -> Identity:
     """Which namespace ``path`` names: its nsfs device and inode (two paths name one namespace iff equal)."""
     st = os.stat(path)
     return st.st_dev, st.st_ino
+
+
+NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type (linux/nsfs.h)
+
+
+def network_namespace(path: str | Path) -> Identity:
+    """The identity of the network namespace at ``path``; InvalidSpec if ``path`` is not one."""
+    import fcntl
+
+    try:
+        fd = os.open(str(path), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise NotFound(f"network namespace {path} does not exist") from e
+    except PermissionError as e:
+        raise NotPermitted(f"cannot open {path}: permission denied") from e
+    except OSError as e:
+        raise InvalidSpec(f"{path} is not a network namespace ({e.strerror})") from e
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError as e:
+        raise InvalidSpec(f"{path} is not a network namespace (not a namespace file)") from e
+    finally:
+        os.close(fd)
+    if kind != CLONE_NEWNET:
+        raise InvalidSpec(f"{path} is a namespace, but not a network namespace")
+    return identity(path)
 
 
 def _check(ret: int, what: str, obj: str) -> None:

@@ -33,6 +33,16 @@ _IFNAME_RE = re.compile(r"^[^\s/:]+$")  # what the kernel accepts as a name (dev
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
+# Ranges no network of sandboxes can use: they mean something else to every host (RFC 6890).
+SPECIAL_SUBNETS = tuple((ipaddress.IPv4Network(cidr), why) for cidr, why in (
+    ("0.0.0.0/8", "'this network' (source-only addresses)"),
+    ("127.0.0.0/8", "loopback (every host's own)"),
+    ("169.254.0.0/16", "link-local (never routed)"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved (with the limited broadcast 255.255.255.255)"),
+))
+
+
 def parse_cidr(what: str, text: str) -> IPNetwork:
     """Parse a subnet such as ``10.1.0.0/24``; host bits must be zero."""
     try:
@@ -45,6 +55,9 @@ def parse_cidr(what: str, text: str) -> IPNetwork:
         raise InvalidSpec(f"{what} {text!r}: only IPv4 is supported for now")
     if str(net.network_address) != text.split("/")[0]:
         raise InvalidSpec(f"{what} {text!r} has host bits set; did you mean {net}?")
+    for special, why in SPECIAL_SUBNETS:
+        if net.overlaps(special):
+            raise InvalidSpec(f"{what} {text!r} overlaps {special}, {why}: choose a private range (like 10.1.0.0/24)")
     return net
 
 

@@ -145,22 +145,74 @@ SANDBOX_KEYS = {"host", "networks", "ports", "command", "hostname"}
 ENDPOINT_KEYS = {"ip", "mac", "aliases"}
 
 
+MAX_FILE_BYTES = 1 << 20  # a topology of thousands of sandboxes is a few hundred KiB
+
+
 def load(path: str | Path) -> Topology:
     """Read and resolve a topology file."""
-    import yaml
-
     source = str(path)
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except FileNotFoundError as e:
         raise TopologyError(f"{source}: no such file (write one, or give -f FILE)") from e
+    except IsADirectoryError as e:
+        raise TopologyError(f"{source}: is a directory, not a topology file") from e
     except OSError as e:
         raise TopologyError(f"{source}: cannot read: {e.strerror}") from e
+    if len(data) > MAX_FILE_BYTES:
+        raise TopologyError(f"{source}: {len(data)} bytes is too large for a topology file "
+                            f"(at most {MAX_FILE_BYTES >> 20} MiB)")
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode()
+    except UnicodeDecodeError as e:
+        raise TopologyError(f"{source}: not a text file (byte {e.start} is not UTF-8)") from e
+    return resolve(parse_yaml(text, source), source, default_name=Path(path).stem)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML into plain data, with every error in one line: ``FILE: not valid YAML at line L, column C: what``.
+
+    Stricter than ``yaml.safe_load`` in one way: a key given twice in a mapping is an
+    error (PyYAML lets the later one silently win).
+    """
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # a SafeLoader: plain data only
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(part for part in (e.context, e.problem) if part)
+        raise TopologyError(f"{source}: not valid YAML{where}: {what}") from e
     except yaml.YAMLError as e:
-        raise TopologyError(f"{source}: not valid YAML: {e}") from e
-    return resolve(raw, source, default_name=Path(path).stem)
+        raise TopologyError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from e
+    except RecursionError as e:
+        raise TopologyError(f"{source}: nested too deeply to be a topology file") from e
+
+
+_LOADER: Any = None
+
+
+def _strict_loader() -> Any:
+    """A SafeLoader that refuses a mapping key given twice (made once, on first use: yaml loads lazily)."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class StrictLoader(yaml.SafeLoader):
+            def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=deep)
+                    if isinstance(key, (str, int, float, bool)) and key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark)
+                    if isinstance(key, (str, int, float, bool)):
+                        seen.add(key)
+                return super().construct_mapping(node, deep)
+
+        _LOADER = StrictLoader
+    return _LOADER
 
 
 def resolve(raw: Any, source: str = "<topology>", default_name: str = "topology") -> Topology:

@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from overlays.errors import Conflict, KernelError
+from overlays.errors import Conflict, KernelError, NotFound
 from overlays.kernel.rtnl_types import Link, Underlay
 from overlays.store import Store
 
@@ -40,6 +40,7 @@ class FakeKernel:
         self.sysctls: dict[tuple[str | None, str], str] = {}
         self.nft_scripts: list[tuple[str | None, str]] = []
         self.nft_tables: dict[str | None, dict[str, set[tuple[str, str]]]] = {}
+        self.adopted: dict[str, tuple[int, int]] = {}  # namespace name -> identity of what it adopted
 
     def snapshot(self) -> dict[str | None, tuple[object, ...]]:
         """Everything observable, to compare before and after an operation."""
@@ -82,7 +83,16 @@ class FakeKernel:
 
     def adopt_netns(self, name: str, source: Path) -> Path:
         self._add_ns(name)
+        self.adopted[name] = self.namespace_of(source)
         return ROOT / name
+
+    def namespace_of(self, path: Path) -> tuple[int, int]:
+        """A fake namespace's identity: the adopted one it names, else its path."""
+        if path.parent == ROOT and path.name in self.adopted:
+            return self.adopted[path.name]
+        if path.parent == ROOT and path.name not in self.namespaces:
+            raise NotFound(f"network namespace {path} does not exist")
+        return (0, hash(str(path)))
 
     def delete_netns(self, name: str) -> None:
         ns = self.namespaces.pop(name, None)
