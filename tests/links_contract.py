@@ -72,6 +72,14 @@ def test_contract_a_veth_end_is_made_inside_the_sandbox_and_goes_with_its_peer(w
         assert host.link("cv0") is None and inside.link("eth0") is None
 
 
+def test_contract_a_veth_of_that_name_made_for_another_is_not_ours(world: World) -> None:
+    path = world.kernel.netns_path(world.sandbox)
+    with world.open_host() as host:
+        host.ensure_veth("cv0", "overlays:t:sandbox=a", 1500, "eth0", path, MAC_B)
+        with pytest.raises(Conflict, match="not ours"):
+            host.ensure_veth("cv0", "overlays:t:sandbox=b", 1500, "eth1", path, MAC_B)
+
+
 def test_contract_a_veth_whose_peer_name_is_taken_is_refused(world: World) -> None:
     path = world.kernel.netns_path(world.sandbox)
     with world.open_host() as host:

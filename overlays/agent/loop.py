@@ -71,7 +71,7 @@ class Agent:
         local = self.ctx.transact(overlay.local_networks)
         for name in sorted(local if names is None else names & set(local)):
             net = local[name]
-            if host.link(vxlan_name(net.name, self.ctx.instance)) is None:
+            if host.link(vxlan_name(net.bridge)) is None:
                 continue  # the engine makes the device (and syncs it) when a sandbox joins
             added, removed = overlay.sync_here(self.ctx, host, net, self.vtep)
             if added or removed:

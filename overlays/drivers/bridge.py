@@ -109,6 +109,14 @@ def attach_veth(host: Links, sandbox: Links, sandbox_path: Path, net: Network, e
         sandbox.ensure_default_route(str(ep.gateway))
 
 
+def delete_leftover_veth(host: Links, ep: Endpoint, instance: str) -> None:
+    """A veth of an earlier sandbox of this name on this network, not yet freed (its namespace went without a
+    wait), is deleted; a link of that name that is anyone else's is left alone (attaching then refuses it)."""
+    link = host.link(ep.host_ifname)  # one request, answered ENODEV in the usual case
+    if link is not None and link.alias == endpoint_alias(instance, ep):
+        host.delete_link(ep.host_ifname)
+
+
 def detach_veth(host: Links, ep: Endpoint) -> None:
     """Deleting the host end removes the pair, and with it the sandbox's address and routes."""
     host.delete_link(ep.host_ifname)

@@ -75,20 +75,20 @@ def setup_network(host: Links, net: Network, underlay: Underlay, instance: str, 
     """The bridge (no address) and the VXLAN device exist, are up, and the device is a port of the bridge."""
     alias = network_alias(instance, net.name)
     setup_bridge(host, net, alias, bridge_mac, with_gateway=False)
-    device = vxlan_name(net.name, instance)
+    device = vxlan_name(net.bridge)
     host.ensure_vxlan(device, alias, _vni(net), underlay.ip, underlay.ifname, net.mtu, VXLAN_PORT)
     host.ensure_port(device, net.bridge)
 
 
 def device_ready(host: Links, net: Network, instance: str) -> bool:
     """The usual case, in two lookups: the VXLAN device is up and a port of the network's bridge."""
-    device, bridge = host.link(vxlan_name(net.name, instance)), host.link(net.bridge)
+    device, bridge = host.link(vxlan_name(net.bridge)), host.link(net.bridge)
     return device is not None and bridge is not None and device.master == bridge.index and device.up
 
 
 def teardown_network(host: Links, net: Network, instance: str) -> None:
     """Remove the VXLAN device (and with it its FDB and neighbour entries), then the bridge."""
-    host.delete_link(vxlan_name(net.name, instance))
+    host.delete_link(vxlan_name(net.bridge))
     host.delete_link(net.bridge)
 
 
@@ -105,7 +105,7 @@ def _wanted(local_vtep: str, remotes: Iterable[Remote]) -> tuple[set[tuple[str, 
 
 def in_sync(host: Links, net: Network, instance: str, local_vtep: str, remotes: Iterable[Remote]) -> bool:
     """Read-only: whether the device's entries are exactly those ``remotes`` call for."""
-    device = vxlan_name(net.name, instance)
+    device = vxlan_name(net.bridge)
     want_fdb, want_neigh = _wanted(local_vtep, remotes)
     return host.fdb(device) == want_fdb and host.neighbours(device) == want_neigh
 
@@ -117,7 +117,7 @@ def sync(host: Links, net: Network, instance: str, local_vtep: str, remotes: Ite
     Only differences are written, additions first (so a moved MAC is re-pointed in place,
     without a gap), then stale entries are removed.
     """
-    device = vxlan_name(net.name, instance)
+    device = vxlan_name(net.bridge)
     want_fdb, want_neigh = _wanted(local_vtep, remotes)
     have_fdb, have_neigh = host.fdb(device), host.neighbours(device)
     added = removed = 0

@@ -7,6 +7,7 @@ This host's own records (under ``nodes/<node>/``, see context.NodeTxn):
     endpoints/<sandbox>/<network>   an Endpoint
     ipam/<network>/<ip>             an address taken (see ipam)
     macs/<network>/<mac>            a MAC asked for (derived MACs follow their address)
+    ifnames/<name>                  a host-side interface name (a veth) and the endpoint holding it
     ports/<proto>/<port>            who publishes a host port (see engine.ports)
     topologies/<name>               what a topology file's ``up`` made (see topology)
     meta/networks                   bumped by every network create/remove, so
@@ -45,6 +46,11 @@ def sandbox_key(name: str) -> str:
 
 def endpoint_key(sandbox: str, network: str) -> str:
     return f"endpoints/{sandbox}/{network}"
+
+
+def ifname_key(name: str) -> str:
+    """A kernel interface name of this host held by an endpoint: who holds it."""
+    return f"ifnames/{name}"
 
 
 def mac_key(network: str, mac: str) -> str:

@@ -134,9 +134,8 @@ def _build(ctx: Context, box: Sandbox, spec: SandboxSpec, make_netns: Callable[[
             undo.push(f"release netns {box.netns}", ctx.kernel.delete_netns, box.netns)  # adopted: our name only
             with ctx.kernel.open_path(box.netns, path) as inside:
                 inside.ensure_up("lo")
-                for ep in eps:  # a veth of an earlier sandbox of this name, not yet freed (rm without waiting)
-                    if ep.host_ifname:
-                        host.delete_link(ep.host_ifname)  # one request, answered ENODEV in the usual case
+                for ep in eps:  # e.g. the veth of an earlier sandbox of this name, not yet freed (rm without a wait)
+                    driver_named(ep.driver).clear_leftovers(ctx, host, ep)
                 endpoints.wire(ctx, host, inside, path, eps, nets, undo)
             undo.push(f"unpublish the ports of {box.name}", firewall.unpublish, ctx, publishes)
             firewall.publish(ctx, publishes)

@@ -10,7 +10,9 @@ dirs, two host namespaces) from ever touching each other's sandboxes.
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 try:  # CPython's built-in SHA-1, the same digest: hashlib loads OpenSSL first (~12 ms of every command)
@@ -28,6 +30,7 @@ NAME_MAX = 63
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 BRIDGE_PREFIX = "ovb-"
+OVERLAY_BRIDGE_PREFIX = "ovn-"
 VETH_PREFIX = "ovv-"
 VXLAN_PREFIX = "ovx-"
 NETNS_PREFIX = "ov-"
@@ -62,26 +65,52 @@ def short_hash(*parts: str, length: int = 6) -> str:
     return digest[:length]
 
 
-def _fit(prefix: str, label: str, salt: str) -> str:
+def _fitted(prefix: str, label: str, salt: str) -> Iterator[str]:
+    """``prefix + label`` if it fits, else a cut of the label and a short hash; then other hashes, for ever.
+
+    A name is only a candidate: the engine takes the first one no other object of the
+    host holds (the store records who holds which), so two objects never share one.
+    """
     room = IFNAME_MAX - len(prefix)
     if len(label) <= room:
-        return prefix + label
-    return prefix + label[: room - 6] + "-" + short_hash(salt, label, length=5)
+        yield prefix + label
+    else:
+        yield prefix + label[: room - 6] + "-" + short_hash(salt, label, length=5)
+    for n in itertools.count(1):
+        yield prefix + label[: room - 6] + "-" + short_hash(salt, label, str(n), length=5)
+
+
+def bridge_names(network: str, instance: str) -> Iterator[str]:
+    """Candidate kernel names of a network's bridge on one host, e.g. ``ovb-front``."""
+    return _fitted(BRIDGE_PREFIX, network, instance)
 
 
 def bridge_name(network: str, instance: str) -> str:
-    """Kernel name of a network's bridge, e.g. ``ovb-front``."""
-    return _fit(BRIDGE_PREFIX, network, instance)
+    """The first candidate: the name a network's bridge gets unless another network holds it."""
+    return next(bridge_names(network, instance))
 
 
-def vxlan_name(network: str, instance: str) -> str:
-    """Kernel name of an overlay network's VXLAN device on one host, e.g. ``ovx-front``."""
-    return _fit(VXLAN_PREFIX, network, instance)
+def overlay_bridge_names(network: str) -> Iterator[str]:
+    """Candidate names of an overlay network's bridge, the same on every host, e.g. ``ovn-mesh``: a prefix of
+    their own, so they never meet a host's own bridges."""
+    return _fitted(OVERLAY_BRIDGE_PREFIX, network, "overlay")
+
+
+def vxlan_name(bridge: str) -> str:
+    """The VXLAN device beside an overlay network's bridge, e.g. ``ovx-mesh``: unique as the bridge's name is."""
+    return VXLAN_PREFIX + bridge[len(BRIDGE_PREFIX):]
+
+
+def veth_names(sandbox: str, network: str, instance: str) -> Iterator[str]:
+    """Candidate host-side names of a sandbox's veth on a network, e.g. ``ovv-web-1a2b3c``."""
+    yield VETH_PREFIX + sandbox[:4] + "-" + short_hash(instance, sandbox, network, length=6)
+    for n in itertools.count(1):
+        yield VETH_PREFIX + sandbox[:4] + "-" + short_hash(instance, sandbox, network, str(n), length=6)
 
 
 def veth_name(sandbox: str, network: str, instance: str) -> str:
-    """Host-side name of a sandbox's veth on a network, unique per (sandbox, network)."""
-    return VETH_PREFIX + sandbox[:4] + "-" + short_hash(instance, sandbox, network, length=6)
+    """The first candidate: the name a sandbox's veth gets unless another endpoint of the host holds it."""
+    return next(veth_names(sandbox, network, instance))
 
 
 def netns_name(sandbox: str, instance: str) -> str:

@@ -107,7 +107,7 @@ def _sandbox(b: Builder, me: str, box: Sandbox, networks: dict[str, Network], sh
             continue
         if net.driver == "overlay":
             vtep = str((shared.hosts.get(me) or {}).get("underlay", "unknown: no agent registered"))
-            device = vxlan_name(net.name, instance) if instance else None
+            device = vxlan_name(net.bridge)
             _leg(b, me, net, vtep, device)
         b.interface(node, network_id(ep.network, me), ep.ifname, f"{ep.ip}/{ep.prefixlen}", _endpoint_details(ep))
     b.published(me, box.name, box.ports)

@@ -14,7 +14,7 @@ from overlays.drivers import fabric
 from overlays.engine import DEFAULT_STATE_DIR
 from overlays.engine.context import instance_id
 from overlays.ipam import default_gateway
-from overlays.model.names import bridge_name
+from overlays.model.names import bridge_name, overlay_bridge_names
 from overlays.topology.plan import OUTSIDE
 from overlays.topology.spec import LOCAL_HOST, NetworkDecl, SandboxDecl, Topology
 from overlays.view.build import Builder, host_id, network_id, pairs
@@ -61,7 +61,7 @@ def _network(b: Builder, topo: Topology, decl: NetworkDecl, state: Path, host_ne
               ("mtu", spec.mtu or "the underlay's minus 50")]
     if decl.overlay:
         b.overlay_network(spec.name, subnet, str(spec.vni or AUTO),
-                          pairs([*common, ("vni", spec.vni or AUTO), ("bridge", bridge_name(spec.name, "overlay")),
+                          pairs([*common, ("vni", spec.vni or AUTO), ("bridge", next(overlay_bridge_names(spec.name))),
                                  ("hosts", ", ".join(decl.hosts)), ("way out", "none: east-west only")]))
         return
     if spec.parent is not None:
@@ -88,7 +88,7 @@ def _leg(b: Builder, topo: Topology, host: str, decl: NetworkDecl) -> None:
     """An overlay network's bridge and VXLAN device on a host that has sandboxes on it."""
     spec = decl.spec
     if not b.has(network_id(spec.name, host)):
-        vni, vtep, bridge = str(spec.vni or AUTO), _vtep(topo, host), bridge_name(spec.name, "overlay")
+        vni, vtep, bridge = str(spec.vni or AUTO), _vtep(topo, host), next(overlay_bridge_names(spec.name))
         b.overlay_leg(host, spec.name, vni, vtep, bridge,
                       pairs([("host", host), ("network", spec.name), ("bridge", bridge), ("vni", vni),
                              ("vtep", vtep)]))

@@ -112,8 +112,8 @@ def sync(side: Side, net: Network, instance: str, remotes: list[Remote]) -> tupl
 
 
 def test_devices_as_designed(overlay: tuple[Network, str, Side, Side]) -> None:
-    net, instance, one, _ = overlay
-    device = vxlan_name(net.name, instance)
+    net, _, one, _ = overlay
+    device = vxlan_name(net.bridge)
     (dev,) = ip_json(one.host, "-d", "link", "show", "dev", device)
     data = dev["linkinfo"]["info_data"]  # type: ignore[index]
     assert (data["id"], data["local"], data["link"], data["port"]) == (VNI, one.vtep, "ul0", 4789)
@@ -126,7 +126,7 @@ def test_devices_as_designed(overlay: tuple[Network, str, Side, Side]) -> None:
 
 def test_ping_across_hosts_after_sync(overlay: tuple[Network, str, Side, Side]) -> None:
     net, instance, one, two = overlay
-    device = vxlan_name(net.name, instance)
+    device = vxlan_name(net.bridge)
     everyone = [one.remote, two.remote]
 
     # (a) nothing programmed: ARP is suppressed and nothing is flooded, so no path.
@@ -183,7 +183,7 @@ def test_teardown_removes_both_devices(overlay: tuple[Network, str, Side, Side])
         vxlan.teardown_network(links, net, instance)
         vxlan.teardown_network(links, net, instance)  # missing is fine
     names = {str(link["ifname"]) for link in ip_json(one.host, "link", "show")}
-    assert not names & {net.bridge, vxlan_name(net.name, instance)}
+    assert not names & {net.bridge, vxlan_name(net.bridge)}
 
 
 def test_underlay_follows_the_default_route(make_netns: Callable[[str], str]) -> None:
@@ -203,7 +203,7 @@ def test_underlay_follows_the_default_route(make_netns: Callable[[str], str]) ->
 
 def test_vxlan_refusals(overlay: tuple[Network, str, Side, Side]) -> None:
     net, instance, one, _ = overlay
-    device = vxlan_name(net.name, instance)
+    device = vxlan_name(net.bridge)
     alias = f"overlays:{instance}:network={net.name}"
     with Rtnl.open(one.host) as links:
         with pytest.raises(Conflict, match=device):

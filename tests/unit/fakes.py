@@ -182,7 +182,10 @@ class FakeLinks:
             self.ns.links[name] = replace(have, mac=mac, up=True)
 
     def ensure_veth(self, name: str, alias: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str) -> None:
-        if self.link(name):
+        have = self.link(name)
+        if have:
+            if have.kind != "veth" or have.alias != alias:
+                raise Conflict(f"link {name} in {self.netns} exists and is not ours")
             return
         other = self.kernel.namespaces[peer_netns.name]
         if peer in other.links:

@@ -66,7 +66,7 @@ def net(host: FakeLinks) -> Network:
     return n
 
 
-DEV = vxlan_name("ovl", INSTANCE)
+DEV = vxlan_name(bridge_name("ovl", INSTANCE))
 A = Remote("10.202.0.2", "AA:00:00:00:00:02", "10.201.0.2")
 B = Remote("10.202.0.3", "aa:00:00:00:00:03", "10.201.0.2")
 C = Remote("10.202.0.4", "aa:00:00:00:00:04", "10.201.0.3")
@@ -75,10 +75,10 @@ MINE = Remote("10.202.0.1", "aa:00:00:00:00:01", LOCAL)
 
 
 def test_names_and_mtu() -> None:
-    assert vxlan_name("front", INSTANCE) == "ovx-front"
-    long = vxlan_name("a-very-long-network-name", INSTANCE)
+    assert vxlan_name(bridge_name("front", INSTANCE)) == "ovx-front"
+    long = vxlan_name(bridge_name("a-very-long-network-name", INSTANCE))
     assert long.startswith("ovx-") and len(long) <= IFNAME_MAX
-    assert long != vxlan_name("a-very-long-network-name2", INSTANCE)
+    assert long != vxlan_name(bridge_name("a-very-long-network-name2", INSTANCE))
     assert vxlan.overlay_mtu(1500) == 1450
 
 

@@ -19,6 +19,7 @@ It also says what its networks allow: published ports, a default route out.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
@@ -32,7 +33,7 @@ from overlays.kernel.api import Links
 from overlays.kernel.rtnl_types import Link, Underlay
 from overlays.model.names import endpoint_mac
 from overlays.model.specs import EndpointRequest, NetworkSpec
-from overlays.model.state import Endpoint, IPAddress, IPNetwork, Network
+from overlays.model.state import Endpoint, IPNetwork, Network
 from overlays.store.base import Txn
 from overlays.undo import Undo
 
@@ -84,8 +85,11 @@ class NetworkDriver:
         ip = ipam.allocate(scope, network, owner, request.ip)
         if request.mac is not None:  # a MAC asked for is claimed on the network (derived ones are unique by address)
             _claim_mac(scope, network, request.mac, owner)
-        ep = replace(self.endpoint(ctx, network, sandbox, ifname, ip), aliases=request.aliases,
-                     mac=request.mac or endpoint_mac(ip), mac_given=request.mac is not None)
+        host_ifname = next((n for n in self.host_ifnames(ctx, network, sandbox)
+                            if txn.create(records.ifname_key(n), {"owner": f"{sandbox}/{network.name}"})), "")
+        ep = Endpoint(sandbox=sandbox, network=network.name, ifname=ifname, host_ifname=host_ifname, ip=ip,
+                      prefixlen=network.subnet.prefixlen, gateway=network.gateway, mac=request.mac or endpoint_mac(ip),
+                      mtu=network.mtu, driver=self.name, aliases=request.aliases, mac_given=request.mac is not None)
         txn.put(records.endpoint_key(sandbox, network.name), ep.to_record())
         return ep
 
@@ -93,19 +97,19 @@ class NetworkDriver:
         """Who holds an address, as its allocation records it."""
         return sandbox
 
-    def endpoint(self, ctx: Context, network: Network, sandbox: str, ifname: str, ip: IPAddress) -> Endpoint:
-        return Endpoint(sandbox=sandbox, network=network.name, ifname=ifname,
-                        host_ifname=self.host_ifname(ctx, network, sandbox), ip=ip,
-                        prefixlen=network.subnet.prefixlen, gateway=network.gateway, mac=endpoint_mac(ip),
-                        mtu=network.mtu, driver=self.name)
+    def host_ifnames(self, ctx: Context, network: Network, sandbox: str) -> Iterator[str]:
+        """Candidate names of the endpoint's interface in the host namespace (none: it has none there).
 
-    def host_ifname(self, ctx: Context, network: Network, sandbox: str) -> str:
-        """The name of the endpoint's interface in the host namespace ("" if it has none there)."""
-        return ""
+        ``allocate`` takes the first one no other endpoint of this host holds, and the record
+        carries it: two endpoints never get one name, however their names are cut to fit.
+        """
+        return iter(())
 
     def release(self, txn: NodeTxn, ctx: Context, ep: Endpoint) -> None:
         """Forget the endpoint and free its address (its network may be gone already)."""
         txn.delete(records.endpoint_key(ep.sandbox, ep.network))
+        if ep.host_ifname:
+            txn.delete(records.ifname_key(ep.host_ifname))
         ipam.release(self.scope(txn), ep.network, ep.ip)
         if ep.mac_given:
             self.scope(txn).delete(records.mac_key(ep.network, ep.mac))
@@ -128,6 +132,9 @@ class NetworkDriver:
     def attach(self, ctx: Context, host: Links, inside: Links, inside_path: Path, network: Network, ep: Endpoint,
                undo: Undo) -> None:
         raise NotImplementedError
+
+    def clear_leftovers(self, ctx: Context, host: Links, ep: Endpoint) -> None:
+        """Before a new sandbox's endpoint is made: remove what an earlier one of the same name left behind."""
 
     def detach(self, ctx: Context, host: Links, inside: Links | None, ep: Endpoint) -> None:
         """Remove the endpoint's kernel objects (``inside`` is None when the sandbox's namespace is gone)."""
@@ -194,6 +201,12 @@ def check_new(txn: NodeTxn, spec: NetworkSpec, facts: HostFacts, routed_too: boo
             if route not in ours and subnet.overlaps(route):  # type: ignore[arg-type]
                 raise Conflict(f"network {spec.name}: subnet {subnet} overlaps {route}, routed by the host")
     return subnet
+
+
+def free_name(candidates: Iterable[str], taken: Iterable[str]) -> str:
+    """The first candidate no one holds."""
+    held = set(taken)
+    return next(name for name in candidates if name not in held)
 
 
 def new_network(spec: NetworkSpec, subnet: IPNetwork, mtu: int, bridge: str = "", vni: int | None = None,

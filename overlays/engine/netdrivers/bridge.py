@@ -6,16 +6,17 @@ published ports), so it comes up there with its bridge and leaves with it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from overlays import ipam
 from overlays.drivers import bridge
 from overlays.engine import firewall, records
 from overlays.engine.context import Context, NodeTxn
-from overlays.engine.netdrivers.base import HostFacts, NetworkDriver, check_new, new_network
-from overlays.errors import Conflict, OverlaysError
+from overlays.engine.netdrivers.base import HostFacts, NetworkDriver, check_new, free_name, new_network
+from overlays.errors import OverlaysError
 from overlays.kernel.api import Links
-from overlays.model.names import bridge_mac, bridge_name, veth_name
+from overlays.model.names import bridge_mac, bridge_names, veth_names
 from overlays.model.specs import DEFAULT_MTU, NetworkSpec
 from overlays.model.state import Endpoint, Network
 from overlays.undo import Undo, best_effort
@@ -27,17 +28,14 @@ class BridgeDriver(NetworkDriver):
 
     def record(self, txn: NodeTxn, ctx: Context, spec: NetworkSpec, facts: HostFacts) -> Network:
         subnet = check_new(txn, spec, facts, routed_too=True)
-        device = bridge_name(spec.name, ctx.instance)
-        clash = next((n for n in records.list_networks(txn) if n.bridge == device), None)
-        if clash:
-            raise Conflict(f"network {spec.name}: its bridge name {device} is taken by network {clash.name}")
+        device = free_name(bridge_names(spec.name, ctx.instance), (n.bridge for n in records.list_networks(txn)))
         network = new_network(spec, subnet, spec.mtu or DEFAULT_MTU, bridge=device)
         txn.put(records.network_key(network.name), network.to_record())
         ipam.reserve(txn, network, network.gateway, "gateway")
         return network
 
-    def host_ifname(self, ctx: Context, network: Network, sandbox: str) -> str:
-        return veth_name(sandbox, network.name, ctx.instance)
+    def host_ifnames(self, ctx: Context, network: Network, sandbox: str) -> Iterator[str]:
+        return veth_names(sandbox, network.name, ctx.instance)
 
     def setup(self, ctx: Context, host: Links, network: Network, undo: Undo) -> None:
         undo.push(f"delete bridge {network.bridge}", bridge.teardown_bridge, host, network)
@@ -64,6 +62,9 @@ class BridgeDriver(NetworkDriver):
             self._bridge(ctx, host, network)  # completes a network left half-made
         bridge.attach_veth(host, inside, inside_path, network, ep, ctx.instance, undo,
                            default_route=self.routes_out(network))
+
+    def clear_leftovers(self, ctx: Context, host: Links, ep: Endpoint) -> None:
+        bridge.delete_leftover_veth(host, ep, ctx.instance)
 
     def detach(self, ctx: Context, host: Links, inside: Links | None, ep: Endpoint) -> None:
         bridge.detach_veth(host, ep)

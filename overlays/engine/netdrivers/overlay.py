@@ -14,16 +14,17 @@ host's FDB and neighbour entries in line with the registrations.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from overlays import ipam
 from overlays.drivers import bridge, vxlan
 from overlays.engine import firewall, records
 from overlays.engine.context import Context, NodeTxn
-from overlays.engine.netdrivers.base import HostFacts, NetworkDriver, check_new, new_network
+from overlays.engine.netdrivers.base import HostFacts, NetworkDriver, check_new, free_name, new_network
 from overlays.errors import Conflict, InvalidSpec, NotFound
 from overlays.kernel.api import Links
-from overlays.model.names import bridge_mac, bridge_name, veth_name
+from overlays.model.names import bridge_mac, overlay_bridge_names, veth_names
 from overlays.model.specs import EndpointRequest, NetworkSpec
 from overlays.model.state import Endpoint, EndpointRegistration, HostRegistration, Network
 from overlays.store.base import Txn
@@ -52,7 +53,8 @@ class OverlayDriver(NetworkDriver):
         records.bump_network_generation(root)  # creates on other hosts check against it too
         subnet = check_new(txn, spec, facts, routed_too=False)
         mtu = spec.mtu or vxlan.overlay_mtu(facts.underlay.mtu if facts.underlay else 1500)
-        network = new_network(spec, subnet, mtu, bridge=bridge_name(spec.name, "overlay"), vni=_take_vni(root, spec))
+        bridge = free_name(overlay_bridge_names(spec.name), (n.bridge for n in records.list_networks(txn)))
+        network = new_network(spec, subnet, mtu, bridge=bridge, vni=_take_vni(root, spec))
         root.put(records.network_key(network.name), network.to_record())
         ipam.reserve(root, network, network.gateway, "gateway (reserved)")
         return network
@@ -79,8 +81,8 @@ class OverlayDriver(NetworkDriver):
     def owner(self, ctx: Context, sandbox: str) -> str:
         return f"{ctx.node}/{sandbox}"
 
-    def host_ifname(self, ctx: Context, network: Network, sandbox: str) -> str:
-        return veth_name(sandbox, network.name, ctx.instance)
+    def host_ifnames(self, ctx: Context, network: Network, sandbox: str) -> Iterator[str]:
+        return veth_names(sandbox, network.name, ctx.instance)
 
     def allocate(self, txn: NodeTxn, ctx: Context, network: Network, sandbox: str, request: EndpointRequest,
                  ifname: str) -> Endpoint:
@@ -112,6 +114,9 @@ class OverlayDriver(NetworkDriver):
         firewall.unfilter_bridged(ctx)
         vxlan.setup_network(host, network, underlay, ctx.instance, bridge_mac(network.name, ctx.node))
         sync_here(ctx, host, network, me.underlay)
+
+    def clear_leftovers(self, ctx: Context, host: Links, ep: Endpoint) -> None:
+        bridge.delete_leftover_veth(host, ep, ctx.instance)
 
     def detach(self, ctx: Context, host: Links, inside: Links | None, ep: Endpoint) -> None:
         bridge.detach_veth(host, ep)
