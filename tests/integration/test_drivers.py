@@ -137,3 +137,17 @@ def test_macvlan_in_a_topology_file(host: str, state_dir: Path, segment: tuple[s
     finally:
         lab.down()
         lab.close()
+
+
+def test_two_sandboxes_whose_veth_names_collide_both_work(cli: Cli, host: str, state_dir: Path) -> None:
+    from overlays.engine.context import instance_id
+    from tests.unit.test_names_collide_never import colliding_pair
+
+    first, second = colliding_pair("cn", instance_id(state_dir, host))
+    cli("network", "create", "cn", "--subnet", "10.35.0.0/24", check=True)
+    cli("run", "--name", first, "--network", "cn", check=True)
+    cli("run", "--name", second, "--network", "cn", check=True)
+    boxes = [json.loads(cli("inspect", n, "--json", check=True).stdout) for n in (first, second)]
+    assert boxes[0]["endpoints"][0]["host_interface"] != boxes[1]["endpoints"][0]["host_interface"]
+    for box in boxes:
+        assert can_ping(box["netns"], "10.35.0.1"), f"{box['name']} reaches its gateway"
