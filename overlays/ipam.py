@@ -102,6 +102,11 @@ def _given(txn: Txn, network: Network, addr: IPAddress) -> IPAddress:
     return addr
 
 
+def taken(txn: Txn, network: str) -> dict[str, str]:
+    """Every address taken on ``network``, with who holds it."""
+    return {k.rsplit("/", 1)[1]: str(v.get("owner", "?")) for k, v in txn.range(_key(network)).items()}
+
+
 def release(txn: Txn, network: str, ip: IPAddress) -> None:
     txn.delete(_key(network, ip))
 

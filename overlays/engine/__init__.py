@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from overlays.engine import views
 from overlays.engine.context import Context, instance_id
@@ -21,6 +22,7 @@ from overlays.model.names import clean_name, validate_name
 if TYPE_CHECKING:  # annotations only: the spec classes are built by the commands that take them
     import subprocess
 
+    from overlays.engine.context import NodeTxn
     from overlays.kernel.api import Kernel
     from overlays.model.ports import PortMapping
     from overlays.model.specs import Endpoint, EndpointRequest, IPAddress, Network, NetworkSpec, Sandbox, SandboxSpec
@@ -71,6 +73,14 @@ def _linux() -> Kernel:
     from overlays.kernel.linux import LinuxKernel
 
     return LinuxKernel()
+
+
+class HostView(NamedTuple):
+    """What a host namespace holds, as a plan checks it: its routes, addresses and links."""
+
+    routes: tuple[IPv4Network, ...]
+    addresses: tuple[IPv4Address, ...]
+    links: frozenset[str]
 
 
 class Engine:
@@ -250,6 +260,37 @@ class Engine:
         from overlays.engine import repair
 
         repair.repair_sandbox(self.ctx, name)
+
+    # what a plan checks before it changes anything (read-only)
+    def host_facts(self) -> HostView:
+        """The host namespace's routed prefixes, addresses and link names (NotFound if it does not exist)."""
+        with self.ctx.open_host() as host:
+            return HostView(tuple(host.route_prefixes()), tuple(host.addresses()),
+                            frozenset(link.name for link in host.links()))
+
+    def taken_addresses(self, network: str) -> dict[str, str]:
+        """Address -> who holds it, on one of this host's networks (or a shared one)."""
+        from overlays import ipam
+        from overlays.engine import records
+        from overlays.engine.netdrivers import driver_for
+
+        def read(txn: NodeTxn) -> dict[str, str]:
+            return ipam.taken(driver_for(records.get_network(txn, network)).scope(txn), network)
+
+        return self.ctx.transact(read)
+
+    def port_claims(self) -> dict[tuple[str, int], dict[str, str]]:
+        """(protocol, port) -> {host address or '*': the sandbox publishing it} on this host."""
+        from overlays.engine import ports
+
+        return self.ctx.transact(ports.all_claims)
+
+    def vni_holder(self, vni: int) -> str | None:
+        """The overlay network that holds a VNI, if any."""
+        from overlays.engine import records
+
+        found = self.ctx.transact(lambda txn: txn.root.get(records.vni_key(vni)))
+        return None if found is None else str(found.get("network"))
 
     # the overlay control plane, as seen from this host
     def registered(self) -> HostRegistration | None:

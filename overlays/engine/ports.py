@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 
 from overlays.drivers.firewall import Publish
 from overlays.engine.netdrivers import driver_for
-from overlays.engine.records import port_claim_key
+from overlays.engine.records import PORT_CLAIMS_PREFIX, port_claim_key
 from overlays.errors import Conflict, InvalidSpec
 from overlays.kernel.api import Links
 from overlays.model.ports import PortMapping
@@ -43,6 +43,15 @@ def claim(txn: Txn, sandbox: str, mappings: Iterable[PortMapping]) -> None:
             )
         bindings[m.host_key] = sandbox
         txn.put(claim_key(m), {"bindings": bindings})
+
+
+def all_claims(txn: Txn) -> dict[tuple[str, int], dict[str, str]]:
+    """Every port published on this host: (protocol, port) -> {host address or '*': sandbox}."""
+    found = {}
+    for key, value in txn.range(PORT_CLAIMS_PREFIX).items():
+        _, protocol, port = key.split("/")
+        found[(protocol, int(port))] = dict(value.get("bindings", {}))
+    return found
 
 
 def release(txn: Txn, sandbox: str, mappings: Iterable[PortMapping]) -> None:

@@ -58,8 +58,11 @@ def mac_key(network: str, mac: str) -> str:
     return f"macs/{network}/{mac}"
 
 
+PORT_CLAIMS_PREFIX = "ports/"
+
+
 def port_claim_key(protocol: str, port: int) -> str:
-    return f"ports/{protocol}/{port}"
+    return f"{PORT_CLAIMS_PREFIX}{protocol}/{port}"
 
 
 def topology_key(name: str) -> str:

@@ -75,11 +75,14 @@ class Infra:
         fabric.ensure_wire(self.kernel, self.name, self.wire(role), fabric.FABRIC_BRIDGE, route)
 
     def remove(self, role: str) -> None:
-        wire = self.wire(role)
-        if role == OUTSIDE and not self.topology.lab and self.kernel.netns_exists(wire.b_netns):
-            with self.kernel.open(wire.a_netns) as host:
-                host.delete_link(wire.a_if)
-        self.kernel.delete_netns(wire.b_netns)
+        """Remove ``role``'s namespace (its wire goes with it); by name only, so a role the topology no longer
+        declares (a host dropped from the file, or a rollback's) is removed all the same."""
+        if role == OUTSIDE and not self.topology.lab:
+            wire = self.wire(role)
+            if self.kernel.netns_exists(wire.b_netns):
+                with self.kernel.open(wire.a_netns) as host:
+                    host.delete_link(wire.a_if)
+        self.kernel.delete_netns(fabric.netns_of(self.name, role))
 
     def remove_switch(self) -> None:
         self.kernel.delete_netns(fabric.netns_of(self.name, "fabric"))

@@ -25,13 +25,13 @@ from overlays.engine import DEFAULT_STATE_DIR, Engine
 from overlays.errors import NotFound, OverlaysError
 from overlays.kernel.api import Kernel
 from overlays.model.state import Sandbox
-from overlays.topology import agents
+from overlays.topology import agents, preflight, restore
 from overlays.topology import check as checks
 from overlays.topology.apply import apply
 from overlays.topology.infra import Infra
 from overlays.topology.plan import AGENT, EVERYWHERE, HOST, NETWORK, OUTSIDE, SANDBOX, Action, Key, Record, plan
 from overlays.topology.plan import sandbox_print as fingerprint
-from overlays.topology.spec import LOCAL_HOST, Topology, load
+from overlays.topology.spec import LOCAL_HOST, Topology, failure, load
 
 Progress = Callable[[Action], None]
 
@@ -126,26 +126,63 @@ class Lab:
     # -- plan / up / down -----------------------------------------------------------
 
     def plan(self) -> list[Action]:
+        """What ``up`` would do; raises first whatever would make it fail (the file against the hosts and store)."""
         self.main.ctx.require_root()
         record = self.record()
+        preflight.check(self.topology, record, self.engine, self.infra.host_exists, failure(self.topology.source))
         return plan(self.topology, record, self.engine, self.infra.ok, lambda host: agents.alive(record, host))
 
     def up(self, progress: Progress | None = None) -> list[Action]:
-        """Converge to the topology; returns the actions taken (none when nothing changed)."""
+        """Converge to the topology; returns the actions taken (none when nothing changed).
+
+        Everything that can be known is checked first (``plan``). Whatever still fails while
+        the plan is applied is rolled back: the hosts converge again to the state before this
+        up, as its record describes it. An interruption (Ctrl-C, or a kill) is not rolled back:
+        the record says what was made, for the next ``up`` to complete or ``down`` to remove.
+        """
         actions = self.plan()
-        record = self.record()
-        record.source = self.topology.source
-        made = set(self._record_new_sandboxes(actions, record))
-        for action in actions:
-            if progress:
-                progress(action)
-            apply(self, action, record)
-            if action not in made:
-                self._save(record)
-        self._save(record)
+        before = self.record()
+        try:
+            self._apply_all(actions, progress)
+        except Exception as e:
+            self._roll_back(before, e)
+            raise
         if actions and self.topology.overlays:
             self.wait_converged()
         return actions
+
+    def _apply_all(self, actions: list[Action], progress: Progress | None) -> None:
+        record = self.record()
+        record.source = self.topology.source
+        made = set(self._record_new_sandboxes(actions, record))
+        try:
+            for action in actions:
+                if progress:
+                    progress(action)
+                apply(self, action, record)
+                if action not in made:
+                    self._save(record)
+        finally:
+            self._save(record)
+
+    def _roll_back(self, before: Record, failure: Exception) -> None:
+        """Converge back to ``before`` (every host's part); if that fails too, say both, keeping the record."""
+        back = Lab(restore.previous(before, self.topology), self.local_netns, self.state_dir, kernel=self.kernel,
+                   store_url=self.store_url, agent_ttl=self.agent_ttl)
+        try:
+            record = back.record()
+            actions = plan(back.topology, record, back.engine, back.infra.ok,
+                           lambda host: agents.alive(record, host))
+            back._apply_all(actions, None)
+            if self.topology.lab and not back.topology.lab:
+                back.infra.remove_switch()  # there were no hosts: no switch either
+            if not before.objects and not before.hosts and not before.outside:
+                back.main.save_topology_record(self.name, None)  # there was nothing: no record either
+        except Exception as e:
+            raise OverlaysError(f"{failure}; rolling back failed too: {e} (the record keeps what was made: "
+                                "run up again, or down)") from failure
+        finally:
+            back.close()
 
     def _record_new_sandboxes(self, actions: list[Action], record: Record) -> list[Action]:
         """Record the sandboxes about to be created, in one save, before any is made; return their actions.

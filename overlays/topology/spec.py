@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -88,6 +89,11 @@ class Topology:
     @cached_property
     def _sandboxes(self) -> dict[str, SandboxDecl]:  # a lab of 1000: one lookup per action, not a scan
         return {s.spec.name: s for s in self.sandboxes}
+
+
+def failure(source: str) -> Callable[[str, str], TopologyError]:
+    """How errors about ``source`` are made: ``fail(path, message)`` names the file and the path in it."""
+    return _Reader(source).fail
 
 
 class _Reader:
@@ -227,7 +233,11 @@ def resolve(raw: Any, source: str = "<topology>", default_name: str = "topology"
     outside = _outside(r, top.get("outside"))
     networks = _networks(r, r.mapping(top.get("networks"), "networks", None), hosts)
     sandboxes = _sandboxes(r, r.mapping(top.get("sandboxes"), "sandboxes", None), hosts, networks)
-    return Topology(name, source, hosts, fabric, outside, networks, sandboxes)
+    topology = Topology(name, source, hosts, fabric, outside, networks, sandboxes)
+    from overlays.topology import consistency  # it reads the types defined here
+
+    consistency.check(topology, r.fail)
+    return topology
 
 
 def _hosts(r: _Reader, raw: Any) -> tuple[str, ...]:

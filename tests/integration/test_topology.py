@@ -104,24 +104,79 @@ def test_drift_is_repaired_by_up(host: str, state_dir: Path) -> None:
 
 
 class _FailsSecondSandbox(FaultyKernel):
-    """The real kernel, except that making the second sandbox's namespace fails."""
+    """The real kernel, except that making the second sandbox's namespace fails (or is interrupted)."""
 
-    def __init__(self) -> None:
+    def __init__(self, failure: type[BaseException] = KernelError) -> None:
         super().__init__(LinuxKernel())
         self.sandboxes = 0
+        self.failure = failure
 
     def create_netns(self, name: str) -> Path:
         if name.startswith("ov-"):
             self.sandboxes += 1
             if self.sandboxes == 2:
-                raise KernelError("create netns", name, None, "injected failure")
+                if self.failure is KernelError:
+                    raise KernelError("create netns", name, None, "injected failure")
+                raise self.failure("injected interruption")
         return super().create_netns(name)
 
 
-def test_an_up_that_stops_halfway_is_completed_by_the_next_up(host: str, state_dir: Path) -> None:
+def test_an_up_that_fails_halfway_rolls_back_to_the_state_before(host: str, state_dir: Path) -> None:
     raw = example("three-tier.yaml")
     broken = lab_for(raw, host, state_dir, kernel=_FailsSecondSandbox())
     with pytest.raises(KernelError, match="injected failure"):
+        broken.up()
+    broken.close()
+    assert [str(link["ifname"]) for link in ip_json(host, "link", "show")] == ["lo"], "nothing is left"
+    assert leftovers(raw["name"]) == []
+    lab = lab_for(raw, host, state_dir)
+    try:
+        assert lab.record().objects == {}, "nor any record of it"
+        assert all(a.verb == "create" and not a.detail for a in lab.plan())
+        lab.up()
+        assert lab.plan() == [] and lab.check().passed
+    finally:
+        lab.down()
+        lab.close()
+
+
+@pytest.mark.parametrize("name", ["two-host-lab.yaml", "overlay-lab.yaml"])
+def test_a_lab_whose_first_up_fails_halfway_leaves_no_host_behind(name: str, host: str, state_dir: Path) -> None:
+    raw = example(name)
+    broken = lab_for(raw, host, state_dir, kernel=_FailsSecondSandbox())
+    with pytest.raises(KernelError, match="injected failure"):
+        broken.up()
+    assert broken.record().agents == {} and broken.record().hosts == []
+    broken.close()
+    assert leftovers(raw["name"]) == [], "every host's part, the switch and the agents are gone"
+
+
+def test_an_edit_that_fails_halfway_rolls_back_to_the_topology_before(host: str, state_dir: Path) -> None:
+    raw = example("three-tier.yaml")
+    lab = lab_for(raw, host, state_dir)
+    try:
+        lab.up()
+        before = (lab.record().objects, [b.endpoints for b in lab.main.sandboxes()])
+        edited = copy.deepcopy(raw)
+        edited["networks"]["extra"] = {"subnet": "10.79.0.0/24"}
+        edited["sandboxes"]["late1"] = {"networks": ["extra"]}
+        edited["sandboxes"]["late2"] = {"networks": ["extra"]}
+        broken = lab_for(edited, host, state_dir, kernel=_FailsSecondSandbox())
+        with pytest.raises(KernelError, match="injected failure"):
+            broken.up()
+        broken.close()
+        assert (lab.record().objects, [b.endpoints for b in lab.main.sandboxes()]) == before
+        assert "extra" not in {n.name for n in lab.main.networks()}
+        assert lab.plan() == [] and lab.check().passed
+    finally:
+        lab.down()
+        lab.close()
+
+
+def test_an_up_interrupted_halfway_is_completed_by_the_next_up(host: str, state_dir: Path) -> None:
+    raw = example("three-tier.yaml")
+    broken = lab_for(raw, host, state_dir, kernel=_FailsSecondSandbox(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
         broken.up()
     broken.close()
     lab = lab_for(raw, host, state_dir)
@@ -139,8 +194,8 @@ def test_an_up_that_stops_halfway_is_completed_by_the_next_up(host: str, state_d
 
 def test_down_after_an_up_that_stopped_halfway_removes_what_was_made(host: str, state_dir: Path) -> None:
     raw = example("three-tier.yaml")
-    broken = lab_for(raw, host, state_dir, kernel=_FailsSecondSandbox())
-    with pytest.raises(KernelError, match="injected failure"):
+    broken = lab_for(raw, host, state_dir, kernel=_FailsSecondSandbox(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
         broken.up()
     broken.down()  # the record names sandboxes that were never made: down must not trip on them
     broken.close()

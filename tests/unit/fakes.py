@@ -153,6 +153,9 @@ class FakeLinks:
     def link(self, name: str) -> Link | None:
         return self.ns.links.get(name)
 
+    def links(self) -> list[Link]:
+        return sorted(self.ns.links.values(), key=lambda link: link.index)
+
     def _need(self, name: str) -> Link:
         link = self.link(name)
         if link is None:
