@@ -74,15 +74,17 @@ def reserve(txn: Txn, network: Network, ip: IPAddress, owner: str) -> None:
         raise Conflict(f"address {ip} on network {network.name} is already taken by {holder}")
 
 
-def allocate(txn: Txn, network: Network, owner: str, requested: IPAddress | None = None) -> IPAddress:
-    """Give ``owner`` an address on ``network``: ``requested`` if free, else the first free one."""
+def allocate(txn: Txn, network: Network, owner: str, requested: IPAddress | None = None,
+             exclude: frozenset[IPAddress] = frozenset()) -> IPAddress:
+    """Give ``owner`` an address on ``network``: ``requested`` if free, else the first free one not in
+    ``exclude`` (addresses others are about to ask for by name: a topology's static ones)."""
     if requested is not None:
         _check_static(network, requested)
         reserve(txn, network, requested, owner)
         return requested
     hint = txn.peek(_hint_key(network.name))
     after = ipaddress.ip_address(hint["last"]) if hint else None
-    candidates = host_addresses(network.subnet, network.ip_range, after)
+    candidates = (a for a in host_addresses(network.subnet, network.ip_range, after) if a not in exclude)
     for addr in itertools.islice(candidates, PROBES):
         if txn.create(_key(network.name, addr), {"owner": owner}):
             return _given(txn, network, addr)

@@ -152,6 +152,8 @@ class EndpointRequest:
     mac: str | None = None  # None: derived from the address
     ifname: str | None = None  # None: the sandbox's next free ethN
     aliases: tuple[str, ...] = ()  # more names it answers to on this network (DNS)
+    # Addresses a dynamic allocation must not take: others are about to ask for them (a topology's static ones).
+    exclude: frozenset[IPAddress] = frozenset()
 
     @classmethod
     def parse(cls, network: str, ip: str | None = None, mac: str | None = None, ifname: str | None = None,

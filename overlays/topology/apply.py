@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from overlays.errors import NotFound
+from overlays.model.specs import EndpointRequest
 from overlays.topology import agents
 from overlays.topology.plan import (
     AGENT,
@@ -28,6 +30,7 @@ from overlays.topology.plan import (
 
 if TYPE_CHECKING:
     from overlays.topology.lab import Lab
+    from overlays.topology.spec import SandboxDecl
 
 Handler = Callable[["Lab", Action, Record], None]
 
@@ -99,11 +102,17 @@ def _note_sandbox(lab: Lab, action: Action, record: Record) -> None:
         record.objects[Key(action.host, SANDBOX, action.name)] = sandbox_print(decl)
 
 
+def _requests(lab: Lab, decl: SandboxDecl) -> list[EndpointRequest]:
+    """The declaration's endpoints, each kept off the addresses the file gives other sandboxes statically."""
+    return [replace(r, exclude=lab.static_addresses(r.network, decl)) if r.ip is None else r
+            for r in decl.spec.networks]
+
+
 def _create_sandbox(lab: Lab, action: Action, record: Record) -> None:
     decl = lab.topology.sandbox(action.name)
     assert decl is not None  # the plan made this action from the declaration
     engine = lab.engine(action.host)
-    engine.create_sandbox(decl.spec)
+    engine.create_sandbox(replace(decl.spec, networks=tuple(_requests(lab, decl))))
     if decl.command:
         engine.start(action.name, decl.command)
     _note_sandbox(lab, action, record)
@@ -127,7 +136,7 @@ def _repair_sandbox(lab: Lab, action: Action, record: Record) -> None:
 def _connect(lab: Lab, action: Action, record: Record) -> None:
     decl = lab.topology.sandbox(action.name)
     assert decl is not None
-    request = next(r for r in decl.spec.networks if r.network == action.network)
+    request = next(r for r in _requests(lab, decl) if r.network == action.network)
     engine = lab.engine(action.host)
     _ignore_missing(lambda: engine.disconnect(action.network, action.name))
     engine.connect(request, action.name)

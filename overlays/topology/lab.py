@@ -24,14 +24,14 @@ from overlays.drivers import fabric
 from overlays.engine import DEFAULT_STATE_DIR, Engine
 from overlays.errors import NotFound, OverlaysError
 from overlays.kernel.api import Kernel
-from overlays.model.state import Sandbox
+from overlays.model.state import IPAddress, Sandbox
 from overlays.topology import agents, preflight, restore
 from overlays.topology import check as checks
 from overlays.topology.apply import apply
 from overlays.topology.infra import Infra
 from overlays.topology.plan import AGENT, EVERYWHERE, HOST, NETWORK, OUTSIDE, SANDBOX, Action, Key, Record, plan
 from overlays.topology.plan import sandbox_print as fingerprint
-from overlays.topology.spec import LOCAL_HOST, Topology, failure, load
+from overlays.topology.spec import LOCAL_HOST, SandboxDecl, Topology, failure, load
 
 Progress = Callable[[Action], None]
 
@@ -108,6 +108,13 @@ class Lab:
         if eng:
             eng.close()
 
+    def static_addresses(self, network: str, asking: SandboxDecl) -> frozenset[IPAddress]:
+        """The addresses the file gives other sandboxes on ``network`` where ``asking`` joins it (its host, or
+        every host for an overlay): what a dynamic allocation for ``asking`` must leave free."""
+        overlay = self.topology.network(network).overlay
+        return frozenset(r.ip for b in self.topology.sandboxes if b is not asking and (overlay or b.host == asking.host)
+                         for r in b.spec.networks if r.network == network and r.ip is not None)
+
     def host_address(self, host: str) -> str:
         """The address by which the outside peer reaches ``host``."""
         return self.infra.host_address(host)
@@ -152,10 +159,15 @@ class Lab:
         return actions
 
     def _apply_all(self, actions: list[Action], progress: Progress | None) -> None:
+        """Apply ``actions`` in order, the record saved as they go; a sandbox to be recreated is removed first
+        of all, so that what it held (its published ports) is free for any sandbox the plan makes before it."""
         record = self.record()
         record.source = self.topology.source
         made = set(self._record_new_sandboxes(actions, record))
         try:
+            for action in actions:
+                if action.kind == SANDBOX and action.verb == "recreate":
+                    apply(self, Action("remove", SANDBOX, action.host, action.name), record)
             for action in actions:
                 if progress:
                     progress(action)

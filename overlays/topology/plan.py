@@ -163,7 +163,9 @@ def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
                 recreated_networks.add((host, decl.spec.name))
             actions += steps
 
-    for box in topo.sandboxes:
+    # Sandboxes with static addresses first: one given out dynamically must never take an address the file
+    # gives another sandbox (static addresses the store already holds are refused by preflight).
+    for box in sorted(topo.sandboxes, key=lambda b: not any(r.ip for r in b.spec.networks)):
         k = Key(box.host, SANDBOX, box.spec.name)
         if box.host in broken and record.objects.get(k) == desired[k]:
             actions.append(Action("repair", SANDBOX, box.host, box.spec.name, f"host {box.host} was rebuilt"))

@@ -90,6 +90,10 @@ def _sandboxes(topo: Topology, boxes: list[SandboxDecl], mine: set[str], view: H
     claims = engine.port_claims() if any(b.spec.ports for b in boxes) else {}
     existing = {n.name for n in engine.networks()}
     taken = {net: engine.taken_addresses(net) for net in _static_networks(boxes) if net in existing}
+    declared: dict[str, set[str]] = {}  # network -> the sandboxes of the file that stay on it
+    for b in boxes:
+        for r in b.spec.networks:
+            declared.setdefault(r.network, set()).add(b.spec.name)
     for box in boxes:
         path = f"sandboxes.{box.spec.name}"
         if box.command and not _runnable(box.command[0]):
@@ -97,7 +101,10 @@ def _sandboxes(topo: Topology, boxes: list[SandboxDecl], mine: set[str], view: H
                        f"{box.host if topo.lab else 'the engine'} (PATH={os.environ.get('PATH', '')})")
         for request in box.spec.networks:
             holder = taken.get(request.network, {}).get(str(request.ip)) if request.ip else None
-            if holder is not None and _owner_name(holder) not in mine and _owner_name(holder) != box.spec.name:
+            if holder is None or _owner_name(holder) == box.spec.name:
+                continue
+            keeps = _owner_name(holder) in declared.get(request.network, set())  # and will not let it go
+            if _owner_name(holder) not in mine or keeps:
                 raise fail(f"{path}.networks.{request.network}.ip",
                            f"address {request.ip} on network {request.network} is held by {holder}")
         for m in box.spec.ports:

@@ -82,7 +82,7 @@ class NetworkDriver:
         if txn.get(records.endpoint_key(sandbox, network.name)) is not None:
             raise Conflict(f"sandbox {sandbox} is already connected to network {network.name}")
         scope, owner = self.scope(txn), self.owner(ctx, sandbox)
-        ip = ipam.allocate(scope, network, owner, request.ip)
+        ip = ipam.allocate(scope, network, owner, request.ip, request.exclude)
         if request.mac is not None:  # a MAC asked for is claimed on the network (derived ones are unique by address)
             _claim_mac(scope, network, request.mac, owner)
         host_ifname = next((n for n in self.host_ifnames(ctx, network, sandbox)
