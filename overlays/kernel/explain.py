@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,12 +51,27 @@ class Recorder:
         return taken
 
 
-@dataclass(frozen=True)
 class Where:
-    """A namespace as the commands name it: ``name`` under /run/netns, ``path`` for one ip cannot name."""
+    """A namespace as the commands name it: ``name`` under /run/netns, ``path`` for one ip cannot name.
 
-    name: str | None = None
-    path: str | None = None
+    (Plain classes here, not dataclasses: every command loads this module, and a dataclass
+    costs a millisecond or two to define.)
+    """
+
+    __slots__ = ("name", "path")
+
+    def __init__(self, name: str | None = None, path: str | None = None) -> None:
+        self.name = name
+        self.path = path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Where) and (self.name, self.path) == (other.name, other.path)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.path))
+
+    def __repr__(self) -> str:
+        return f"Where({self.name!r}, {self.path!r})"
 
     @classmethod
     def of_path(cls, path: Path) -> Where:
@@ -95,7 +109,6 @@ def nft_command(where: Where, script: str) -> str:
     return where.run("nft -f - <<'EOF'\n" + "\n".join(lines) + "\nEOF")
 
 
-@dataclass
 class Known:
     """What this recording made itself, so that the steps after need not read it back.
 
@@ -104,9 +117,10 @@ class Known:
     changes one of these forgets it. Everything else is read before its step.
     """
 
-    down: set[tuple[Where, str]] = field(default_factory=set)
-    bare: set[tuple[Where, str]] = field(default_factory=set)
-    no_default_route: set[Where] = field(default_factory=set)
+    def __init__(self) -> None:
+        self.down: set[tuple[Where, str]] = set()
+        self.bare: set[tuple[Where, str]] = set()
+        self.no_default_route: set[Where] = set()
 
     def made(self, where: Where, name: str) -> None:
         self.down.add((where, name))
@@ -236,13 +250,13 @@ class ExplainingLinks:
     def ensure_up(self, name: str, ipv6: bool = True) -> None:
         lines = ([f"{self._ip} link set {q(name)} addrgenmode none"] if not ipv6 else [])  # before up: see Rtnl
         lines.append(f"{self._ip} link set {q(name)} up")
-        if (self._where, name) in self._known.down:
-            before: Link | None = None
-        else:
+        before: Link | None = None
+        if (self._where, name) not in self._known.down:
             before = self._before(name)
             if before is not None and before.up:
                 self._inner.ensure_up(name, ipv6)
                 return
+
         def said(before: Link | None, after: Link | None) -> None:
             if after is not None and after.up:
                 for line in lines:
@@ -282,7 +296,7 @@ class ExplainingLinks:
             self._say(add)
             self._say(tag)
         else:
-            self._came_up(name, before, replace(before, up=True))
+            self._came_up(name, before, self._inner.link(name))
 
     def delete_link(self, name: str) -> None:
         before = self._before(name)
