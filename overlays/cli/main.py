@@ -50,6 +50,7 @@ MODULES = {
     "check": "overlays.cli.topology",
     "schema": "overlays.cli.topology",
     "agent": "overlays.cli.agent",
+    "trace": "overlays.cli.trace",
     "graph": "overlays.cli.view",
     "ui": "overlays.cli.view",
     "cni": "overlays.cli.cni",
