@@ -126,6 +126,13 @@ class Known:
         self.down.add((where, name))
         self.bare.add((where, name))
 
+    def gone(self, where: Where, name: str | None = None) -> None:
+        """A link (``name`` None: the whole namespace) was deleted: what we knew of it no longer holds."""
+        for known in (self.down, self.bare):
+            known -= {k for k in known if k[0] == where and name in (None, k[1])}
+        if name is None:
+            self.no_default_route.discard(where)
+
 
 class ExplainingLinks:
     """A Links handle whose changing steps record their commands (reads pass straight through).
@@ -301,6 +308,7 @@ class ExplainingLinks:
     def delete_link(self, name: str) -> None:
         before = self._before(name)
         self._inner.delete_link(name)
+        self._known.gone(self._where, name)
         if before is not None:
             self._say(f"{self._ip} link del {q(name)}")
 
@@ -400,6 +408,7 @@ class Explaining:
     def delete_netns(self, name: str) -> None:
         existed = self._inner.netns_exists(name)
         self._inner.delete_netns(name)
+        self._known.gone(Where(name=name))
         if existed:
             self._say(f"ip netns del {q(name)}")
 

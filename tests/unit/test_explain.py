@@ -171,3 +171,18 @@ def test_the_journal_keeps_operations_newest_first_and_stays_short(tmp_path: Pat
         operations.append(tmp_path, "h4", f"op {i}", ["ip link set x up"])
     kept = operations.recent(tmp_path, "h4", limit=1000)
     assert len(kept) == operations.KEEP and kept[0].command == "op 99"  # compacted at every append past 2000
+
+
+def test_what_the_recording_made_is_forgotten_when_it_is_deleted(tmp_path: Path) -> None:
+    """A name made, deleted, and made again by someone else is read again, not assumed bare."""
+    kernel = FakeKernel(HOST)
+    rec = Recorder()
+    k = Explaining(kernel, rec)
+    with k.open(HOST) as host:
+        host.ensure_bridge("br0", "ours", 1500, "02:00:00:00:00:01")
+        host.delete_link("br0")
+        kernel.open(HOST).ensure_bridge("br0", "ours", 1500, "02:00:00:00:00:01")  # not through the recorder
+        kernel.open(HOST).ensure_address("br0", "10.0.0.1", 24)
+        rec.take()
+        host.ensure_address("br0", "10.0.0.1", 24)
+    assert rec.take() == []
