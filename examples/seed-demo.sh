@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The seed scenario, played by overlays on a host namespace of its own.
 # It never touches the real machine's network: the "host" is a namespace made here.
+# Each overlays step runs with --explain: the tool itself prints the ip, bridge, sysctl and
+# nft commands that do the same by hand, as it makes each change (its own messages as # comments).
 set -euo pipefail
 
 HOST="demo-host-$$"
@@ -13,6 +15,8 @@ bold=$'\e[1m'; dim=$'\e[2m'; reset=$'\e[0m'
 say()  { printf '\n%s%s%s\n' "$bold" "$*" "$reset"; }
 note() { printf '%s  %s%s\n' "$dim" "$*" "$reset"; }
 run()  { printf '  $ %s\n' "$*"; "$@" 2>&1 | sed 's/^/    /'; }
+# An overlays step and, indented under it, what it did in the kernel (from --explain).
+step() { printf '  $ overlays %s\n' "$*"; overlays --explain "$@" 2>&1 | sed "s/^/    /; s/^    \(# .*\)/    $dim\1$reset/"; }
 
 OUTSIDE="demo-out-$$"
 
@@ -32,19 +36,19 @@ run ip -n "$HOST" link set lo up
 
 say "1. Two sandboxes with no network, like 'docker run --network none'"
 note "Each sandbox is a network namespace of its own: only a loopback interface inside."
-run overlays run --name a --network none
-run overlays run --name b --network none
+step run --name a --network none
+step run --name b --network none
 run overlays exec a -- ip -br addr
 
 say "2. A network: a Linux bridge in the host, holding the gateway address"
-run overlays network create demo --subnet 10.12.0.0/24
+note "The bridge, its address, forwarding on, and overlays' own nftables table (egress masquerade, isolation)."
+step network create demo --subnet 10.12.0.0/24
 run ip -n "$HOST" -br addr show ovb-demo
 
 say "3. Connect both sandboxes"
-note "Each connect makes a veth pair: one end (eth0) inside the sandbox, the other a port of the bridge."
-note "The sandbox gets an address from the network's pool and a default route via the gateway."
-run overlays connect demo a
-run overlays connect demo b --ip 10.12.0.10
+note "Each connect is a veth pair (eth0 inside, a bridge port outside), an address and a default route."
+step connect demo a
+step connect demo b --ip 10.12.0.10
 run overlays exec a -- ip -br addr show eth0
 run overlays exec a -- ip route
 
@@ -64,22 +68,19 @@ run ip -n "$HOST" addr add 10.99.0.1/24 dev out0
 run ip -n "$HOST" link set out0 up
 run ip -n "$OUTSIDE" addr add 10.99.0.2/24 dev eth0
 run ip -n "$OUTSIDE" link set eth0 up
-note "The published port is one element in an nftables map of overlays' own table (DNAT to the sandbox)."
-run overlays run -d --name web --network demo -p 8080:80 -- python3 -m http.server 80
+note "The published port is one element of an nftables map of overlays' own table (DNAT to the sandbox)."
+step run -d --name web --network demo -p 8080:80 -- python3 -m http.server 80
 run overlays port web
-printf '  $ ip netns exec %s nft list ruleset | grep -A3 "map publish_any_tcp"\n' "$HOST"
-ip netns exec "$HOST" nft list ruleset | grep -A3 "map publish_any_tcp" | sed 's/^/    /'
 note "From outside, fetch http://HOST:8080/ (curl retries until the server listens):"
 printf '  $ ip netns exec %s curl -s http://10.99.0.1:8080/ | head -3\n' "$OUTSIDE"
 ip netns exec "$OUTSIDE" curl -s --retry 20 --retry-connrefused --retry-delay 1 --max-time 5 http://10.99.0.1:8080/ \
   | head -3 | sed 's/^/    /'
 
 say "7. Remove everything"
-note "rm stops the process and deletes the sandbox's namespace; the kernel removes its veth with it,"
-note "the address goes back to the pool, and its port leaves the map."
-run overlays rm -f a b web
-run overlays network rm demo
-note "With the last network gone, overlays' nftables table is gone too:"
+note "rm stops the process and deletes the sandbox's namespace (the kernel removes its veth with it);"
+note "the address goes back to the pool. With the last network, overlays' nftables table goes too."
+step rm -f a b web
+step network rm demo
 run ip netns exec "$HOST" nft list tables
 run ip -n "$HOST" -br link
 say "Done: only the veth we wired to the outside peer by hand is left; the host namespace goes too."

@@ -16,6 +16,7 @@ handler (its docstring is the help) and a function that declares its arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import signal
@@ -49,6 +50,7 @@ MODULES = {
     "check": "overlays.cli.topology",
     "schema": "overlays.cli.topology",
     "agent": "overlays.cli.agent",
+    "trace": "overlays.cli.trace",
     "graph": "overlays.cli.view",
     "ui": "overlays.cli.view",
     "cni": "overlays.cli.cni",
@@ -62,30 +64,71 @@ GLOBAL_OPTIONS = {  # option: (environment variable, metavar, help)
     "--node": ("OVERLAYS_NODE", "NAME",
                "This host's name in a shared store (default: the host namespace's, else the machine's)."),
 }
+EXPLAIN_ENV = "OVERLAYS_EXPLAIN"
+EXPLAIN_HELP = ("Print, as they happen, the ip, bridge, sysctl and nft commands that make the same changes by hand "
+                f"(env {EXPLAIN_ENV}=1); the command's own messages become # comments, so the output is a script.")
 
 
 class Settings:
-    """Global options, and the engine they describe (built on first use)."""
+    """Global options, and the engine they describe (built on first use).
+
+    Every engine (and lab) the command makes works on the kernel through ``kernel()``:
+    with --explain, a recorder prints each kernel step's command as it happens; the
+    steps of a command that changed something are kept in the host's journal of recent
+    operations (see view.operations), which ``overlays ui`` shows.
+    """
 
     def __init__(self, host_netns: str | None, state_dir: str | None, store: str | None = None,
-                 node: str | None = None) -> None:
+                 node: str | None = None, explain: bool = False) -> None:
         self.host_netns = host_netns
         self.state_dir = state_dir
         self.store = store
         self.node = node
+        self.explain = explain
         self._engine: Any = None
+        self._kernel: Any = None
+
+    def kernel(self) -> Any:
+        """The kernel every engine of this command uses: the real one, recording its steps."""
+        if self._kernel is None:
+            from overlays.kernel.explain import Explaining, Recorder
+            from overlays.kernel.linux import LinuxKernel
+
+            self._kernel = Explaining(LinuxKernel(), Recorder(_print_step if self.explain else None))
+        return self._kernel
 
     def engine(self) -> Any:
         if self._engine is None:
             from overlays.engine import Engine
 
             state = Path(self.state_dir) if self.state_dir else None
-            self._engine = Engine(host_netns=self.host_netns, state_dir=state, store_url=self.store, node=self.node)
+            self._engine = Engine(host_netns=self.host_netns, state_dir=state, store_url=self.store, node=self.node,
+                                  kernel=self.kernel())
         return self._engine
 
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
+    def journal(self, command: str, error: str | None = None) -> None:
+        """Keep the kernel steps recorded since the last call as one operation of this host's journal."""
+        steps = self._kernel.recorder.take() if self._kernel is not None else []
+        if not steps:
+            return
+        from overlays.engine import DEFAULT_STATE_DIR, default_node
+        from overlays.view import operations
+
+        state = Path(self.state_dir or os.environ.get("OVERLAYS_STATE_DIR") or DEFAULT_STATE_DIR)
+        node = self.node or os.environ.get("OVERLAYS_NODE") or default_node(self.host_netns)
+        with contextlib.suppress(OSError):  # a journal that cannot be written never fails the command
+            operations.append(state, node, command, steps, error)
+
+    def close(self, command: str = "", error: str | None = None) -> None:
+        try:
+            self.journal(command, error)
+        finally:
+            if self._engine is not None:
+                self._engine.close()
+
+
+def _print_step(command: str) -> None:
+    print(command, flush=True)
 
 
 Handler = Callable[[Settings, argparse.Namespace], "int | None"]
@@ -191,6 +234,8 @@ def _top_parser() -> argparse.ArgumentParser:
                    "Bridges, veth pairs, namespaces and addresses, one command each.", formatter_class=HelpFormatter)
     for option, (env, metavar, text) in GLOBAL_OPTIONS.items():
         p.add_argument(option, metavar=metavar, default=os.environ.get(env), help=text)
+    p.add_argument("--explain", action="store_true", default=os.environ.get(EXPLAIN_ENV, "") not in ("", "0"),
+                   help=EXPLAIN_HELP)
     p.add_argument("--version", action=_Version, nargs=0, help="Show the version and exit.")
     p.add_argument("command", metavar="COMMAND", choices=MODULES, help="One of the commands below.")
     p.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER, help="Its arguments (overlays COMMAND -h).")
@@ -233,11 +278,20 @@ def _run(args: list[str], own_process: bool) -> int:
     with _start_up(own_process):
         given = top.parse_args(args)
         parsed = _command(given.command).parser(f"overlays {given.command}").parse_args(given.args)
-    settings = Settings(given.host_netns or None, given.state_dir, given.store or None, given.node or None)
+    settings = Settings(given.host_netns or None, given.state_dir, given.store or None, given.node or None,
+                        given.explain)
+    if given.explain:
+        from overlays.cli import render
+
+        render.comment_output()
+    error = None
     try:
         result = parsed.handler(settings, parsed)
+    except BaseException as e:
+        error = str(e) or type(e).__name__
+        raise
     finally:
-        settings.close()
+        settings.close(" ".join(["overlays", given.command, *given.args]), error)
     return result if isinstance(result, int) else 0
 
 

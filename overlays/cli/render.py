@@ -21,13 +21,24 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
+_said = ""  # what starts each line of the command's own output on stdout ("# " with --explain)
+
+
+def comment_output() -> None:
+    """With --explain, stdout is a script of the kernel steps: the command's own lines become comments."""
+    global _said
+    _said = "# "
+
+
 def echo(text: str, err: bool = False) -> None:
     """Print a line and flush it, so progress shows as it happens and in order with child processes' output."""
+    if _said and not err:
+        text = "\n".join(_said + line for line in text.split("\n"))
     print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def emit_json(data: Any) -> None:
-    echo(json.dumps(data, indent=2, sort_keys=False))
+    print(json.dumps(data, indent=2, sort_keys=False), flush=True)  # JSON stays JSON, --explain or not
 
 
 def network_dict(net: Network, sandboxes_attached: list[str] | None = None) -> dict[str, Any]:

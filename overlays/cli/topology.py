@@ -29,7 +29,7 @@ def _lab(s: Settings, path: str) -> Iterator[Any]:
     """The file's lab, closed afterwards; a bad file fails here, before any engine is opened."""
     from overlays.topology import Lab, load
 
-    lab = Lab(load(path), host_netns=s.host_netns, state_dir=s.state_dir, store_url=s.store)
+    lab = Lab(load(path), host_netns=s.host_netns, state_dir=s.state_dir, store_url=s.store, kernel=s.kernel())
     try:
         yield lab
     finally:

@@ -129,6 +129,11 @@ class Engine:
         return self.ctx.instance
 
     @property
+    def state_dir(self) -> Path:
+        """Where this engine keeps its state, logs and journal."""
+        return self.ctx.state_dir
+
+    @property
     def store(self) -> Store:
         """The state store, for readers that follow it (``watch``): change it only through the engine."""
         return self.ctx.store

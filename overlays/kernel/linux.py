@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from overlays.kernel import netns, sysctl
 from overlays.kernel.api import Links
@@ -57,6 +58,9 @@ class LinuxKernel:
     def _path(self, name: str | None) -> Path | None:
         return netns.path_of(name) if name else None
 
+    def sysctl(self, netns_name: str | None, key: str) -> str | None:
+        return sysctl.read(self._path(netns_name), key)
+
     def set_sysctl(self, netns_name: str | None, key: str, value: str, missing_ok: bool = False) -> None:
         sysctl.write(self._path(netns_name), key, value, netns_name, missing_ok)
 
@@ -69,3 +73,8 @@ class LinuxKernel:
         from overlays.kernel import nft
 
         nft.delete_table(self._path(netns_name), family, table, netns_name)
+
+    def nft_list_table(self, netns_name: str | None, family: str, table: str) -> dict[str, Any] | None:
+        from overlays.kernel import nft
+
+        return nft.list_table(self._path(netns_name), family, table, netns_name)

@@ -27,7 +27,7 @@ from typing import Any
 from overlays.errors import Conflict, KernelError
 from overlays.kernel import netns, nl
 from overlays.kernel.nl import IFADDR, IFINFO, NDMSG, RTMSG, NetlinkError, attr, attr_ip, attr_mac, attr_str, attr_u32
-from overlays.kernel.rtnl_types import Link, Underlay
+from overlays.kernel.rtnl_types import Hop, Link, Underlay
 
 IFF_UP = 1
 IFF_LOOPBACK = 8
@@ -47,7 +47,7 @@ IFLA_VXLAN_ID = 1
 IFLA_MACVLAN_MODE, MACVLAN_MODE_BRIDGE = 1, 4
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 9, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 7, 9, 15
 NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
 RTEXT_FILTER_SKIP_STATS = 8
 RT_TABLE_MAIN = 254
@@ -63,6 +63,9 @@ NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 ZERO_MAC = "00:00:00:00:00:00"
+_ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+_NUD_STATES = ((0x01, "INCOMPLETE"), (0x02, "REACHABLE"), (0x04, "STALE"), (0x08, "DELAY"), (0x10, "PROBE"),
+               (0x20, "FAILED"), (0x40, "NOARP"), (0x80, "PERMANENT"))
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _RTNH_IFINDEX = struct.Struct("=i")
 _SKIP_STATS = attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
@@ -271,6 +274,39 @@ class Rtnl:
     def has_default_route(self) -> bool:
         with self._step("list", "routes"):
             return any(r["dst_len"] == 0 for r in self._routes())
+
+    # -- what a packet would meet (overlays trace) --------------------------------------------------------------------
+
+    def route_to(self, dst: str) -> Hop | None:
+        """The route this namespace takes to ``dst`` (``ip route get``); None if it has none."""
+        body = RTMSG.pack(family=AF_INET, dst_len=32) + attr_ip(RTA_DST, dst)
+        try:
+            (msg,) = self._nl.request(RTM_GETROUTE, GET, RTMSG, body)
+        except NetlinkError as e:
+            if e.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL):
+                return None
+            raise kernel_error("look up route to", dst, self.netns, e) from e
+        oif = msg.attrs.u32(RTA_OIF)
+        dev = self._get_link(index=oif) if oif else None
+        return Hop(dev=dev.attrs.text(IFLA_IFNAME) or "" if dev is not None else "", gateway=msg.attrs.ip(RTA_GATEWAY),
+                   src=msg.attrs.ip(RTA_PREFSRC), kind=_ROUTE_TYPES.get(msg["type"], str(msg["type"])))
+
+    def neighbour_entry(self, name: str, ip: str) -> tuple[str, str] | None:
+        """The neighbour entry for ``ip`` on link ``name``: (MAC, state such as REACHABLE); None if none."""
+        index = self._need(name).index
+        with self._step("read neighbours of", name):
+            for m in self._neighbour_dump(AF_INET, index):
+                if m.attrs.ip(NDA_DST) == ip:
+                    states = [label for bit, label in _NUD_STATES if m["state"] & bit]
+                    return m.attrs.mac(NDA_LLADDR) or "", "/".join(states) or "NONE"
+        return None
+
+    def port_macs(self, name: str) -> set[str]:
+        """The MACs a bridge has learned behind its port ``name`` (``bridge fdb show brport``)."""
+        index = self._need(name).index
+        with self._step("read fdb of", name):
+            return {m.attrs.mac(NDA_LLADDR) or "" for m in self._neighbour_dump(AF_BRIDGE, index)
+                    if not m["state"] & NUD_PERMANENT and not m["flags"] & NTF_SELF}
 
     # -- ensure ------------------------------------------------------------
 

@@ -24,3 +24,13 @@ class Underlay:
     ifname: str
     ip: str
     mtu: int
+
+
+@dataclass(frozen=True)
+class Hop:
+    """Where a namespace sends a packet (``ip route get``): out of ``dev``, via ``gateway`` if any."""
+
+    dev: str
+    gateway: str | None
+    src: str | None
+    kind: str  # unicast, local, unreachable, ...

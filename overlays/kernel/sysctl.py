@@ -28,3 +28,15 @@ def write(netns_path: Path | None, key: str, value: str, label: str | None = Non
             raise KernelError("set sysctl", f"{key}={value}", label, e.strerror or str(e)) from e
 
     netns.run_in(netns_path, do)
+
+
+def read(netns_path: Path | None, key: str) -> str | None:
+    """The value of ``key`` inside the namespace at ``netns_path``; None if it does not exist."""
+
+    def do() -> str | None:
+        try:
+            return _file(key).read_text().strip()
+        except OSError:
+            return None
+
+    return netns.run_in(netns_path, do)

@@ -133,6 +133,7 @@ class Watcher:
     def _follow(self) -> None:
         store = self.engine.store
         revision = store.revision()  # read first, then build: a change in between is seen by the watch
+        journal = self._journal()
         self._build(revision)
         looked = time.monotonic()
         while not self.stop.is_set():
@@ -140,15 +141,20 @@ class Watcher:
                 events = store.watch("", revision, WATCH_TIMEOUT)
             except Compacted:
                 return  # re-list from a fresh revision
-            if events or time.monotonic() - looked >= RECHECK:
+            # The journal is a file, appended once an operation is done: looked at after each watch.
+            if events or self._journal() != journal or time.monotonic() - looked >= RECHECK:
                 revision = events[-1].revision if events else revision
+                journal = self._journal()
                 self._build(revision)
                 looked = time.monotonic()
+
+    def _journal(self) -> tuple[int, int] | None:
+        return operations.stamp(self.engine.state_dir, self.engine.node)
 
     def _build(self, revision: int) -> None:
         """A snapshot of now; Graphviz lays it out only when the picture changed."""
         graph = live_graph(self.engine)
-        ops = [op.to_json() for op in operations.recent(self.engine.store, self.engine.node)]
+        ops = [op.to_json() for op in operations.recent(self.engine.state_dir, self.engine.node)]
         digest, last = graph.digest(), self._last
         picture = last.svg if last is not None and last.digest == digest and last.error is None else None
         self._send(Snapshot(revision, digest, graph.to_json(), picture or render(graph, "svg"), ops, time.time()))

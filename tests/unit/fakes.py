@@ -105,6 +105,9 @@ class FakeKernel:
     def wait_links_gone(self, links: object, names: list[str], timeout: float = 2.0) -> list[str]:
         return []
 
+    def sysctl(self, netns: str | None, key: str) -> str | None:
+        return self.sysctls.get((netns, key), "0")
+
     def set_sysctl(self, netns: str | None, key: str, value: str, missing_ok: bool = False) -> None:
         self.sysctls[(netns, key)] = value
 
@@ -130,6 +133,10 @@ class FakeKernel:
 
     def nft_delete_table(self, netns: str | None, family: str, table: str) -> None:
         self.nft_tables.get(netns, {}).pop(table, None)
+
+    def nft_list_table(self, netns: str | None, family: str, table: str) -> dict[str, object] | None:
+        elements = self.nft_tables.get(netns, {}).get(table)
+        return None if elements is None else {"nftables": sorted(elements)}
 
 
 class FakeLinks:

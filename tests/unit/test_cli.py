@@ -92,6 +92,9 @@ def test_no_command_prints_the_list_and_exits_2(capsys: pytest.CaptureFixture[st
     [
         (["run", "--rm", "-d", "--", "true"], 125),  # run and exec: 125, their own codes are the command's
         (["--node", "bad/node", "ps"], 1),
+        (["trace", "a", "b", "--port", "80/sctp"], 1),
+        (["trace", "nosuch", "b"], 1),
+        (["--explain", "trace", "nosuch", "10.0.0.1:http"], 1),
     ],
 )
 def test_our_errors_are_one_line_with_the_exit_code(

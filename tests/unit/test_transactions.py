@@ -62,7 +62,7 @@ def count(monkeypatch: pytest.MonkeyPatch) -> Counter:
     return counter
 
 
-def engine(tmp_path: Path, store: CountingStore, kernel: FakeKernel | None = None) -> Engine:
+def engine(tmp_path: Path, store: CountingStore, kernel: object = None) -> Engine:
     return Engine(host_netns=HOST, state_dir=tmp_path, store=store, node=HOST, check_root=False,
                   kernel=kernel or FakeKernel(HOST))  # type: ignore[arg-type]
 
@@ -106,3 +106,19 @@ def test_overlay_sandboxes_read_more_only_where_the_host_joins_or_leaves(tmp_pat
     assert "ovx-mesh" in kernel.namespaces[HOST].links
     assert count(lambda: eng.remove_sandbox("a")) == (2, 1)
     assert "ovx-mesh" not in kernel.namespaces[HOST].links, "the devices go with the host's last endpoint"
+
+
+def test_explaining_adds_no_transaction(tmp_path: Path, count: Counter) -> None:
+    """--explain reads the kernel around each step and keeps its commands in memory: never in the store."""
+    from overlays.kernel.explain import Explaining, Recorder
+
+    recorder = Recorder()
+    eng = engine(tmp_path, count.store, Explaining(FakeKernel(HOST), recorder))  # type: ignore[arg-type]
+    assert count(lambda: eng.create_network(NetworkSpec.parse("front", subnet="10.1.0.0/24"))) == (2, 2)
+    eng.create_network(NetworkSpec.parse("back", subnet="10.2.0.0/24"))
+    spec = SandboxSpec.parse("a", [EndpointRequest.parse("front")], ports=parse_publish("8080:80"))
+    assert count(lambda: eng.create_sandbox(spec)) == (2, 2)
+    assert count(lambda: eng.connect("back", "a")) == (2, 2)
+    assert count(lambda: eng.disconnect("front", "a")) == (2, 2)
+    assert count(lambda: eng.remove_sandbox("a")) == (1, 1)
+    assert any(c.startswith("ip netns add") for c in recorder.commands)

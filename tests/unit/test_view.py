@@ -23,7 +23,7 @@ from overlays.model.ports import parse_publish
 from overlays.model.state import Endpoint, Network, Sandbox
 from overlays.store import MemoryStore
 from overlays.topology import load
-from overlays.view import dot, mermaid, operations
+from overlays.view import dot, mermaid
 from overlays.view.build import port_lines
 from overlays.view.live import Shared, build
 from overlays.view.model import Edge, Graph, GraphError, Node
@@ -251,21 +251,6 @@ def test_a_snapshot_is_sent_only_when_what_the_page_shows_changed() -> None:
     assert [s.revision for s in sent] == [1, 3, 4]
 
 
-def test_operations_are_read_newest_first_and_bad_records_skipped() -> None:
-    store = MemoryStore()
-    prefix = operations.key_prefix("h1")
-    store.commit({}, {prefix + "001": {"time": 1.0, "command": "overlays network create front", "ok": True,
-                                       "lines": ["ip link add ovb-front type bridge"]},
-                      prefix + "002": {"time": 2.0, "command": "overlays run --name a", "ok": False,
-                                       "error": "network x does not exist", "lines": []},
-                      prefix + "003": {"time": "soon", "lines": "not a list"},
-                      "nodes/h2/explain/001": {"time": 3.0, "command": "another host's", "lines": []}}, [])
-    found = operations.recent(store, "h1")
-    assert [op.command for op in found] == ["overlays run --name a", "overlays network create front"]
-    assert found[0].error == "network x does not exist" and not found[0].ok
-    assert found[1].to_json()["lines"] == ["ip link add ovb-front type bridge"]
-
-
 def test_the_watcher_sends_a_new_picture_when_a_sandbox_is_created(tmp_path: Path) -> None:
     host = "fakehost"
     engine = Engine(host_netns=host, state_dir=tmp_path, store=MemoryStore(), kernel=FakeKernel(host),  # type: ignore[arg-type]
@@ -283,6 +268,28 @@ def test_the_watcher_sends_a_new_picture_when_a_sandbox_is_created(tmp_path: Pat
         second = sent.get(timeout=10)  # pending or already created: on the picture either way
         assert "box:fakehost:a" in {n["id"] for n in second.graph["nodes"]}
         assert second.revision > first.revision and second.digest != first.digest
+    finally:
+        watcher.stop.set()
+        thread.join(timeout=10)
+        engine.close()
+
+
+def test_the_watcher_sends_the_journal_of_recent_operations_as_it_grows(tmp_path: Path) -> None:
+    from overlays.view import operations
+
+    host = "fakehost"
+    engine = Engine(host_netns=host, state_dir=tmp_path, store=MemoryStore(), kernel=FakeKernel(host),  # type: ignore[arg-type]
+                    check_root=False)
+    sent: queue.Queue[Snapshot] = queue.Queue()
+    watcher = Watcher(engine, sent.put)
+    thread = threading.Thread(target=watcher.run)
+    thread.start()
+    try:
+        assert sent.get(timeout=10).operations == []
+        operations.append(tmp_path, host, "overlays network create front", ["ip link add ovb-front type bridge"])
+        newer = sent.get(timeout=10)  # no store change: the journal's own
+        assert [op["command"] for op in newer.operations] == ["overlays network create front"]
+        assert newer.operations[0]["lines"] == ["ip link add ovb-front type bridge"]
     finally:
         watcher.stop.set()
         thread.join(timeout=10)

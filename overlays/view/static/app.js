@@ -153,9 +153,10 @@ function renderOperations(operations) {
   const box = $("operations");
   if (!operations.length) {
     const p = element("p", null, "empty");
-    p.append("No operations recorded yet. Commands run with ", element("code", "--explain"),
-      " appear here, newest first, each with the ", element("code", "ip"), ", ", element("code", "bridge"),
-      " and ", element("code", "nft"), " commands that do the same by hand.");
+    p.append("No operations recorded yet. Every overlays command that changes this host appears here, newest",
+      " first, with the ", element("code", "ip"), ", ", element("code", "bridge"), ", ", element("code", "sysctl"),
+      " and ", element("code", "nft"), " commands that do the same by hand (", element("code", "overlays --explain"),
+      " prints them as they happen).");
     box.replaceChildren(p);
     return;
   }
