@@ -265,7 +265,7 @@ def _same_segment(ctx: Context, t: Trace, host: Links, target: Target, net: Netw
 
 
 def _vxlan(ctx: Context, t: Trace, host: Links, remote: EndpointRegistration, net: Network) -> None:
-    device = vxlan_name(net.name, ctx.instance)
+    device = vxlan_name(net.bridge)
     link = host.link(device)
     if link is None:
         t.blocked("no-vxlan", f"host {ctx.node} has no VXLAN device {device} for network {net.name}")
