@@ -283,15 +283,10 @@ class ExplainingLinks:
     ) -> None:
         add = (f"{self._ip} link add {q(name)} mtu {mtu} type vxlan id {vni} local {local_ip}"
                f" dev {q(underlay_ifname)} dstport {port} nolearning proxy")
-        tag = f"{self._ip} link set {q(name)} alias {q(alias)} up"  # tagged and raised in one set
+        tag = f"{self._ip} link set {q(name)} alias {q(alias)} addrgenmode none"  # then raised: see Rtnl
 
         def said(before: Link | None, after: Link | None) -> None:
-            if before is None and after is not None:
-                self._say(add)
-                if after.alias == alias:
-                    self._say(tag)
-                    return
-            self._came_up(name, before, after)
+            self._made(name, before, after, add, alias)
 
         before = self._before(name)
         try:
@@ -302,6 +297,7 @@ class ExplainingLinks:
         if before is None:
             self._say(add)
             self._say(tag)
+            self._say(f"{self._ip} link set {q(name)} up")
         else:
             self._came_up(name, before, self._inner.link(name))
 

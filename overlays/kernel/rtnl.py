@@ -513,8 +513,9 @@ class Rtnl:
                     f"MTU {mtu} does not fit underlay {underlay_ifname} (MTU {dev.mtu}; VXLAN needs 50 bytes)",
                 )
             with self._step("tag vxlan", name):
-                # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: tag (and bring up) in one set.
-                self._set_named(name, attr_str(IFLA_IFALIAS, alias), up=True)
+                # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: tag it, and keep it free of IPv6 addresses
+                # (their DAD, router solicitations and MLD reports would be flooded to every VTEP), before up.
+                self._set_named(name, attr_str(IFLA_IFALIAS, alias) + _NO_IPV6_ADDRESSES)
         self.ensure_up(name)
 
     def _vni(self, index: int) -> int | None:
