@@ -1,4 +1,4 @@
-"""``python -m benchmarks [all|attach|attach-ports|up|cli|limit|ports|dataplane|overlay|cni|dns] [--quick]``."""
+"""``python -m benchmarks [all|attach|attach-ports|teardown|up|cli|limit|ports|dataplane|overlay|cni|dns] [--quick]``"""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from benchmarks import (
     dns,
     overlay_convergence,
     ports,
+    teardown,
     topology_up,
 )
 from benchmarks.harness import (
@@ -34,8 +35,8 @@ from benchmarks.harness import (
 
 BENCHMARKS: dict[str, ModuleType] = {
     m.NAME: m
-    for m in (attach, attach_ports, cli_latency, bridge_limit, topology_up, overlay_convergence, ports, dataplane, cni,
-              dns)
+    for m in (attach, attach_ports, teardown, cli_latency, bridge_limit, topology_up, overlay_convergence, ports,
+              dataplane, cni, dns)
 }
 
 

@@ -52,7 +52,7 @@ def agent(s: Settings, a: argparse.Namespace) -> None:
     def log(line: str) -> None:
         # Each line follows a batch of kernel steps (a sync): journaled as one operation of the agent.
         s.journal(f"overlays agent: {line}")
-        echo(f"{time.strftime('%H:%M:%S')} agent {engine.ctx.node}: {line}", err=True)
+        echo(f"{time.strftime('%H:%M:%S')} agent {engine.node}: {line}", err=True)
 
     Agent(engine, ttl=a.ttl, resync_every=a.resync, log=log).run(stop)
     log("stopped")

@@ -28,8 +28,8 @@ def _conflist(s: Settings, network: str) -> dict[str, Any]:
 
     engine = s.engine()
     engine.network(network)  # it must exist: "network X does not exist" otherwise
-    return conflist.build(network, state_dir=engine.ctx.state_dir.resolve(), store=conflist.store_url(s.store),
-                          node=engine.ctx.node, host_netns=s.host_netns)
+    return conflist.build(network, state_dir=engine.state_dir.resolve(), store=conflist.store_url(s.store),
+                          node=engine.node, host_netns=s.host_netns)
 
 
 def show(s: Settings, a: argparse.Namespace) -> None:

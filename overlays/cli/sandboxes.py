@@ -138,7 +138,7 @@ def ps(s: Settings, a: argparse.Namespace) -> None:
     boxes = s.engine().sandboxes()
     if a.as_json:
         engine = s.engine()
-        render.emit_json([render.sandbox_dict(b, str(engine.ctx.kernel.netns_path(b.netns))) for b in boxes])
+        render.emit_json([render.sandbox_dict(b, str(engine.namespace_path(b.netns))) for b in boxes])
     else:
         echo(render.sandboxes_table(boxes))
 
@@ -152,7 +152,7 @@ def inspect(s: Settings, a: argparse.Namespace) -> None:
     """Show a sandbox: netns, pid, and each endpoint's interface, IP, MAC and network."""
     engine = s.engine()
     box = engine.sandbox(a.name)
-    data = render.sandbox_dict(box, str(engine.ctx.kernel.netns_path(box.netns)))
+    data = render.sandbox_dict(box, str(engine.namespace_path(box.netns)))
     if a.as_json:
         render.emit_json(data)
     else:

@@ -21,9 +21,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 def trace(s: Settings, a: argparse.Namespace) -> int:
     """Why can (or can't) SRC reach DST: route, neighbour, bridge or VXLAN entry, firewall, MTU, then a probe."""
-    from overlays.engine.trace import run
-
-    found = run(s.engine().ctx, a.src, a.dst, a.port, probe=a.probe)
+    found = s.engine().trace(a.src, a.dst, a.port, probe=a.probe)
     if a.as_json:
         emit_json(found.to_json())
     else:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # annotations only: the spec classes are built by the command
     import subprocess
 
     from overlays.engine.context import NodeTxn
+    from overlays.engine.trace import Trace
     from overlays.kernel.api import Kernel
     from overlays.model.ports import PortMapping
     from overlays.model.specs import Endpoint, EndpointRequest, IPAddress, Network, NetworkSpec, Sandbox, SandboxSpec
@@ -134,6 +135,19 @@ class Engine:
         return self.ctx.state_dir
 
     @property
+    def kernel(self) -> Kernel:
+        """The kernel this engine works on (Linux, or a wrapper or fake given to it)."""
+        return self.ctx.kernel
+
+    def require_root(self) -> None:
+        """NotPermitted unless this process may change networks (checked before any change)."""
+        self.ctx.require_root()
+
+    def namespace_path(self, netns: str) -> Path:
+        """Where the network namespace named ``netns`` is mounted."""
+        return self.ctx.kernel.netns_path(netns)
+
+    @property
     def store(self) -> Store:
         """The state store, for readers that follow it (``watch``): change it only through the engine."""
         return self.ctx.store
@@ -229,6 +243,13 @@ class Engine:
 
         request = network if isinstance(network, EndpointRequest) else EndpointRequest(network, ip)
         return endpoints.connect(self.ctx, sandbox, request)
+
+    def trace(self, src: str, dst: str, port: str | None = None, probe: bool = True) -> Trace:
+        """Whether sandbox ``src`` reaches ``dst`` (a sandbox, an address, a published HOST:PORT), hop by hop,
+        then one traced probe (unless ``probe`` is off): see engine/trace.py."""
+        from overlays.engine import trace
+
+        return trace.run(self.ctx, src, dst, port, probe=probe)
 
     def check(self, name: str) -> list[str]:
         """Read-only: what the kernel lacks against the sandbox's record ([] when it is whole)."""

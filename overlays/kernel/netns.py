@@ -12,7 +12,6 @@ call). Nothing else runs on this thread meanwhile; other threads never move.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 from overlays.errors import InvalidSpec, KernelError, NotFound, NotPermitted
 
 if TYPE_CHECKING:
+    import ctypes
     import socket
 
 NETNS_DIR = Path("/run/netns")
@@ -34,13 +34,28 @@ MS_SHARED = 1 << 20
 MNT_DETACH = 2
 NETLINK_ROUTE = 0
 
-_libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
+_libc: ctypes.CDLL | None = None
 
 
 def libc() -> ctypes.CDLL:
-    """The C library, for the few calls the standard library lacks (setns, unshare, mount)."""
+    """The C library, for the few calls the standard library lacks (setns, unshare, mount).
+
+    Loaded on first use: ctypes costs ~6 ms to import, and a command that only reads state
+    (``overlays ps``) names namespaces without entering one.
+    """
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 def path_of(name: str) -> Path:
@@ -88,12 +103,12 @@ def network_namespace(path: str | Path) -> Identity:
 
 def _check(ret: int, what: str, obj: str) -> None:
     if ret != 0:
-        err = ctypes.get_errno()
+        err = _errno()
         raise KernelError(what, obj, None, os.strerror(err))
 
 
 def _mount(src: str, dst: str, flags: int) -> int:
-    return int(_libc.mount(src.encode(), dst.encode(), None, flags, None))
+    return int(libc().mount(src.encode(), dst.encode(), None, flags, None))
 
 
 _netns_dir_ready = False
@@ -106,7 +121,7 @@ def _ensure_netns_dir() -> None:
         return
     NETNS_DIR.mkdir(parents=True, exist_ok=True)
     if _mount("none", str(NETNS_DIR), MS_SHARED | MS_REC) != 0:
-        if ctypes.get_errno() != errno.EINVAL:
+        if _errno() != errno.EINVAL:
             _check(-1, "make shared", str(NETNS_DIR))
         _check(_mount(str(NETNS_DIR), str(NETNS_DIR), MS_BIND | MS_REC), "bind-mount", str(NETNS_DIR))
         _check(_mount("none", str(NETNS_DIR), MS_SHARED | MS_REC), "make shared", str(NETNS_DIR))
@@ -117,7 +132,7 @@ def setns(path: str | Path, nstype: int = CLONE_NEWNET) -> None:
     """Move the calling thread into the namespace at ``path``."""
     fd = os.open(str(path), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(_libc.setns(fd, nstype), "enter namespace", str(path))
+        _check(libc().setns(fd, nstype), "enter namespace", str(path))
     finally:
         os.close(fd)
 
@@ -140,9 +155,9 @@ def inside(path: str | Path | None) -> Iterator[None]:
 
 
 def _return_home(home: int) -> None:
-    if _libc.setns(home, CLONE_NEWNET) != 0:
+    if libc().setns(home, CLONE_NEWNET) != 0:
         # Every later kernel step of this thread would land in the wrong namespace: stop here.
-        err = ctypes.get_errno()
+        err = _errno()
         raise SystemExit(f"overlays: cannot return to its own network namespace: {os.strerror(err)}")
 
 
@@ -164,7 +179,7 @@ def create(name: str) -> Path:
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            _check(_libc.unshare(CLONE_NEWNET), "unshare", name)
+            _check(libc().unshare(CLONE_NEWNET), "unshare", name)
             _check(_mount("/proc/thread-self/ns/net", str(path), MS_BIND), "bind-mount netns", name)
         finally:
             _return_home(home)
@@ -188,7 +203,7 @@ def adopt(name: str, source: str | Path) -> Path:
     except FileExistsError as e:
         raise KernelError("adopt netns", name, None, "a namespace of that name exists already") from e
     if _mount(str(src), str(path), MS_BIND) != 0:
-        err = ctypes.get_errno()
+        err = _errno()
         path.unlink(missing_ok=True)
         raise KernelError("adopt netns", str(source), None, os.strerror(err))
     return path
@@ -199,7 +214,7 @@ def delete(name: str) -> None:
     path = path_of(name)
     if not path.exists():
         return
-    if _libc.umount2(str(path).encode(), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+    if libc().umount2(str(path).encode(), MNT_DETACH) != 0 and _errno() not in (errno.EINVAL, errno.ENOENT):
         _check(-1, "unmount netns", name)
     path.unlink(missing_ok=True)
 

@@ -46,7 +46,7 @@ class Lab:
         # All hosts of a lab share one store (each under its own node name), as real hosts share etcd.
         self.store_url = store_url or str(self.state_dir / "state.db")
         self.main = Engine(host_netns=host_netns, state_dir=self.state_dir, kernel=kernel, store_url=self.store_url)
-        self.kernel = self.main.ctx.kernel
+        self.kernel = self.main.kernel
         self.infra = Infra(topology, self.kernel, host_netns)
         self._engines: dict[str, Engine] = {}
 
@@ -134,7 +134,7 @@ class Lab:
 
     def plan(self) -> list[Action]:
         """What ``up`` would do; raises first whatever would make it fail (the file against the hosts and store)."""
-        self.main.ctx.require_root()
+        self.main.require_root()
         record = self.record()
         preflight.check(self.topology, record, self.engine, self.infra.host_exists, failure(self.topology.source))
         return plan(self.topology, record, self.engine, self.infra.ok, lambda host: agents.alive(record, host))

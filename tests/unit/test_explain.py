@@ -128,7 +128,8 @@ def test_overlay_entries_say_bridge_fdb_and_ip_neigh(tmp_path: Path) -> None:
     assert rec.take() == [
         f"ip -n {HOST} link add ovx-m mtu 1450 type vxlan id 4242 local 10.254.0.11 dev eth0 dstport 4789"
         " nolearning proxy",
-        f"ip -n {HOST} link set ovx-m alias ours up",
+        f"ip -n {HOST} link set ovx-m alias ours addrgenmode none",
+        f"ip -n {HOST} link set ovx-m up",
         f"bridge -n {HOST} fdb append 00:00:00:00:00:00 dev ovx-m dst 10.254.0.12 self permanent",
         f"bridge -n {HOST} fdb replace 02:6f:0a:50:00:03 dev ovx-m dst 10.254.0.12 self permanent",
         f"ip -n {HOST} neigh replace 10.80.0.3 lladdr 02:6f:0a:50:00:03 dev ovx-m nud permanent",
