@@ -110,10 +110,16 @@ def attach_veth(host: Links, sandbox: Links, sandbox_path: Path, net: Network, e
 
 
 def delete_leftover_veth(host: Links, ep: Endpoint, instance: str) -> None:
-    """A veth of an earlier sandbox of this name on this network, not yet freed (its namespace went without a
-    wait), is deleted; a link of that name that is anyone else's is left alone (attaching then refuses it)."""
+    """Before ``ep``'s veth is made: a veth of that name left by an earlier one goes.
+
+    Either it carries this endpoint's own tag (an earlier sandbox of this name, its namespace
+    deleted without a wait), or it carries no tag at all: the record names it, so it is ours,
+    made by a process killed between creating and tagging it (the kernel takes no alias on
+    creation). A link of that name that carries anyone else's tag is left alone, and
+    attaching then refuses it.
+    """
     link = host.link(ep.host_ifname)  # one request, answered ENODEV in the usual case
-    if link is not None and link.alias == endpoint_alias(instance, ep):
+    if link is not None and link.kind == "veth" and link.alias in (None, endpoint_alias(instance, ep)):
         host.delete_link(ep.host_ifname)
 
 

@@ -183,6 +183,21 @@ def skeleton(table: str) -> list[str]:
     return lines
 
 
+def table_elements(networks: Iterable[Network], publishes: Iterable[Publish]) -> dict[str, frozenset[str]]:
+    """Every set and map of the table as it should be, element by element (in nft's text notation)."""
+    merged = _merge(*(network_elements(n) for n in networks), publish_elements(publishes))
+    return {name: frozenset(merged.get(name, ())) for _, name, _ in _SETS}
+
+
+def table_rules() -> dict[str, tuple[str | None, ...]]:
+    """The comments of each chain's rules, in order (None for a rule without one): the rules as they should be."""
+    found: dict[str, tuple[str | None, ...]] = {chain: () for chain, _ in _CHAINS}
+    for chain, rule in _RULES:
+        comment = rule.split('comment "', 1)[1].rstrip('"') if 'comment "' in rule else None
+        found[chain] = (*found[chain], comment)
+    return found
+
+
 def script(lines: Iterable[str]) -> str:
     return "".join(f"{line}\n" for line in lines)
 

@@ -277,6 +277,19 @@ class Engine:
 
         return repair.sandbox_problems(self.ctx, name)
 
+    def firewall_problems(self) -> list[str]:
+        """Read-only: how our nft table differs from the records (a flushed table, a deleted element...)."""
+        from overlays.engine import firewall
+
+        return firewall.problems(self.ctx)
+
+    def repair_firewall(self) -> None:
+        """Our nft table made again from the records, whole, in one nft transaction."""
+        from overlays.engine import firewall
+
+        self.ctx.require_root()
+        firewall.repair(self.ctx)
+
     def repair_network(self, name: str) -> None:
         from overlays.engine import repair
 

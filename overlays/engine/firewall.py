@@ -16,7 +16,7 @@ from overlays.drivers import firewall
 from overlays.drivers.bridge import bridged_traffic_unfiltered
 from overlays.drivers.firewall import Publish
 from overlays.engine import records
-from overlays.engine.context import Context
+from overlays.engine.context import Context, NodeTxn
 from overlays.model.state import Network
 
 LOCK = "firewall"
@@ -81,3 +81,52 @@ def unpublish(ctx: Context, publishes: Iterable[Publish]) -> None:
 def retarget(ctx: Context, old: list[Publish], new: list[Publish]) -> None:
     if old != new:
         _apply(ctx, firewall.retarget(ctx.instance, old, new))
+
+
+# -- drift: our table against the records ------------------------------------------------------------------------------
+
+
+def _wanted(ctx: Context) -> tuple[list[Network], list[Publish]]:
+    """The networks in our table and the published ports, as the records say."""
+    from overlays.engine import ports
+    from overlays.engine.netdrivers import driver_for
+
+    def read(txn: NodeTxn) -> tuple[list[Network], list[Publish]]:
+        networks = records.list_networks(txn)
+        by_name = {n.name: n for n in networks}
+        publishes = [p for box in records.list_sandboxes(txn) for p in ports.published(box, by_name)]
+        return [n for n in networks if driver_for(n).in_firewall], publishes
+
+    return ctx.transact(read)
+
+
+def problems(ctx: Context) -> list[str]:
+    """Read-only: how our nft table differs from what the records call for ([] when it is as it should be)."""
+    networks, publishes = _wanted(ctx)
+    table = firewall.table_name(ctx.instance)
+    live = ctx.kernel.nft_contents(ctx.host_netns, firewall.FAMILY, table)
+    if live is None:
+        return [f"nft table {firewall.FAMILY} {table} is missing"] if networks else []
+    if not networks:
+        return [f"nft table {firewall.FAMILY} {table} is left with no network in it"]
+    found = []
+    if live.rules != firewall.table_rules():
+        found.append(f"the rules of nft table {firewall.FAMILY} {table} were changed")
+    for name, want in firewall.table_elements(networks, publishes).items():
+        have = live.elements.get(name, frozenset())
+        found += [f"nft set {name} lacks {e}" for e in sorted(want - have)]
+        found += [f"nft set {name} holds a stale {e}" for e in sorted(have - want)]
+    return found
+
+
+def repair(ctx: Context) -> None:
+    """Our table made again from the records, whole, in one transaction (nothing stale survives it)."""
+    with ctx.lock(LOCK):
+        networks, publishes = _wanted(ctx)
+        if networks:
+            for net in networks:
+                host_settings(ctx, net)
+            ctx.kernel.nft_apply(ctx.host_netns, firewall.render_table(ctx.instance, networks, publishes))
+        else:
+            ctx.kernel.nft_delete_table(ctx.host_netns, firewall.FAMILY, firewall.table_name(ctx.instance))
+

@@ -5,10 +5,13 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overlays.kernel import netns, sysctl
 from overlays.kernel.api import Links
+
+if TYPE_CHECKING:
+    from overlays.kernel.nft import TableContents
 
 
 class LinuxKernel:
@@ -78,3 +81,8 @@ class LinuxKernel:
         from overlays.kernel import nft
 
         return nft.list_table(self._path(netns_name), family, table, netns_name)
+
+    def nft_contents(self, netns_name: str | None, family: str, table: str) -> TableContents | None:
+        from overlays.kernel import nft
+
+        return nft.contents(self._path(netns_name), family, table, netns_name)

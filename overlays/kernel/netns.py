@@ -62,8 +62,33 @@ def path_of(name: str) -> Path:
     return NETNS_DIR / name
 
 
+_nsfs_dev: int | None = None
+
+
 def exists(name: str) -> bool:
-    return path_of(name).exists()
+    """Whether a namespace is mounted under that name: a file left unmounted by a crash (between its making
+    and its bind mount) names none, and is replaced by the next ``create``."""
+    global _nsfs_dev
+    try:
+        st = os.stat(path_of(name))
+    except OSError:
+        return False
+    if _nsfs_dev is None:
+        _nsfs_dev = os.stat("/proc/self/ns/net").st_dev  # every namespace file lives on the one nsfs
+    return st.st_dev == _nsfs_dev
+
+
+def _claim_file(name: str, what: str) -> Path:
+    """The empty file a namespace is bind-mounted on, made if absent; one left unmounted by a crash is reused."""
+    path = path_of(name)
+    try:
+        os.close(os.open(str(path), os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    except FileExistsError as e:
+        if exists(name):
+            raise KernelError(what, name, None, "a namespace of that name exists already") from e
+        path.unlink(missing_ok=True)  # ours by name, never mounted: what a crash between two steps left
+        return _claim_file(name, what)
+    return path
 
 
 Identity = tuple[int, int]
@@ -170,12 +195,7 @@ def run_in(path: str | Path | None, fn: Callable[[], T]) -> T:
 def create(name: str) -> Path:
     """Create the named namespace; an existing one of that name is an error."""
     _ensure_netns_dir()
-    path = path_of(name)
-    try:
-        os.close(os.open(str(path), os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
-    except FileExistsError as e:
-        raise KernelError("create netns", name, None, "it exists already") from e
-
+    path = _claim_file(name, "create netns")
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
@@ -197,11 +217,7 @@ def adopt(name: str, source: str | Path) -> Path:
     src = Path(source)
     if not src.exists():
         raise NotFound(f"network namespace {source} does not exist")
-    path = path_of(name)
-    try:
-        os.close(os.open(str(path), os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
-    except FileExistsError as e:
-        raise KernelError("adopt netns", name, None, "a namespace of that name exists already") from e
+    path = _claim_file(name, "adopt netns")
     if _mount(str(src), str(path), MS_BIND) != 0:
         err = _errno()
         path.unlink(missing_ok=True)

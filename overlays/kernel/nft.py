@@ -43,7 +43,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from overlays.errors import KernelError
 from overlays.kernel import libnft, netns
@@ -192,3 +192,62 @@ def release(netns_path: Path | None) -> None:
         entry = _contexts.pop(key, None)
         if entry is not None:
             entry.context.close()
+
+
+class TableContents(NamedTuple):
+    """What a table holds, in nft's own text notation: the elements of each set and map (``key : value``
+    for a map), and the comments of each chain's rules, in order (None for a rule without one)."""
+
+    elements: dict[str, frozenset[str]]
+    rules: dict[str, tuple[str | None, ...]]
+
+
+def contents(netns_path: Path | None, family: str, table: str, label: str | None = None) -> TableContents | None:
+    """The table's sets, maps and rules as TableContents, or None if it does not exist."""
+    listed = list_table(netns_path, family, table, label)
+    return None if listed is None else contents_of(listed)
+
+
+def contents_of(listed: dict[str, Any]) -> TableContents:
+    """nft's JSON of one table (``nft -j list table``) as TableContents."""
+    elements: dict[str, frozenset[str]] = {}
+    rules: dict[str, list[str | None]] = {}
+    for item in listed.get("nftables", []):
+        for kind in ("set", "map"):
+            if kind in item:
+                found = item[kind]
+                types = _types(found["type"])
+                values = _types(found["map"]) if kind == "map" else []
+                elements[found["name"]] = frozenset(_element(e, types, values) for e in found.get("elem", []))
+        if "chain" in item:
+            rules.setdefault(item["chain"]["name"], [])
+        if "rule" in item:
+            rules.setdefault(item["rule"]["chain"], []).append(item["rule"].get("comment"))
+    return TableContents(elements, {chain: tuple(found) for chain, found in rules.items()})
+
+
+def _types(declared: Any) -> list[str]:
+    if isinstance(declared, list):
+        return [str(t) for t in declared]
+    return [t.strip() for t in str(declared).split(".")]
+
+
+def _element(e: Any, types: list[str], values: list[str]) -> str:
+    if isinstance(e, dict) and "elem" in e:  # an element with options (a timeout, a comment)
+        e = e["elem"]["val"]
+    if values:  # a map element: [key, value]
+        return f"{_value(e[0], types)} : {_value(e[1], values)}"
+    return _value(e, types)
+
+
+def _value(v: Any, types: list[str]) -> str:
+    if isinstance(v, dict) and "concat" in v:
+        return " . ".join(_value(part, [t]) for part, t in zip(v["concat"], types, strict=False))
+    if isinstance(v, dict) and "prefix" in v:
+        return f"{v['prefix']['addr']}/{v['prefix']['len']}"
+    if isinstance(v, dict) and "range" in v:
+        return f"{v['range'][0]}-{v['range'][1]}"
+    if types and types[0] == "ifname":
+        return f'"{v}"'
+    return str(v)
+

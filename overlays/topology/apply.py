@@ -17,6 +17,7 @@ from overlays.model.specs import EndpointRequest
 from overlays.topology import agents
 from overlays.topology.plan import (
     AGENT,
+    FIREWALL,
     HOST,
     NETWORK,
     OUTSIDE,
@@ -155,7 +156,12 @@ def _start(lab: Lab, action: Action, record: Record) -> None:
     _note_sandbox(lab, action, record)
 
 
+def _repair_firewall(lab: Lab, action: Action, record: Record) -> None:
+    lab.engine(action.host).repair_firewall()
+
+
 HANDLERS: dict[tuple[str, str], Handler] = {
+    (FIREWALL, "repair"): _repair_firewall,
     (AGENT, "start"): _start_agent,
     (AGENT, "stop"): _stop_agent,
     (HOST, "create"): _build_infra,

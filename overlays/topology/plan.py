@@ -26,7 +26,7 @@ from overlays.errors import Conflict, NotFound
 from overlays.model.specs import EndpointRequest
 from overlays.topology.spec import NetworkDecl, SandboxDecl, Topology
 
-HOST, OUTSIDE, AGENT, NETWORK, SANDBOX = "host", "outside", "agent", "network", "sandbox"
+HOST, OUTSIDE, AGENT, NETWORK, SANDBOX, FIREWALL = "host", "outside", "agent", "network", "sandbox", "firewall"
 EVERYWHERE = "*"  # the "host" of an overlay network: it spans them all
 
 
@@ -171,6 +171,12 @@ def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
             actions.append(Action("repair", SANDBOX, box.host, box.spec.name, f"host {box.host} was rebuilt"))
             continue
         actions += _sandbox_actions(box, record.objects.get(k), desired[k], engine_of(box.host), recreated_networks)
+
+    for host in topo.host_names():  # the firewall is the host's, whoever's networks are in it: repaired whole
+        if host not in broken:
+            problems = engine_of(host).firewall_problems()
+            if problems:
+                actions.append(Action("repair", FIREWALL, host, "table", problems[0]))
 
     for host in record.agents:
         if not topo.overlays or host not in topo.host_names():

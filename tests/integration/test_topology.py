@@ -233,3 +233,26 @@ def test_python_api_context_manager_always_tears_down(host: str, state_dir: Path
         assert lab.exec("client1", ["ping", "-c1", "-W1", lab.host_address("h2")]) == 0
         raise RuntimeError("the test body failed")
     assert leftovers(raw["name"]) == []
+
+
+@pytest.mark.parametrize("meddling", [
+    "delete element inet {table} publish_any_tcp {{ 8080 }}",
+    "flush table inet {table}",
+    "delete table inet {table}",
+    "flush ruleset",
+])
+def test_up_sees_and_repairs_a_firewall_someone_meddled_with(meddling: str, host: str, state_dir: Path) -> None:
+    raw = example("seed.yaml")
+    lab = lab_for(raw, host, state_dir)
+    try:
+        lab.up()
+        table = f"overlays_{lab.main.instance}"
+        subprocess.run(["ip", "netns", "exec", host, "nft", meddling.format(table=table)], check=True)
+        assert lab.main.firewall_problems(), "the drift is seen"
+        assert [(a.verb, a.kind) for a in lab.plan()] == [("repair", "firewall")]
+        lab.up()
+        assert lab.main.firewall_problems() == [] and lab.plan() == []
+        assert lab.check().passed, "the published port answers again"
+    finally:
+        lab.down()
+        lab.close()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from overlays.errors import Conflict, KernelError, NotFound
+from overlays.kernel.nft import TableContents
 from overlays.kernel.rtnl_types import Link, Underlay
 from overlays.store import Store
 
@@ -41,6 +42,8 @@ class FakeKernel:
         self.nft_scripts: list[tuple[str | None, str]] = []
         self.nft_tables: dict[str | None, dict[str, set[tuple[str, str]]]] = {}
         self.adopted: dict[str, tuple[int, int]] = {}  # namespace name -> identity of what it adopted
+        self.nft_elements: dict[tuple[str | None, str], set[tuple[str, str]]] = {}  # (netns, table) -> elements
+        self.nft_rules: dict[tuple[str | None, str], dict[str, tuple[str | None, ...]]] = {}
 
     def snapshot(self) -> dict[str | None, tuple[object, ...]]:
         """Everything observable, to compare before and after an operation."""
@@ -121,22 +124,47 @@ class FakeKernel:
                 tables.setdefault(words[3], set())
             elif words[:2] == ["delete", "table"]:
                 tables.pop(words[3], None)
+                self.nft_elements.pop((netns, words[3]), None)
+                self.nft_rules.pop((netns, words[3]), None)
+            elif words[:2] == ["flush", "chain"]:
+                self.nft_rules.setdefault((netns, words[3]), {})[words[4]] = ()
+            elif words[:2] == ["add", "rule"]:
+                chain, rule = words[4].split(" ", 1)
+                comment = rule.split('comment "', 1)[1].rstrip('"') if 'comment "' in rule else None
+                rules = self.nft_rules.setdefault((netns, words[3]), {})
+                rules[chain] = (*rules.get(chain, ()), comment)
             elif words[1:2] == ["element"]:
                 if words[3] not in tables:
                     raise KernelError("apply", "nftables ruleset", netns, "No such file or directory")
                 name, items = line.split(" ", 5)[4:]
-                keys = {(name, i.split(" : ")[0]) for i in items.strip("{} ").split(", ")}
+                listed = items.strip("{} ").split(", ")
+                keys = {(name, i.split(" : ")[0]) for i in listed}
+                whole = self.nft_elements.setdefault((netns, words[3]), set())
                 if words[0] == "add":
                     tables[words[3]] |= keys
+                    whole |= {(name, i) for i in listed if (name, i.split(" : ")[0]) not in {
+                        (n, e.split(" : ")[0]) for n, e in whole}}
                 else:
                     tables[words[3]] -= keys
+                    whole -= {(n, e) for n, e in whole if (n, e.split(" : ")[0]) in keys}
 
     def nft_delete_table(self, netns: str | None, family: str, table: str) -> None:
         self.nft_tables.get(netns, {}).pop(table, None)
+        self.nft_elements.pop((netns, table), None)
+        self.nft_rules.pop((netns, table), None)
 
     def nft_list_table(self, netns: str | None, family: str, table: str) -> dict[str, object] | None:
         elements = self.nft_tables.get(netns, {}).get(table)
         return None if elements is None else {"nftables": sorted(elements)}
+
+    def nft_contents(self, netns: str | None, family: str, table: str) -> TableContents | None:
+        """The elements as the scripts wrote them (map elements whole) and the rules' comments."""
+        if table not in self.nft_tables.get(netns, {}):
+            return None
+        found: dict[str, set[str]] = {}
+        for name, element in self.nft_elements.get((netns, table), set()):
+            found.setdefault(name, set()).add(element)
+        return TableContents({k: frozenset(v) for k, v in found.items()}, self.nft_rules.get((netns, table), {}))
 
 
 class FakeLinks:
