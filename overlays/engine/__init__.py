@@ -215,6 +215,12 @@ class Engine:
 
         return repair.sandbox_problems(self.ctx, name)
 
+    def default_gateway(self, sandbox: str) -> IPAddress | None:
+        """Where the sandbox's default route goes, as its networks give it (None: none does, e.g. an overlay)."""
+        from overlays.engine import endpoints
+
+        return endpoints.default_gateway(self.ctx, sandbox)
+
     def disconnect(self, network: str, sandbox: str) -> None:
         from overlays.engine import endpoints
 

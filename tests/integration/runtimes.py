@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -132,17 +132,62 @@ class Libcni:
         return doc, done.returncode, stderr
 
     def add(self, container_id: str, netns: str, version: str = "1.0.0", args: str = "",
-            runtime: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        doc, code, stderr = self.exec(self.environment("ADD", container_id, netns, args=args),
+            runtime: Mapping[str, Any] | None = None, ifname: str = "eth0") -> dict[str, Any]:
+        doc, code, stderr = self.exec(self.environment("ADD", container_id, netns, ifname, args),
                                       self.config(version, runtime))
         assert code == 0 and doc is not None, f"ADD failed: {doc} {stderr}"
         assert doc["cniVersion"] == version
         return doc
 
     def delete(self, container_id: str, netns: str = "", version: str = "1.0.0",
-               prev: dict[str, Any] | None = None) -> None:
-        doc, code, stderr = self.exec(self.environment("DEL", container_id, netns), self.config(version, prev=prev))
+               prev: dict[str, Any] | None = None, ifname: str = "eth0") -> None:
+        doc, code, stderr = self.exec(self.environment("DEL", container_id, netns, ifname),
+                                      self.config(version, prev=prev))
         assert (doc, code) == (None, 0), f"DEL failed: {doc} {stderr}"
+
+
+# -- the outside world, and a page to fetch ---------------------------------------------
+
+HOST_OUT, OUTSIDE = "198.51.100.1", "198.51.100.2"
+
+
+def outside_peer(make_netns: Callable[[str], str], host: str) -> str:
+    """A peer wired to the host by a veth (host at HOST_OUT): it knows the host's address and nothing behind it."""
+    name = make_netns("o")
+    for argv in (["-n", host, "link", "add", "to-o", "type", "veth", "peer", "name", "eth0", "netns", name],
+                 ["-n", host, "addr", "add", f"{HOST_OUT}/24", "dev", "to-o"],
+                 ["-n", host, "link", "set", "to-o", "up"],
+                 ["-n", name, "addr", "add", f"{OUTSIDE}/24", "dev", "eth0"],
+                 ["-n", name, "link", "set", "eth0", "up"]):
+        subprocess.run(["ip", *argv], check=True)
+    return name
+
+
+def fetch(netns: str, url: str, tries: int = 50) -> str:
+    """The page at ``url`` as seen from ``netns`` ("" if it never answers); retried while a server starts."""
+    for _ in range(tries):
+        done = subprocess.run(["ip", "netns", "exec", netns, str(BUSYBOX), "wget", "-q", "-O", "-", url],
+                              capture_output=True, text=True, timeout=10)
+        if done.returncode == 0:
+            return done.stdout
+        time.sleep(0.1)
+    return ""
+
+
+@contextlib.contextmanager
+def serving(netns: str, scratch: Path, port: int = 80) -> Iterator[str]:
+    """busybox httpd serving PAGE on ``port`` inside ``netns`` (stopped after); yields the page."""
+    www = scratch / f"www-{netns}"
+    www.mkdir()
+    (www / "index.html").write_text(PAGE)
+    server = subprocess.Popen(["ip", "netns", "exec", netns, str(BUSYBOX), "httpd", "-f", "-p", str(port), "-h",
+                               str(www)])
+    try:
+        assert fetch(netns, f"http://127.0.0.1:{port}/") == PAGE, "httpd did not start"
+        yield PAGE
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 # -- podman ------------------------------------------------------------------------

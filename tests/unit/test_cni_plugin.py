@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from overlays import Engine, NetworkSpec
+from overlays import EndpointRequest, Engine, NetworkSpec
 from overlays.cni import conflist, names, protocol
 from overlays.cni.config import parse
 from overlays.cni.plugin import EnginePlugin
@@ -118,11 +118,12 @@ def test_add_twice_without_del_is_a_conflict(rt: Runtime) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "named"), [
-    ({"ifname": "net1"}, "CNI_IFNAME net1"),
-    ({"args": "MAC=02:42:ac:11:00:02"}, "static MAC 02:42:ac:11:00:02"),
-    ({"runtimeConfig": {"mac": "02:42:ac:11:00:03"}}, "static MAC 02:42:ac:11:00:03"),
     ({"runtimeConfig": {"ips": ["10.1.0.7", "10.1.0.8"]}}, "one address per attachment"),
     ({"args": "IP=fd00::5"}, "static address fd00::5: overlays serves IPv4 only"),
+    ({"runtimeConfig": {"portMappings": [{"hostPort": 53, "containerPort": 53, "protocol": "sctp"}]}},
+     "published port 53->53/sctp: overlays publishes tcp and udp only"),
+    ({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "hostIP": "fd00::1"}]}},
+     "IPv4 host addresses only"),
 ])
 def test_what_the_engine_cannot_do_yet_is_refused_before_any_change(rt: Runtime, kwargs: dict[str, Any],
                                                                     named: str) -> None:
@@ -132,12 +133,56 @@ def test_what_the_engine_cannot_do_yet_is_refused_before_any_change(rt: Runtime,
     assert rt.boxes() == []
 
 
-def test_ports_and_aliases_are_not_applied_yet_and_said_so(rt: Runtime) -> None:
-    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+def test_add_is_one_adoption_with_ports_aliases_and_labels(rt: Runtime) -> None:
+    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+             {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "0.0.0.0"}]
     doc, code = rt.call("ADD", runtimeConfig={"portMappings": ports, "aliases": {"front": ["web"], "other": ["x"]}})
     assert code == 0, doc
-    assert any("8080->80/tcp" in w for w in rt.warnings)
-    assert any("aliases not kept (web)" in w for w in rt.warnings)
+    box = rt.engine.sandbox(names.sandbox_name(CID, "eth0"))
+    assert sorted(map(str, box.ports)) == ["0.0.0.0:5353->53/udp", "0.0.0.0:8080->80/tcp"]
+    assert box.endpoints[0].aliases == ("web",)
+    assert dict(box.labels) == {"cni.containerID": CID, "cni.ifname": "eth0", "cni.network": "front"}
+    assert rt.warnings == []
+    # A port another container holds is a conflict that leaves nothing behind.
+    doc, code = rt.call("ADD", cid="b1", runtimeConfig={"portMappings": ports[:1]})
+    assert (code, doc["code"]) == (1, 102) and "8080" in doc["msg"]
+    assert rt.boxes() == [box.name]
+    rt.call("DEL")
+    assert rt.call("ADD", cid="b1", runtimeConfig={"portMappings": ports[:1]})[1] == 0
+
+
+def test_static_mac_and_another_interface_name(rt: Runtime) -> None:
+    netns = rt.netns("c1")
+    a, code = rt.call("ADD", netns=netns, ifname="net1", args="MAC=02:42:AC:11:00:02")
+    assert code == 0, a
+    assert [i["name"] for i in a["interfaces"]][1:] == ["net1"] and a["interfaces"][1]["mac"] == "02:42:ac:11:00:02"
+    box = rt.engine.sandbox(names.sandbox_name(CID, "net1"))
+    assert rt.kernel.namespaces[box.netns].links["net1"].mac == "02:42:ac:11:00:02"
+    b, code = rt.call("ADD", cid="b1", runtimeConfig={"mac": "02:42:ac:11:00:03"})
+    assert code == 0 and b["interfaces"][1]["mac"] == "02:42:ac:11:00:03"
+    doc, code = rt.call("ADD", cid="c1", args="MAC=02:42:ac:11:00:03")
+    assert (code, doc["code"]) == (1, 102) and "MAC 02:42:ac:11:00:03" in doc["msg"]
+
+
+@pytest.mark.parametrize(("kwargs", "code", "named"), [
+    ({"args": "MAC=02:6f:0a:01:00:09"}, 4, "overlays' own"),
+    ({"runtimeConfig": {"mac": "03:42:ac:11:00:02"}}, 7, "multicast"),
+    ({"runtimeConfig": {"aliases": {"front": ["not a name"]}}}, 7, "alias 'not a name'"),
+    ({"ifname": "lo"}, 4, "CNI_IFNAME"),
+])
+def test_what_the_engine_refuses_is_named(rt: Runtime, kwargs: dict[str, Any], code: int, named: str) -> None:
+    doc, status = rt.call("ADD", **kwargs)
+    assert (status, doc["code"]) == (1, code) and named in doc["msg"]
+    assert rt.boxes() == []
+
+
+def test_del_and_gc_take_only_what_the_labels_say(rt: Runtime) -> None:
+    """A sandbox with an attachment's name but no attachment's labels (made by hand) is not the runtime's."""
+    name = names.sandbox_name("c1", "eth0")
+    rt.engine.adopt(name, netns_path=rt.netns("hand"), networks=[EndpointRequest.parse("front")])
+    assert rt.call("DEL", cid="c1") == ({}, 0)
+    assert rt.call("GC") == ({}, 0)
+    assert rt.boxes() == [name]
 
 
 @pytest.mark.parametrize(("conf", "args", "code", "named"), [
@@ -176,6 +221,10 @@ def test_check_passes_after_add_and_fails_on_mismatch_or_unknown(rt: Runtime) ->
     assert (code, doc["code"]) == (1, 3)
     doc, code = rt.call("CHECK", netns=rt.netns("another"))
     assert code == 1 and "holds another namespace" in doc["msg"]
+    box = rt.engine.sandbox(names.sandbox_name(CID, "eth0"))
+    del rt.kernel.namespaces[box.netns].links["eth0"]  # the kernel lost what the record says
+    doc, code = rt.call("CHECK", netns=netns, prevResult=added)
+    assert (code, doc["code"]) == (1, 100) and "eth0" in doc["msg"], doc
     Path(netns).unlink()  # the runtime's namespace went away
     doc, code = rt.call("CHECK", netns=netns)
     assert code == 1 and "is gone" in doc["msg"]
