@@ -10,7 +10,9 @@ sandbox, and removing it takes our interfaces and our bind mount away but never 
 runtime's namespace, which is not ours to delete.
 
 DEL is idempotent: an attachment already gone, or a namespace the runtime already
-deleted, is success. DEL and GC take only sandboxes whose labels name this attachment
+deleted, is success. In the server, DEL hands the removal to ``remove_later``: the
+runtime gets its answer first, and the server removes the sandbox before it takes
+the next request (see ``server``). DEL and GC take only sandboxes whose labels name this attachment
 (GC: this network), and GC keeps going past failures, reporting them all. CHECK asks
 the engine what the kernel lacks against the record (``Engine.check``), then
 compares the namespace and the runtime's ``prevResult``.
@@ -64,6 +66,8 @@ if TYPE_CHECKING:
     from overlays.model.state import Endpoint, IPAddress, Network, Sandbox
 
 ENGINE_PROTOCOLS = ("tcp", "udp")  # what the engine publishes (model.ports.PROTOCOLS)
+# The server's DEL: takes (engine, sandbox) to remove once the runtime has its answer; False: remove it now.
+RemoveLater = Callable[["Engine", str], bool]
 
 
 def open_engine(conf: config.PluginConf) -> Engine:
@@ -162,12 +166,15 @@ class EnginePlugin:
     """The verbs, on the engine the configuration names (opened on first use)."""
 
     def __init__(self, conf: config.PluginConf, warn: Warn, engine: Engine | None = None,
-                 host_check: bool = True, same_netns: Callable[[Path, Path], bool] | None = None) -> None:
+                 host_check: bool = True, same_netns: Callable[[Path, Path], bool] | None = None,
+                 remove_later: RemoveLater | None = None) -> None:
         self.conf = conf
         self.warn = warn
         self._engine = engine
+        self._owned = engine is None  # an engine given is its giver's to close (the server keeps its own)
         self.host_check = host_check
         self.same_netns = same_netns or same_namespace
+        self.remove_later = remove_later
 
     @property
     def engine(self) -> Engine:
@@ -176,7 +183,7 @@ class EnginePlugin:
         return self._engine
 
     def close(self) -> None:
-        if self._engine is not None:
+        if self._engine is not None and self._owned:
             self._engine.close()
 
     def _require_host(self) -> None:
@@ -215,7 +222,9 @@ class EnginePlugin:
     def delete(self, req: Request) -> None:
         name = names.sandbox_name(req.container_id, req.ifname)
         try:
-            if self._ours(self.engine.sandbox(name), req):
+            if not self._ours(self.engine.sandbox(name), req):
+                return  # another attachment's sandbox (or one made by hand) under this name: not ours to take
+            if self.remove_later is None or not self.remove_later(self.engine, name):
                 self.engine.remove_sandbox(name, force=True)
         except NotFound:
             return  # DEL again, or never added: nothing of ours is left, which is what DEL asks

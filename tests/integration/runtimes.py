@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import time
@@ -144,6 +145,66 @@ class Libcni:
         doc, code, stderr = self.exec(self.environment("DEL", container_id, netns, ifname),
                                       self.config(version, prev=prev))
         assert (doc, code) == (None, 0), f"DEL failed: {doc} {stderr}"
+        settle(self.host, self.bin_dir)
+
+
+def settle(host: str, bin_dir: Path) -> None:
+    """Return once the DELs answered so far are done. The server answers a DEL first and removes right after,
+    before it takes the next request: any verb answered later (here VERSION) comes after the removal."""
+    done = subprocess.run(in_host(host, [str(bin_dir / "overlays-cni")]), input=b"{}", capture_output=True,
+                          env=dict(os.environ, CNI_COMMAND="VERSION"), timeout=30)
+    assert done.returncode == 0, done
+
+
+# -- the plugin's servers ----------------------------------------------------------------
+
+
+def cni_servers(netns: str | None = None) -> list[int]:
+    """PIDs of this install's overlays-cni servers (only those in network namespace ``netns``, if given)."""
+    from overlays.cni import conflist
+
+    key = conflist.install_key(conflist.package_paths()).encode()
+    where = os.stat(f"/run/netns/{netns}") if netns else None
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
+            if b"overlays.cni.server" in argv and key in argv:
+                ns = os.stat(f"/proc/{entry}/ns/net")
+                if where is None or (ns.st_dev, ns.st_ino) == (where.st_dev, where.st_ino):
+                    found.append(int(entry))
+        except OSError:
+            continue  # it ended meanwhile
+    return found
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``condition`` holds within ``timeout`` seconds (for what settles in another process)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def servers_outliving(timeout: float = 10.0) -> list[int]:
+    """This install's servers still running after ``timeout`` seconds (each leaves once no attachment remains)."""
+    deadline = time.monotonic() + timeout
+    while (left := cni_servers()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+@contextlib.contextmanager
+def no_server_outlives_its_attachments() -> Iterator[None]:
+    """After a test: no server of ours is left once the test's attachments are gone (those left are killed)."""
+    yield
+    left = servers_outliving()
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"overlays-cni servers left running: {left}"
 
 
 # -- the outside world, and a page to fetch ---------------------------------------------

@@ -8,6 +8,8 @@ namespace; each "container" is a namespace the test makes, as a runtime would.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,10 +21,26 @@ from overlays.cni import names
 from overlays.topology import Lab, resolve
 
 from .conftest import Cli, _instances, can_ping, ip_json, unique
-from .runtimes import HOST_OUT, Libcni, fetch, outside_peer, serving
+from .runtimes import (
+    HOST_OUT,
+    Libcni,
+    cni_servers,
+    eventually,
+    fetch,
+    no_server_outlives_its_attachments,
+    outside_peer,
+    serving,
+)
 
 SUBNET = "10.61.0.0/24"
 ALL_VERSIONS = ["0.4.0", "1.0.0", "1.1.0"]
+
+
+@pytest.fixture(autouse=True)
+def no_server_left() -> Iterator[None]:
+    """Torn down after the test's own fixtures: its attachments are gone, and so must its servers be."""
+    with no_server_outlives_its_attachments():
+        yield
 
 
 @pytest.fixture
@@ -315,3 +333,43 @@ def test_a_macvlan_network_has_no_host_interface_and_routes_via_the_segment(
     lib.delete("m1", netns_path(container), "0.4.0", prev=result)
     assert eth0(container) is None
     assert [str(x["ifname"]) for x in ip_json(host, "link", "show")] == ["lo", "lan0"]
+
+
+# -- the resident server behind the launcher ---------------------------------------------------------------------------
+
+
+def test_a_server_comes_with_the_first_add_and_leaves_with_the_last_del(lib: Libcni, host: str,
+                                                                        make_netns: Callable[[str], str]) -> None:
+    a, b = make_netns("a"), make_netns("b")
+    assert cni_servers(host) == []
+    first = lib.add("c1", netns_path(a))  # no server yet: done by the exec'd process, which then starts one
+    assert eventually(lambda: len(cni_servers(host)) == 1)
+    (pid,) = cni_servers(host)
+    second = lib.add("c2", netns_path(b))  # answered by the server
+    assert first["ips"][0]["address"] != second["ips"][0]["address"]
+    lib.delete("c1", netns_path(a), prev=first)
+    assert eth0(a) is None and cni_servers(host) == [pid], "an attachment remains: so does the server"
+    lib.delete("c2", netns_path(b), prev=second)
+    assert eth0(b) is None
+    assert eventually(lambda: cni_servers(host) == []), "no attachment remains: neither may the server"
+
+
+def test_a_killed_server_is_replaced_and_its_answered_del_finished(lib: Libcni, host: str, state_dir: Path,
+                                                                   make_netns: Callable[[str], str]) -> None:
+    a, b = make_netns("a"), make_netns("b")
+    lib.add("c1", netns_path(a))
+    assert eventually(lambda: len(cni_servers(host)) == 1)
+    (pid,) = cni_servers(host)
+    # As if it had answered c1's DEL and died before removing it: its marker stays, and so does c1.
+    marker = state_dir / "cni-removing" / host / names.sandbox_name("c1", "eth0")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    os.kill(pid, signal.SIGKILL)
+    assert eventually(lambda: cni_servers(host) == [])
+    result = lib.add("c2", netns_path(b))  # no server: done here, then a new server that finishes the marker's DEL
+    assert result["ips"][0]["address"]
+    with engine_of(host, state_dir) as eng:
+        assert eventually(lambda: [x.name for x in eng.sandboxes()] == [names.sandbox_name("c2", "eth0")])
+    assert eth0(a) is None and not marker.exists()
+    lib.delete("c2", netns_path(b), prev=result)
+    assert eventually(lambda: cni_servers(host) == [])

@@ -18,9 +18,16 @@ import pytest
 from overlays import Engine
 
 from .conftest import Cli, ip_json, sh
-from .runtimes import HOST_OUT, IMAGE, PAGE, Podman, fetch, outside_peer
+from .runtimes import HOST_OUT, IMAGE, PAGE, Podman, fetch, no_server_outlives_its_attachments, outside_peer, settle
 
 SUBNET = "10.62.0.0/24"
+
+
+@pytest.fixture(autouse=True)
+def no_server_left() -> Iterator[None]:
+    """Torn down after the test's own fixtures: its attachments are gone, and so must its servers be."""
+    with no_server_outlives_its_attachments():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +45,13 @@ class Pod:
     podman: Podman
     host: str
     env: dict[str, str]
+    bin_dir: Path
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.podman.run(self.host, self.env, *args, check=check)
+        done = self.podman.run(self.host, self.env, *args, check=check)
+        if args[0] in ("rm", "run"):  # commands that may DEL: wait until what they asked is done
+            settle(self.host, self.bin_dir)
+        return done
 
     def ip_of(self, container: str) -> str:
         return self("inspect", container, "--format", "{{.NetworkSettings.Networks.front.IPAddress}}").stdout.strip()
@@ -53,7 +64,7 @@ def pod(podman_root: Podman, cli: Cli, host: str, tmp_path: Path) -> Iterator[Po
     cli("cni", "install", "front", "--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir), check=True)
     env = podman_root.configure(conf_dir, bin_dir)
     podman_root.import_image(host, env)
-    yield Pod(podman_root, host, env)
+    yield Pod(podman_root, host, env, bin_dir)
     podman_root.remove_all(host, env)  # before the host namespace goes: DEL runs in it
 
 

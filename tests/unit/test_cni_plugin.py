@@ -12,7 +12,7 @@ from overlays import EndpointRequest, Engine, NetworkSpec
 from overlays.cni import conflist, names, protocol
 from overlays.cni.config import parse
 from overlays.cni.plugin import EnginePlugin
-from overlays.errors import Conflict, NotFound
+from overlays.errors import Conflict, InvalidSpec, NotFound
 from overlays.store import MemoryStore
 
 from .fakes import FakeKernel
@@ -274,20 +274,33 @@ def test_status_says_whether_an_add_can_succeed(rt: Runtime, monkeypatch: pytest
 
 def test_conflist_install_and_uninstall_in_given_dirs(tmp_path: Path) -> None:
     conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
-    plugin = tmp_path / "venv" / "overlays-cni"
+    launcher = conflist.launcher("/usr/bin/python3", ["/opt/overlays", "/opt/site"])
     doc = conflist.build("front", state_dir=tmp_path / "state", store=None, node="h1", host_netns="h1")
-    path, link = conflist.install(doc, conf_dir, bin_dir, plugin)
+    path, plugin = conflist.install(doc, conf_dir, bin_dir, launcher)
     assert json.loads(path.read_text()) == doc
     assert doc["plugins"][0]["capabilities"] == {"portMappings": True, "ips": True, "mac": True, "aliases": True}
-    assert link.is_symlink() and link.readlink() == plugin
+    assert plugin.read_text() == launcher and plugin.stat().st_mode & 0o777 == 0o755
     back = conflist.build("back", state_dir=tmp_path / "state", store=None, node="h1", host_netns="h1")
-    conflist.install(back, conf_dir, bin_dir, plugin)  # a second network shares the link
+    conflist.install(back, conf_dir, bin_dir, launcher)  # a second network shares the plugin
     assert conflist.uninstall("front", conf_dir, bin_dir) == [path]
-    assert link.is_symlink()
-    assert conflist.uninstall("back", conf_dir, bin_dir) == [conf_dir / "overlays-back.conflist", link]
-    assert list(conf_dir.iterdir()) == [] and not link.exists()
+    assert plugin.exists()
+    assert conflist.uninstall("back", conf_dir, bin_dir) == [conf_dir / "overlays-back.conflist", plugin]
+    assert list(conf_dir.iterdir()) == [] and list(bin_dir.iterdir()) == []
     with pytest.raises(NotFound, match="no conflist for network front"):
         conflist.uninstall("front", conf_dir, bin_dir)
+
+
+def test_the_launcher_is_the_thin_client_behind_python_without_site(tmp_path: Path) -> None:
+    text = conflist.launcher("/usr/bin/python3", ["/opt/overlays", "/opt/site"])
+    lines = text.splitlines()
+    assert lines[0] == "#!/usr/bin/python3 -IS" and lines[1] == conflist.LAUNCHER_MARK
+    key = conflist.install_key(["/opt/overlays"])
+    assert lines[-1] == f"    sys.exit(main({key!r}, ['/opt/overlays', '/opt/site']))"
+    compile(text, "overlays-cni", "exec")  # the client's source, whole
+    imports = {line.split()[1] for line in lines if line.startswith(("import ", "from "))}
+    assert imports == {"_socket", "posix", "sys"}, "the client imports built-in modules only"
+    with pytest.raises(InvalidSpec, match="cannot be a script's #! line"):
+        conflist.launcher("/" + "x" * 300, ["/opt"])
 
 
 def test_install_refuses_to_replace_what_is_not_ours(tmp_path: Path) -> None:
@@ -295,14 +308,18 @@ def test_install_refuses_to_replace_what_is_not_ours(tmp_path: Path) -> None:
     conf_dir.mkdir()
     (conf_dir / "10-front.conflist").write_text(json.dumps({"name": "front", "plugins": [{"type": "bridge"}]}))
     doc = conflist.build("front", state_dir=tmp_path, store=None, node="n", host_netns=None)
+    launcher = conflist.launcher("/usr/bin/python3", ["/opt/overlays"])
     with pytest.raises(Conflict, match=r"10-front\.conflist already configures a CNI network named front"):
-        conflist.install(doc, conf_dir, bin_dir, tmp_path / "overlays-cni")
+        conflist.install(doc, conf_dir, bin_dir, launcher)
     (conf_dir / "10-front.conflist").unlink()
     bin_dir.mkdir()
-    (bin_dir / "overlays-cni").write_text("someone else's")
-    with pytest.raises(Conflict, match="is not a link"):
-        conflist.install(doc, conf_dir, bin_dir, tmp_path / "overlays-cni")
+    (bin_dir / "overlays-cni").write_text("#!/bin/sh\nsomeone else's\n")
+    with pytest.raises(Conflict, match="is not overlays' overlays-cni"):
+        conflist.install(doc, conf_dir, bin_dir, launcher)
     assert list(conf_dir.iterdir()) == []
+    (bin_dir / "overlays-cni").unlink()
+    (bin_dir / "overlays-cni").symlink_to(tmp_path / "venv" / "overlays-cni")  # what earlier versions linked
+    assert conflist.install(doc, conf_dir, bin_dir, launcher)[1].read_text() == launcher
 
 
 def test_store_url_is_made_absolute_for_the_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
