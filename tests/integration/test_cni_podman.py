@@ -66,6 +66,7 @@ def pod(podman_root: Podman, cli: Cli, host: str, tmp_path: Path) -> Iterator[Po
     podman_root.import_image(host, env)
     yield Pod(podman_root, host, env, bin_dir)
     podman_root.remove_all(host, env)  # before the host namespace goes: DEL runs in it
+    settle(host, bin_dir)  # and before the CLI's clean-up looks: what those DELs asked is done
 
 
 def sandboxes(host: str, state_dir: Path) -> list[str]:
