@@ -100,15 +100,16 @@ def _others_named(conf_dir: Path, network: str, mine: Path) -> list[Path]:
 
 
 def package_paths() -> list[str]:
-    """Where the launcher finds the package (and what it needs) without the site: our root, then site-packages."""
+    """Where the launcher finds the package and what it imports, without the site: our root, then every
+    site-packages dir of this Python (a venv's; on Debian also the dist-packages apt fills)."""
+    import site
     import sysconfig
 
     import overlays
 
     found = [str(Path(overlays.__file__).resolve().parent.parent)]
-    for kind in ("purelib", "platlib"):
-        path = sysconfig.get_paths()[kind]
-        if path not in found:
+    for path in [*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]:
+        if path not in found and Path(path).is_dir():
             found.append(path)
     return found
 
