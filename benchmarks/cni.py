@@ -6,20 +6,24 @@ exec`` process in between), with the CNI environment and the request configurati
 on stdin, as libcni does; DEL gets the ADD's result as ``prevResult``. The runtime's
 part (creating and deleting each container's namespace) is untimed.
 
-- ``overlays-cni``: the installed plugin (the link ``overlays cni install`` makes, to
-  the console script) on an overlays bridge network;
+- ``overlays-cni``: the installed plugin (the launcher ``overlays cni install`` writes: a thin
+  client under ``python -I -S`` handing each verb to a resident server of ours, which the first
+  ADD starts and the last DEL ends) on an overlays bridge network;
+- ``overlays-cni one-shot``: the same verbs done in the exec'd process itself, as the launcher's
+  fallback does them when no server answers (``-I -S``, bytecode cached; no server started);
 - ``cni``: the reference chain bridge + host-local (Debian's /usr/lib/cni, ipMasq off:
   overlays masquerades per network, not per container);
 - ``overlays-cni+port`` / ``cni+portmap``: the same with one published port per container
   (``runtimeConfig.portMappings``; the reference chain runs portmap after bridge, and
   before it on DEL);
-- ``overlays-cni resident``: not a way runtimes call us today, but what the same verbs cost in
-  a process that has its imports done: ``protocol.handle`` called in the worker, from the
-  host namespace's thread. With the floors it shows what a resident helper (a thin client
-  exec'd by the runtime, the verbs served by a long-lived process) would cost;
+- ``overlays-cni resident``: the verbs through ``protocol.handle`` in the worker itself, from
+  the host namespace's thread: the server's share of an ADD or DEL, without exec or socket;
 - floors: ``python -c pass`` with the plugin's interpreter, ``python -c "import ..."`` of
-  what one ADD imports (read from ``-X importtime``), ``python -I -S`` importing only what a
-  thin socket client needs, and a Go plugin's VERSION.
+  what one ADD imports (read from ``-X importtime``), ``python -I -S`` importing what the
+  thin client imports, and a Go plugin's VERSION.
+
+After the DEL phase the benchmark checks that the servers are gone (no attachment left:
+the server must not outlive them).
 
 Containers 0..N-1 are added in interleaved order (subject order rotated at each i), then
 deleted the same way, so drifts in machine load hit every subject alike; floors are
@@ -36,19 +40,24 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks import netns
 from benchmarks.harness import Row, Run, Verdict, WorkerFailed, check, median, ms, now_ns, percentile, run_worker
 
+if TYPE_CHECKING:
+    from overlays import Engine
+
 NAME = "cni"
 OURS, REFERENCE, OURS_PORT, REFERENCE_PORT = "overlays-cni", "cni", "overlays-cni+port", "cni+portmap"
-RESIDENT = "overlays-cni resident"
-ORDER = [OURS, REFERENCE, OURS_PORT, REFERENCE_PORT, RESIDENT]
+RESIDENT, ONE_SHOT = "overlays-cni resident", "overlays-cni one-shot"
+ORDER = [OURS, REFERENCE, OURS_PORT, REFERENCE_PORT, ONE_SHOT, RESIDENT]
+SERVED = (OURS, OURS_PORT)  # the subjects whose verbs a server of ours answers
 FLOOR_PY, FLOOR_IMPORTS, FLOOR_GO = "python -c pass", "python: ADD's imports", "Go plugin VERSION"
-FLOOR_THIN = "python -I -S: socket client"
+FLOOR_THIN = "python -I -S: the thin client's imports"
 CNI_BIN = Path("/usr/lib/cni")
 PORT_BASE, CONTAINER_PORT = 30000, 80
 NETWORK = "bench"
@@ -56,8 +65,6 @@ NETWORK = "bench"
 ADD_VS_REFERENCE = 3.0        # without ports: ADD <= 3x bridge + host-local
 ADD_VS_PORTMAP = 0.5          # with one port: ADD <= 0.5x bridge + host-local + portmap
 DEL_VS_PORTMAP = 0.2          # with one port: DEL <= 0.2x
-PORTS_PENDING = ("overlays-cni does not publish ports yet (needs Engine.adopt(..., ports=...)): "
-                 "its +port figures do less work than portmap's, so they are shown, not judged")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,12 +92,16 @@ class Chain:
 
     def exec(self, plugin: Path, command: str, i: int, conf: dict[str, Any]) -> tuple[int, bytes]:
         """One plugin run as libcni does it; returns (ns it took, stdout)."""
+        return self.exec_argv([str(plugin)], plugin, command, i, conf)
+
+    def exec_argv(self, argv: list[str], plugin: Path, command: str, i: int, conf: dict[str, Any],
+                  ) -> tuple[int, bytes]:
         env = self.env | {"CNI_COMMAND": command, "CNI_CONTAINERID": f"bench{i:08d}", "CNI_IFNAME": "eth0",
                           "CNI_NETNS": str(netns.path_of(self.container(i))), "CNI_PATH": str(plugin.parent)}
 
         def run() -> tuple[int, subprocess.CompletedProcess[bytes]]:
             t = now_ns()
-            done = subprocess.run([str(plugin)], input=json.dumps(conf).encode(), env=env, capture_output=True)
+            done = subprocess.run(argv, input=json.dumps(conf).encode(), env=env, capture_output=True)
             return now_ns() - t, done
 
         took, done = self.thread.call(run)
@@ -165,10 +176,14 @@ class Ours(Chain):
             engine.create_network(NetworkSpec.parse(NETWORK, subnet=self.subnet))
             doc = conflist.build(NETWORK, state_dir=state.resolve(), store=None, node=engine.ctx.node,
                                  host_netns=self.host)
-        _, self.plugin = conflist.install(doc, self.workdir / "net.d", self.workdir / "bin",
-                                          conflist.plugin_executable())
+        _, self.plugin = conflist.install(doc, self.workdir / "net.d", self.workdir / "bin", conflist.launcher())
+        conflist.compile_package()
         self.conf = {k: v for k, v in doc["plugins"][0].items() if k != "capabilities"}
         self.conf |= {"cniVersion": doc["cniVersion"], "name": NETWORK}
+        self.completed = []
+
+    completed: list[int]
+    watcher: Engine | None = None
 
     def request(self, i: int) -> dict[str, Any]:
         return self.conf | ({"runtimeConfig": {"portMappings": self.port(i)}} if self.publishes else {})
@@ -179,11 +194,36 @@ class Ours(Chain):
         return took
 
     def delete(self, i: int) -> int:
-        return self.exec(self.plugin, "DEL", i, self.request(i) | {"prevResult": self.results.pop(i)})[0]
+        prev = self.results.pop(i)
+        start = now_ns()
+        took = self.exec(self.plugin, "DEL", i, self.request(i) | {"prevResult": prev})[0]
+        if self.name in SERVED:  # answered before the removal is done: also time until its record is gone
+            self.thread.call(lambda: self._wait_forgotten(i))
+            self.completed.append(now_ns() - start)
+        return took
+
+    def _wait_forgotten(self, i: int, timeout: float = 5.0) -> None:
+        """Until container i's sandbox record is gone: the store forgets it once its kernel objects are."""
+        from overlays import Engine, NotFound
+        from overlays.cni import names
+
+        if self.watcher is None:
+            self.watcher = Engine(host_netns=self.host, state_dir=self.workdir / "state")
+        name = names.sandbox_name(f"bench{i:08d}", "eth0")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.watcher.sandbox(name)
+            except NotFound:
+                return
+            time.sleep(0.0005)
+        raise RuntimeError(f"sandbox {name} still recorded {timeout} s after DEL")
 
     def close(self) -> None:
         from overlays import Engine
 
+        if self.watcher is not None:
+            self.watcher.close()
         with contextlib.suppress(Exception), Engine(host_netns=self.host, state_dir=self.workdir / "state") as eng:
             for box in eng.sandboxes():  # after a failure: what DEL did not remove
                 eng.remove_sandbox(box.name, force=True)
@@ -194,6 +234,24 @@ class Ours(Chain):
 class OursPort(Ours):
     name = OURS_PORT
     publishes = True
+
+
+def one_shot_argv() -> list[str]:
+    """The plugin done in the exec'd process, as the launcher's fallback does it (but starting no server)."""
+    from overlays.cni import conflist
+
+    code = (f"import sys; sys.path[:0] = {conflist.package_paths()!r}; from overlays.cni.main import main; "
+            "sys.exit(main())")
+    return [sys.executable, "-I", "-S", "-c", code]
+
+
+class OneShot(Ours):
+    """No server: every verb pays the interpreter, the imports and opening the store."""
+
+    name = ONE_SHOT
+
+    def exec(self, plugin: Path, command: str, i: int, conf: dict[str, Any]) -> tuple[int, bytes]:
+        return self.exec_argv(one_shot_argv(), plugin, command, i, conf)
 
 
 class Resident(Ours):
@@ -220,7 +278,8 @@ class Resident(Ours):
         return took, out
 
 
-SUBJECTS: dict[str, type[Chain]] = {c.name: c for c in (Ours, Reference, OursPort, ReferencePortmap, Resident)}
+SUBJECTS: dict[str, type[Chain]] = {c.name: c for c in (Ours, Reference, OursPort, ReferencePortmap, OneShot,
+                                                         Resident)}
 
 
 # -- checks and floors (untimed parts) -------------------------------------------
@@ -260,6 +319,28 @@ def _port_answers(sub: Chain, i: int) -> bool:
         listener.close()
 
 
+def _server_stays(sub: Chain) -> bool:
+    """Whether the server of the subject's host still answers 5 s after its last attachment went."""
+    from overlays.cni import client, conflist
+
+    where = client.address(conflist.install_key(conflist.package_paths()))
+
+    def answers() -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(where)
+                return True
+            except OSError:
+                return False
+
+    deadline = now_ns() + 5 * 10**9
+    while sub.thread.call(answers):  # an abstract socket is the network namespace's: ask from the host's
+        if now_ns() > deadline:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _imports_of_add(sub: Ours, env: dict[str, str]) -> tuple[list[str], dict[str, float]]:
     """One more ADD under ``-X importtime`` (untimed, after a warm-up ADD that fills the bytecode cache):
     the top-level modules it imports, and the costliest packages (self times added up, ms)."""
@@ -269,7 +350,8 @@ def _imports_of_add(sub: Ours, env: dict[str, str]) -> tuple[list[str], dict[str
         conf = json.dumps(sub.request(i))
         cenv = env | {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "importtime", "CNI_IFNAME": "eth0",
                       "CNI_NETNS": str(netns.path_of(sub.container(i))), "CNI_PATH": str(sub.plugin.parent)}
-        for argv in ([str(sub.plugin)], [sys.executable, "-X", "importtime", str(sub.plugin)]):
+        plain = one_shot_argv()
+        for argv in (plain, [plain[0], "-X", "importtime", *plain[1:]]):
 
             def add(argv: list[str] = argv) -> subprocess.CompletedProcess[str]:
                 return subprocess.run(argv, input=conf, env=cenv, capture_output=True, text=True)
@@ -313,12 +395,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     floors: dict[str, list[int]] = {FLOOR_PY: [], FLOOR_IMPORTS: [], FLOOR_THIN: [], FLOOR_GO: []}
     result: dict[str, Any] = {}
     with _subjects(spec, env) as subs:
-        ours = next((s for s in subs.values() if isinstance(s, Ours)), None)
+        ours = next((s for s in subs.values() if isinstance(s, OneShot)), None)
         imports, by_origin = _imports_of_add(ours, env) if ours else ([], {})
         result["imports_by_origin"] = by_origin
         floor_argv = {FLOOR_PY: [sys.executable, "-c", "pass"],
                       FLOOR_IMPORTS: [sys.executable, "-c", "import " + ", ".join(imports or ["json"])],
-                      FLOOR_THIN: [sys.executable, "-I", "-S", "-c", "import json, os, socket"],
+                      FLOOR_THIN: [sys.executable, "-I", "-S", "-c", "import _socket, posix"],
                       FLOOR_GO: [str(CNI_BIN / "bridge")]}
         genv = env | {"CNI_COMMAND": "VERSION"}
         order = list(subs)
@@ -333,6 +415,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                         else:
                             times[name]["del"].append(subs[name].delete(i))
                             netns.delete(subs[name].container(i))
+                    if phase == "del" and i == n - 1:
+                        result["servers_left"] = [s for s in SERVED if s in subs and _server_stays(subs[s])]
                     if phase == "add":
                         for label, argv in floor_argv.items():
                             t = now_ns()
@@ -346,7 +430,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                 for i in range(n + 1):
                     if netns.path_of(sub.container(i)).exists():
                         netns.delete(sub.container(i))
-    return result | {"times": times, "floors": floors, "imports": imports}
+    completed = {name: sub.completed for name, sub in subs.items() if isinstance(sub, Ours) and sub.completed}
+    return result | {"times": times, "floors": floors, "imports": imports, "completed": completed}
 
 
 def _verify(sub: Chain, n: int) -> dict[str, Any]:
@@ -397,10 +482,14 @@ def rows(res: dict[str, Any], n: int) -> list[Row]:
                  f"first and last container wired: {v.get('wired')}"]
         if v.get("port_answers") is not None:
             notes.append(f"their published port answers: {v['port_answers']}")
-        if subject == OURS_PORT:
-            notes.append(PORTS_PENDING)
         if subject == RESIDENT:
-            notes.append("protocol.handle in a warm process, no exec: what a resident helper would pay per verb")
+            notes.append("protocol.handle in the worker, no exec and no socket: the server's share of each verb")
+        if subject in SERVED:
+            notes.append("through the thin client and a server of ours; the server outlived the last DEL: "
+                         f"{subject in res.get('servers_left', [])}")
+        if subject == ONE_SHOT:
+            notes.append("each verb in the exec'd process (python -I -S, bytecode cached): what the launcher's "
+                         "fallback pays when no server answers")
         base = REFERENCE_PORT if subject in (OURS_PORT, REFERENCE_PORT) else REFERENCE
         for phase, metric in (("add", "add_median"), ("del", "del_median")):
             row = _row(subject, n, metric, times[subject][phase], "; ".join(notes))
@@ -419,11 +508,18 @@ def rows(res: dict[str, Any], n: int) -> list[Row]:
                 FLOOR_GO: "the reference bridge plugin answering VERSION: a Go binary's start"}[label]
         row = _row(label, n, "wall_median", samples, note)
         out.append(row.with_baseline(py, FLOOR_PY) if label != FLOOR_PY else row)
-    ours_add = ms(median(times[OURS]["add"]))
+    one_shot_add = ms(median(times[ONE_SHOT]["add"]))
     imports = ms(median(floors[FLOOR_IMPORTS]))
-    out.append(Row(NAME, OURS, n, "add_minus_imports", ours_add - imports, "ms",
-                   note="ADD's median less the import floor's: the engine's work (store, netlink, nft) and the "
-                        "plugin's own"))
+    out.append(Row(NAME, ONE_SHOT, n, "add_minus_imports", one_shot_add - imports, "ms",
+                   note="the one-shot ADD's median less the import floor's: the engine's work (store, netlink, "
+                        "nft) and the plugin's own"))
+    for subject in SERVED:
+        done = res.get("completed", {}).get(subject)
+        if done:
+            out.append(Row(NAME, subject, n, "del_completed_median", ms(median(done)), "ms",
+                           note="from the DEL's exec until the store forgets the sandbox (after its kernel objects): "
+                                "the server answers DEL first and removes the sandbox right after, before it takes "
+                                "the next request"))
     return out + _targets(times, n)
 
 
@@ -437,10 +533,8 @@ def _targets(times: dict[str, dict[str, list[int]]], n: int) -> list[Row]:
     out = [check(row(OURS, "add_median", "add", REFERENCE), ADD_VS_REFERENCE,
                  f"ratio <= {ADD_VS_REFERENCE:g} (ADD within 3x of bridge + host-local)", on_ratio=True)]
     for metric, phase, limit in (("add_median", "add", ADD_VS_PORTMAP), ("del_median", "del", DEL_VS_PORTMAP)):
-        judged = check(row(OURS_PORT, metric, phase, REFERENCE_PORT), limit,
-                       f"ratio <= {limit:g} vs bridge + host-local + portmap", on_ratio=True)
-        judged.met, judged.note = None, PORTS_PENDING  # not comparable until ports are published
-        out.append(judged)
+        out.append(check(row(OURS_PORT, metric, phase, REFERENCE_PORT), limit,
+                         f"ratio <= {limit:g} vs bridge + host-local + portmap", on_ratio=True))
         out.append(row(OURS, metric, phase, REFERENCE_PORT))  # shown: the headroom without ports
     return out
 
@@ -468,7 +562,11 @@ def run(run: Run, args: argparse.Namespace, log: Callable[[str], None]) -> tuple
         log(f"  cni: FAILED: {e}")
         return [Row(NAME, OURS, n, "failed", None, "", note=str(e))], []
     med = {s: (ms(median(t["add"])), ms(median(t["del"]))) for s, t in res["times"].items()}
+    left = res.get("servers_left", [])
     log("  cni: " + "; ".join(f"{s} ADD {a:.1f} / DEL {d:.1f} ms" for s, (a, d) in med.items())
         + f"; python floor {ms(median(res['floors'][FLOOR_PY])):.1f} ms")
     all_rows = rows(res, n)
-    return all_rows, verdicts([r for r in all_rows if r.benchmark == "target"])
+    gone = Verdict(f"{NAME} servers end with the last attachment", not left,
+                   f"a server still answered 5 s after the last DEL on {', '.join(left)}" if left else
+                   "no server answered after the last DEL")
+    return all_rows, [*verdicts([r for r in all_rows if r.benchmark == "target"]), gone]

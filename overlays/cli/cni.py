@@ -40,19 +40,20 @@ def show(s: Settings, a: argparse.Namespace) -> None:
 
 
 def install(s: Settings, a: argparse.Namespace) -> None:
-    """Write NETWORK's conflist into the CNI config dir and link overlays-cni into the CNI bin dir."""
+    """Write NETWORK's conflist into the CNI config dir and overlays-cni into the CNI bin dir."""
     from overlays.cni import conflist
 
     doc = _conflist(s, a.network)
     conf_dir = a.conf_dir or conflist.DEFAULT_CONF_DIR
     bin_dir = a.bin_dir or conflist.default_bin_dir()
-    path, link = conflist.install(doc, conf_dir, bin_dir, conflist.plugin_executable())
-    echo(f"network {a.network}: wrote {path}, linked {link}")
+    path, plugin = conflist.install(doc, conf_dir, bin_dir, conflist.launcher())
+    conflist.compile_package()
+    echo(f"network {a.network}: wrote {path} and {plugin}")
     echo(f"try: podman run --rm --network {a.network} IMAGE ip addr")
 
 
 def uninstall(s: Settings, a: argparse.Namespace) -> None:
-    """Remove NETWORK's conflist (and the plugin link, once no overlays network is installed)."""
+    """Remove NETWORK's conflist (and the plugin, once no overlays network is installed)."""
     from overlays.cni import conflist
 
     conf_dir = a.conf_dir or conflist.DEFAULT_CONF_DIR

@@ -78,9 +78,16 @@ def _ip(where: str, text: object, code: int) -> ipaddress.IPv4Address | ipaddres
 
 
 def _mac(where: str, text: object, code: int) -> str:
+    """A unicast MAC outside overlays' own derived block (as the engine takes them), in lower case."""
+    from overlays.errors import InvalidSpec
+    from overlays.model.specs import parse_mac
+
     if not isinstance(text, str) or not _MAC_RE.match(text):
         raise CniError(code, f"{where}: {text!r} is not a MAC address like 02:42:ac:11:00:02")
-    return text.lower()
+    try:
+        return parse_mac(where, text)
+    except InvalidSpec as e:
+        raise CniError(code, str(e)) from None
 
 
 def _port(where: str, value: object) -> int:

@@ -1,16 +1,26 @@
 """ADD, DEL, CHECK, GC and STATUS through the public Engine API.
 
-A container's attachment ``(CNI_CONTAINERID, CNI_IFNAME)`` is one sandbox, named
-by ``names.sandbox_name``, that *adopts* the runtime's namespace (``Engine.adopt``
-bind-mounts CNI_NETNS under our own name) and is connected to the network the
-conflist names. So ``overlays ps``, ``inspect`` and ``network rm`` (refused while in
-use) see it like any other sandbox, and removing it takes our veth and our bind
-mount away but never the runtime's namespace, which is not ours to delete.
+A container's attachment ``(CNI_CONTAINERID, CNI_IFNAME)`` on the conflist's network
+is one sandbox, named by ``names.sandbox_name`` and labelled with the attachment,
+that *adopts* the runtime's namespace. ADD is one ``Engine.adopt`` call: the sandbox,
+its endpoint (the interface CNI_IFNAME, a static address and MAC, DNS aliases) and
+its published ports in one transaction, rolled back whole on failure. So ``overlays
+ps``, ``inspect`` and ``network rm`` (refused while in use) see it like any other
+sandbox, and removing it takes our interfaces and our bind mount away but never the
+runtime's namespace, which is not ours to delete.
 
-ADD is a transaction: if connecting fails, the adopted sandbox is removed again.
 DEL is idempotent: an attachment already gone, or a namespace the runtime already
-deleted, is success. GC removes every attachment of this network that the runtime
-no longer lists and keeps going past failures, reporting them all.
+deleted, is success. In the server, DEL hands the removal to ``remove_later``: the
+runtime gets its answer first, and the server removes the sandbox before it takes
+the next request (see ``server``). DEL and GC take only sandboxes whose labels name this attachment
+(GC: this network), and GC keeps going past failures, reporting them all. CHECK asks
+the engine what the kernel lacks against the record (``Engine.check``), then
+compares the namespace and the runtime's ``prevResult``.
+
+The result says what the network gives: a gateway and a default route only where
+the engine gives the sandbox one (``Engine.default_gateway``: a bridge or macvlan
+network, not an overlay, which is east-west only), and a host-side interface only
+where the endpoint has one (a macvlan endpoint does not).
 
 The host. Like every CNI plugin, ours works on the network namespace it is exec'd
 in: the conflist names the engine's host namespace (none: the machine's own), and
@@ -19,18 +29,8 @@ the runtime expects the container's network in *its* namespace. DEL and GC act
 wherever they run: the engine reaches its host by name, and cleaning up is never
 wrong.
 
-What the engine cannot do yet (``_unsupported``) is refused with code 106, except
-published ports and aliases (``_not_applied``), which every ``podman run -p`` and
-DNS-enabled network sends: ADD then succeeds without them and says so on stderr.
-The engine calls that would lift these (proposed, not in the engine yet):
-
-    Engine.adopt(name, netns_path=..., networks=[EndpointRequest(net, ip, ifname=, mac=, aliases=)],
-                 ports=[PortMapping...], labels={"cni.containerID": ..., "cni.ifname": ...})
-        one transaction for the sandbox, its endpoints and port claims, wired and published,
-        rolled back whole on failure (``_attach`` becomes that one call);
-    Engine.check(name) -> list[str]
-        what the kernel lacks against the record (veth, address, route, port map element),
-        for CHECK beyond today's record, namespace and prevResult comparison.
+What the engine cannot do yet (``_unsupported``) is refused with code 106 before
+anything changes: several addresses on one attachment, IPv6 (issue 15), SCTP ports.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 from overlays.cni import config, names
 from overlays.cni.protocol import (
+    INVALID_ENVIRONMENT,
     NOT_AVAILABLE,
     OURS,
     UNKNOWN_CONTAINER,
@@ -60,9 +61,13 @@ from overlays.errors import Conflict, NotFound, OverlaysError
 
 if TYPE_CHECKING:
     from overlays.engine import Engine
-    from overlays.model.state import Endpoint, Network, Sandbox
+    from overlays.model.ports import PortMapping
+    from overlays.model.specs import EndpointRequest
+    from overlays.model.state import Endpoint, IPAddress, Network, Sandbox
 
-FIRST_IFNAME = "eth0"  # what Engine.connect names a sandbox's first interface
+ENGINE_PROTOCOLS = ("tcp", "udp")  # what the engine publishes (model.ports.PROTOCOLS)
+# The server's DEL: takes (engine, sandbox) to remove once the runtime has its answer; False: remove it now.
+RemoveLater = Callable[["Engine", str], bool]
 
 
 def open_engine(conf: config.PluginConf) -> Engine:
@@ -90,39 +95,56 @@ def host_problem(host_netns: str | None) -> str | None:
            "run the runtime there (nsenter --net=...)"
 
 
-def _unsupported(conf: config.PluginConf, req: Request) -> list[str]:
+def _unsupported(conf: config.PluginConf) -> list[str]:
     """What this ADD asks for that the engine cannot do yet, so it is refused (code 106) before any change."""
     problems = []
-    if req.ifname != FIRST_IFNAME:
-        problems.append(f"CNI_IFNAME {req.ifname}: the engine names a container's interface {FIRST_IFNAME} "
-                        "and has no call for another name yet")
     if len(conf.ips) > 1:
         problems.append(f"static addresses {', '.join(map(str, conf.ips))}: one address per attachment")
     problems += [f"static address {ip}: overlays serves IPv4 only for now" for ip in conf.ips if ip.version != 4]
-    if conf.mac:
-        problems.append(f"static MAC {conf.mac}: the engine has no call for a given MAC yet")
+    for port in conf.ports:
+        if port.protocol not in ENGINE_PROTOCOLS:
+            problems.append(f"published port {port}: overlays publishes {' and '.join(ENGINE_PROTOCOLS)} only")
+        if ":" in port.host_ip:
+            problems.append(f"published port {port}: overlays publishes on IPv4 host addresses only for now")
     return problems
 
 
-def _not_applied(conf: config.PluginConf) -> list[str]:
-    """What ADD goes on without (said on stderr): ports and aliases have no engine call for adopted sandboxes yet."""
-    lines = []
-    if conf.ports:
-        lines.append(f"published ports not applied ({', '.join(map(str, conf.ports))}): the engine cannot publish "
-                     "ports of an adopted sandbox yet")
-    if conf.aliases:
-        lines.append(f"aliases not kept ({', '.join(conf.aliases)}): the engine has no DNS records yet")
-    return lines
+def endpoint_request(conf: config.PluginConf, ifname: str) -> EndpointRequest:
+    """The attachment's endpoint: the interface the runtime names, a static address and MAC, DNS aliases."""
+    from overlays.errors import InvalidSpec
+    from overlays.model.specs import EndpointRequest, check_aliases, check_ifname
+
+    try:
+        check_ifname("CNI_IFNAME", ifname)
+    except InvalidSpec as e:
+        raise CniError(INVALID_ENVIRONMENT, str(e)) from None
+    return EndpointRequest(conf.network, conf.ips[0] if conf.ips else None, conf.mac, ifname,
+                           check_aliases(conf.network, conf.aliases))
 
 
-def attachment_of(req: Request, ep: Endpoint) -> Attachment:
-    """The result of an ADD: the host veth, the container's interface, its address and default route."""
-    # An overlay is east-west only: its bridges hold no address on the hosts, so no default route.
-    gateway = None if ep.driver == "overlay" else str(ep.gateway)
+def port_mappings(conf: config.PluginConf) -> list[PortMapping]:
+    """``portMappings`` as the engine publishes them (``hostIP`` 0.0.0.0 or none: every address of the host)."""
+    import ipaddress
+
+    from overlays.model.ports import PortMapping
+
+    found = []
+    for p in conf.ports:
+        host_ip = ipaddress.IPv4Address(p.host_ip) if p.host_ip else None
+        found.append(PortMapping(p.host_port, p.container_port, p.protocol,
+                                 None if host_ip is None or host_ip.is_unspecified else host_ip))
+    return found
+
+
+def attachment_of(req: Request, ep: Endpoint, gateway: IPAddress | None) -> Attachment:
+    """The result of an ADD: the host-side interface (if any), the container's, its address and routes."""
+    inside = Interface(ep.ifname, ep.mac, req.netns, ep.mtu)
+    interfaces = (Interface(ep.host_ifname), inside) if ep.host_ifname else (inside,)
+    via = str(gateway) if gateway is not None else None
     return Attachment(
-        interfaces=(Interface(ep.host_ifname), Interface(ep.ifname, ep.mac, req.netns, ep.mtu)),
-        ips=(IPConfig(f"{ep.ip}/{ep.prefixlen}", interface=1, gateway=gateway),),
-        routes=(Route("0.0.0.0/0", gateway),) if gateway else (),
+        interfaces=interfaces,
+        ips=(IPConfig(f"{ep.ip}/{ep.prefixlen}", interface=len(interfaces) - 1, gateway=via),),
+        routes=(Route("0.0.0.0/0", via),) if via else (),
     )
 
 
@@ -144,12 +166,15 @@ class EnginePlugin:
     """The verbs, on the engine the configuration names (opened on first use)."""
 
     def __init__(self, conf: config.PluginConf, warn: Warn, engine: Engine | None = None,
-                 host_check: bool = True, same_netns: Callable[[Path, Path], bool] | None = None) -> None:
+                 host_check: bool = True, same_netns: Callable[[Path, Path], bool] | None = None,
+                 remove_later: RemoveLater | None = None) -> None:
         self.conf = conf
         self.warn = warn
         self._engine = engine
+        self._owned = engine is None  # an engine given is its giver's to close (the server keeps its own)
         self.host_check = host_check
         self.same_netns = same_netns or same_namespace
+        self.remove_later = remove_later
 
     @property
     def engine(self) -> Engine:
@@ -158,7 +183,7 @@ class EnginePlugin:
         return self._engine
 
     def close(self) -> None:
-        if self._engine is not None:
+        if self._engine is not None and self._owned:
             self._engine.close()
 
     def _require_host(self) -> None:
@@ -166,50 +191,58 @@ class EnginePlugin:
         if problem:
             raise CniError(WRONG_HOST, problem)
 
+    def _ours(self, box: Sandbox, req: Request) -> bool:
+        """Whether the sandbox is this request's attachment (by its labels)."""
+        return names.attachment_of(dict(box.labels)) == (req.container_id, req.ifname, self.conf.network)
+
     def add(self, req: Request) -> Attachment:
         self._require_host()
-        refused = _unsupported(self.conf, req)
+        refused = _unsupported(self.conf)
         if refused:
             raise CniError(UNSUPPORTED, "; ".join(refused))
-        for line in _not_applied(self.conf):
-            self.warn(f"network {self.conf.network}: {line}")
-        return attachment_of(req, self._attach(req))
-
-    def _attach(self, req: Request) -> Endpoint:
-        """Adopt the runtime's namespace and connect it; undone if connecting fails.
-
-        With the one-call adopt proposed to the engine (the namespace, its endpoint with
-        ifname, MAC and aliases, its ports and labels in one transaction), this becomes that call.
-        """
         name = names.sandbox_name(req.container_id, req.ifname)
         try:
-            self.engine.adopt(name, netns_path=req.netns)
+            box = self.engine.adopt(name, netns_path=req.netns, networks=[endpoint_request(self.conf, req.ifname)],
+                                    ports=port_mappings(self.conf),
+                                    labels=names.labels(req.container_id, req.ifname, self.conf.network),
+                                    shared=True)  # a container has an attachment (a sandbox) per network
         except Conflict as e:
-            raise Conflict(f"container {req.container_id} already has {req.ifname} attached ({e}); "
-                           "DEL it first") from e
-        try:
-            return self.engine.connect(self.conf.network, name, self.conf.ips[0] if self.conf.ips else None)
-        except BaseException:
-            with contextlib.suppress(OverlaysError):
-                self.engine.remove_sandbox(name, force=True)
+            if self._exists(name):
+                raise Conflict(f"container {req.container_id} already has {req.ifname} attached ({e}); "
+                               "DEL it first") from e
             raise
+        (ep,) = box.endpoints
+        return attachment_of(req, ep, self.engine.default_gateway(name))
+
+    def _exists(self, name: str) -> bool:
+        with contextlib.suppress(NotFound):
+            self.engine.sandbox(name)
+            return True
+        return False
 
     def delete(self, req: Request) -> None:
+        name = names.sandbox_name(req.container_id, req.ifname)
         try:
-            self.engine.remove_sandbox(names.sandbox_name(req.container_id, req.ifname), force=True)
+            if not self._ours(self.engine.sandbox(name), req):
+                return  # another attachment's sandbox (or one made by hand) under this name: not ours to take
+            if self.remove_later is None or not self.remove_later(self.engine, name):
+                self.engine.remove_sandbox(name, force=True)
         except NotFound:
             return  # DEL again, or never added: nothing of ours is left, which is what DEL asks
 
     def check(self, req: Request) -> None:
         self._require_host()
         box = self._attached(req)
-        ep = next((e for e in box.endpoints if e.network == self.conf.network), None)
+        ep = box.endpoint(self.conf.network)
         where = f"container {req.container_id} {req.ifname} on network {self.conf.network}"
-        if ep is None:
-            raise CniError(UNKNOWN_CONTAINER, f"{where}: not attached (sandbox {box.name} has no endpoint there)")
+        if ep is None or not self._ours(box, req):
+            raise CniError(UNKNOWN_CONTAINER, f"{where}: not attached (sandbox {box.name} is another attachment)")
         if box.state != "ready" or ep.state != "ready":
             raise CniError(OURS, f"{where}: half made (sandbox {box.state}, endpoint {ep.state}); DEL and ADD again")
         self._check_netns(where, box, req.netns)
+        problems = self.engine.check(box.name)
+        if problems:
+            raise CniError(OURS, f"{where}: " + "; ".join(problems))
         _check_prev_result(where, req, ep)
 
     def _attached(self, req: Request) -> Sandbox:
@@ -229,15 +262,16 @@ class EnginePlugin:
             raise CniError(OURS, f"{where}: sandbox {box.name} holds another namespace than {netns_path}")
 
     def gc(self, req: Request, valid: Sequence[tuple[str, str]]) -> None:
-        keep = {names.sandbox_name(cid, ifname) for cid, ifname in valid}
+        keep = set(valid)
         failures = []
         for box in self.engine.sandboxes():
-            if box.name in keep or not (box.adopted and names.looks_like_attachment(box.name)):
-                continue
-            if not any(ep.network == self.conf.network for ep in box.endpoints):
+            found = names.attachment_of(dict(box.labels))
+            if found is None or found[2] != self.conf.network or found[:2] in keep:
                 continue
             try:
                 self.engine.remove_sandbox(box.name, force=True)
+            except NotFound:
+                continue  # a DEL took it meanwhile
             except OverlaysError as e:  # keep going: remove as much as can be removed
                 failures.append(f"{box.name}: {e}")
         if failures:

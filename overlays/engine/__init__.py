@@ -139,6 +139,10 @@ class Engine:
         """The kernel this engine works on (Linux, or a wrapper or fake given to it)."""
         return self.ctx.kernel
 
+    def host_exists(self) -> bool:
+        """Whether the namespace that plays this engine's host is there (the machine's own always is)."""
+        return self.ctx.host_exists()
+
     def require_root(self) -> None:
         """NotPermitted unless this process may change networks (checked before any change)."""
         self.ctx.require_root()
@@ -194,12 +198,14 @@ class Engine:
 
     def adopt(self, name: str, pid: int | None = None, netns_path: str | None = None, *,
               networks: Sequence[EndpointRequest] = (), ports: Sequence[PortMapping] = (),
-              labels: Mapping[str, str] | None = None) -> Sandbox:
+              labels: Mapping[str, str] | None = None, shared: bool = False) -> Sandbox:
         """Take a process's (``pid``) or a bind-mounted (``netns_path``) namespace as a sandbox, with
-        endpoints and published ports as ``create_sandbox``; the namespace is never deleted by us."""
+        endpoints and published ports as ``create_sandbox``; the namespace is never deleted by us.
+        ``shared``: other adopted sandboxes may hold the namespace too (one per runtime attachment)."""
         from overlays.engine import sandboxes
 
-        return sandboxes.adopt(self.ctx, name, pid, netns_path, networks=networks, ports=ports, labels=labels)
+        return sandboxes.adopt(self.ctx, name, pid, netns_path, networks=networks, ports=ports, labels=labels,
+                               shared=shared)
 
     def start(self, name: str, argv: Sequence[str]) -> int:
         """Run ``argv`` in the sandbox in the background; returns its PID."""
@@ -256,6 +262,12 @@ class Engine:
         from overlays.engine import repair
 
         return repair.sandbox_problems(self.ctx, name)
+
+    def default_gateway(self, sandbox: str) -> IPAddress | None:
+        """Where the sandbox's default route goes, as its networks give it (None: none does, e.g. an overlay)."""
+        from overlays.engine import endpoints
+
+        return endpoints.default_gateway(self.ctx, sandbox)
 
     def disconnect(self, network: str, sandbox: str) -> None:
         from overlays.engine import endpoints

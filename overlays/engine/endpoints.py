@@ -23,7 +23,7 @@ from overlays.errors import Conflict, NotFound
 from overlays.kernel.api import Links
 from overlays.model.names import sandbox_ifname
 from overlays.model.specs import EndpointRequest
-from overlays.model.state import Endpoint, Network, Sandbox
+from overlays.model.state import Endpoint, IPAddress, Network, Sandbox
 from overlays.undo import Undo
 
 Networks = Mapping[str, Network]
@@ -153,8 +153,23 @@ def disconnect(ctx: Context, network: str, sandbox: str) -> None:
     release(ctx, [ep], nets)
 
 
+def _routable(box: Sandbox, nets: Networks) -> list[Endpoint]:
+    """The sandbox's endpoints on networks that give it a default route (the first one's gateway is used)."""
+    return [e for e in box.endpoints if e.network in nets and driver_for(nets[e.network]).routes_out(nets[e.network])]
+
+
 def _move_default_route(inside: Links, box: Sandbox, nets: Networks) -> None:
-    routable = [e for e in box.endpoints if e.network in nets and driver_for(nets[e.network]).routes_out(
-        nets[e.network])]
+    routable = _routable(box, nets)
     if routable:
         inside.ensure_default_route(str(routable[0].gateway))
+
+
+def default_gateway(ctx: Context, sandbox: str) -> IPAddress | None:
+    """Where the sandbox's default route goes as its networks give it; None if none routes out (an overlay)."""
+
+    def read(txn: NodeTxn) -> tuple[Sandbox, dict[str, Network]]:
+        box = records.get_sandbox(txn, sandbox)
+        return box, records.networks_named(txn, [e.network for e in box.endpoints], missing_ok=True)
+
+    routable = _routable(*ctx.transact(read))
+    return routable[0].gateway if routable else None

@@ -80,11 +80,13 @@ def create(ctx: Context, spec: SandboxSpec, labels: Mapping[str, str] | None = N
 
 def adopt(ctx: Context, name: str, pid: int | None = None, netns_path: str | None = None, *,
           networks: Sequence[EndpointRequest] = (), ports: Sequence[PortMapping] = (),
-          labels: Mapping[str, str] | None = None) -> Sandbox:
+          labels: Mapping[str, str] | None = None, shared: bool = False) -> Sandbox:
     """Take an existing process's (or bind-mounted) namespace under our name, with endpoints and ports as ``run``.
 
     The namespace stays its owner's: removing the sandbox (or a failure halfway) takes our
-    interfaces out of it and our name off it, and never deletes it.
+    interfaces out of it and our name off it, and never deletes it. It may be no other
+    sandbox's, nor the host's own; ``shared``: other adopted sandboxes may hold it too (a
+    runtime's container with an attachment per network, each a sandbox of its own).
     """
     spec = SandboxSpec.parse(name, list(networks), None, list(ports))
     if (pid is None) == (netns_path is None):
@@ -102,12 +104,15 @@ def adopt(ctx: Context, name: str, pid: int | None = None, netns_path: str | Non
                   pid_start=process.start_time(pid) if pid else None, created=time.time(), ports=spec.ports,
                   labels=_labels(labels))
     return _build(ctx, box, spec, lambda: ctx.kernel.adopt_netns(box.netns, source),
-                  check=lambda txn: _not_a_sandbox_s(ctx, txn, name, source, found))
+                  check=lambda txn: _not_a_sandbox_s(ctx, txn, name, source, found, shared))
 
 
-def _not_a_sandbox_s(ctx: Context, txn: NodeTxn, name: str, source: Path, found: object) -> None:
-    """Inside the record transaction: the namespace to adopt is no other sandbox's (made or adopted)."""
+def _not_a_sandbox_s(ctx: Context, txn: NodeTxn, name: str, source: Path, found: object, shared: bool) -> None:
+    """Inside the record transaction: the namespace to adopt is no other sandbox's (made, or adopted unless
+    ``shared``: a runtime's container with an attachment per network)."""
     for other in records.list_sandboxes(txn):
+        if shared and other.adopted:
+            continue
         path = ctx.kernel.netns_path(other.netns)
         try:
             theirs = ctx.kernel.namespace_of(path)

@@ -23,10 +23,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -132,17 +133,122 @@ class Libcni:
         return doc, done.returncode, stderr
 
     def add(self, container_id: str, netns: str, version: str = "1.0.0", args: str = "",
-            runtime: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        doc, code, stderr = self.exec(self.environment("ADD", container_id, netns, args=args),
+            runtime: Mapping[str, Any] | None = None, ifname: str = "eth0") -> dict[str, Any]:
+        doc, code, stderr = self.exec(self.environment("ADD", container_id, netns, ifname, args),
                                       self.config(version, runtime))
         assert code == 0 and doc is not None, f"ADD failed: {doc} {stderr}"
         assert doc["cniVersion"] == version
         return doc
 
     def delete(self, container_id: str, netns: str = "", version: str = "1.0.0",
-               prev: dict[str, Any] | None = None) -> None:
-        doc, code, stderr = self.exec(self.environment("DEL", container_id, netns), self.config(version, prev=prev))
+               prev: dict[str, Any] | None = None, ifname: str = "eth0") -> None:
+        doc, code, stderr = self.exec(self.environment("DEL", container_id, netns, ifname),
+                                      self.config(version, prev=prev))
         assert (doc, code) == (None, 0), f"DEL failed: {doc} {stderr}"
+        settle(self.host, self.bin_dir)
+
+
+def settle(host: str, bin_dir: Path) -> None:
+    """Return once the DELs answered so far are done. The server answers a DEL first and removes right after,
+    before it takes the next request: any verb answered later (here VERSION) comes after the removal."""
+    done = subprocess.run(in_host(host, [str(bin_dir / "overlays-cni")]), input=b"{}", capture_output=True,
+                          env=dict(os.environ, CNI_COMMAND="VERSION"), timeout=30)
+    assert done.returncode == 0, done
+
+
+# -- the plugin's servers ----------------------------------------------------------------
+
+
+def cni_servers(netns: str | None = None) -> list[int]:
+    """PIDs of this install's overlays-cni servers (only those in network namespace ``netns``, if given)."""
+    from overlays.cni import conflist
+
+    key = conflist.install_key(conflist.package_paths()).encode()
+    where = os.stat(f"/run/netns/{netns}") if netns else None
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
+            if b"overlays.cni.server" in argv and key in argv:
+                ns = os.stat(f"/proc/{entry}/ns/net")
+                if where is None or (ns.st_dev, ns.st_ino) == (where.st_dev, where.st_ino):
+                    found.append(int(entry))
+        except OSError:
+            continue  # it ended meanwhile
+    return found
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``condition`` holds within ``timeout`` seconds (for what settles in another process)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def servers_outliving(timeout: float = 10.0) -> list[int]:
+    """This install's servers still running after ``timeout`` seconds (each leaves once no attachment remains)."""
+    deadline = time.monotonic() + timeout
+    while (left := cni_servers()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+@contextlib.contextmanager
+def no_server_outlives_its_attachments() -> Iterator[None]:
+    """After a test: no server of ours is left once the test's attachments are gone (those left are killed)."""
+    yield
+    left = servers_outliving()
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"overlays-cni servers left running: {left}"
+
+
+# -- the outside world, and a page to fetch ---------------------------------------------
+
+HOST_OUT, OUTSIDE = "198.51.100.1", "198.51.100.2"
+
+
+def outside_peer(make_netns: Callable[[str], str], host: str) -> str:
+    """A peer wired to the host by a veth (host at HOST_OUT): it knows the host's address and nothing behind it."""
+    name = make_netns("o")
+    for argv in (["-n", host, "link", "add", "to-o", "type", "veth", "peer", "name", "eth0", "netns", name],
+                 ["-n", host, "addr", "add", f"{HOST_OUT}/24", "dev", "to-o"],
+                 ["-n", host, "link", "set", "to-o", "up"],
+                 ["-n", name, "addr", "add", f"{OUTSIDE}/24", "dev", "eth0"],
+                 ["-n", name, "link", "set", "eth0", "up"]):
+        subprocess.run(["ip", *argv], check=True)
+    return name
+
+
+def fetch(netns: str, url: str, tries: int = 50) -> str:
+    """The page at ``url`` as seen from ``netns`` ("" if it never answers); retried while a server starts."""
+    for _ in range(tries):
+        done = subprocess.run(["ip", "netns", "exec", netns, str(BUSYBOX), "wget", "-q", "-O", "-", url],
+                              capture_output=True, text=True, timeout=10)
+        if done.returncode == 0:
+            return done.stdout
+        time.sleep(0.1)
+    return ""
+
+
+@contextlib.contextmanager
+def serving(netns: str, scratch: Path, port: int = 80) -> Iterator[str]:
+    """busybox httpd serving PAGE on ``port`` inside ``netns`` (stopped after); yields the page."""
+    www = scratch / f"www-{netns}"
+    www.mkdir()
+    (www / "index.html").write_text(PAGE)
+    server = subprocess.Popen(["ip", "netns", "exec", netns, str(BUSYBOX), "httpd", "-f", "-p", str(port), "-h",
+                               str(www)])
+    try:
+        assert fetch(netns, f"http://127.0.0.1:{port}/") == PAGE, "httpd did not start"
+        yield PAGE
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 # -- podman ------------------------------------------------------------------------

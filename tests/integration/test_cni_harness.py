@@ -8,20 +8,39 @@ namespace; each "container" is a namespace the test makes, as a runtime would.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from overlays import Engine
 from overlays.cni import names
+from overlays.topology import Lab, resolve
 
-from .conftest import Cli, ip_json
-from .runtimes import Libcni
+from .conftest import Cli, _instances, can_ping, ip_json, unique
+from .runtimes import (
+    HOST_OUT,
+    Libcni,
+    cni_servers,
+    eventually,
+    fetch,
+    no_server_outlives_its_attachments,
+    outside_peer,
+    serving,
+)
 
 SUBNET = "10.61.0.0/24"
 ALL_VERSIONS = ["0.4.0", "1.0.0", "1.1.0"]
+
+
+@pytest.fixture(autouse=True)
+def no_server_left() -> Iterator[None]:
+    """Torn down after the test's own fixtures: its attachments are gone, and so must its servers be."""
+    with no_server_outlives_its_attachments():
+        yield
 
 
 @pytest.fixture
@@ -159,16 +178,47 @@ def test_gc_removes_a_stale_attachment_and_keeps_the_valid_ones(lib: Libcni, hos
         assert [b.name for b in eng.sandboxes()] == [names.sandbox_name("keep1", "eth0")]
 
 
-def test_static_address_and_what_is_refused(lib: Libcni, make_netns: Callable[[str], str]) -> None:
+def test_static_address_mac_and_interface_name(lib: Libcni, make_netns: Callable[[str], str]) -> None:
     a, b = make_netns("a"), make_netns("b")
-    result = lib.add("c1", netns_path(a), args="IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.61.0.77")
+    result = lib.add("c1", netns_path(a), args="IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.61.0.77;MAC=02:42:0a:3d:00:09")
     assert result["ips"][0]["address"] == "10.61.0.77/24"
-    doc, code, _ = lib.exec(lib.environment("ADD", "c2", netns_path(b), args="IP=10.61.0.77"), lib.config("1.0.0"))
-    assert doc is not None and (code, doc["code"]) == (1, 102) and "10.61.0.77" in doc["msg"]
-    doc, code, _ = lib.exec(lib.environment("ADD", "c2", netns_path(b), args="MAC=02:42:0a:3d:00:09"),
-                            lib.config("1.0.0"))
-    assert doc is not None and (code, doc["code"]) == (1, 106) and "static MAC" in doc["msg"]
+    link = eth0(a)
+    assert link is not None and link["address"] == result["interfaces"][1]["mac"] == "02:42:0a:3d:00:09"
+    for args, taken in (("IP=10.61.0.77", "10.61.0.77"), ("MAC=02:42:0a:3d:00:09", "02:42:0a:3d:00:09")):
+        doc, code, _ = lib.exec(lib.environment("ADD", "c2", netns_path(b), args=args), lib.config("1.0.0"))
+        assert doc is not None and (code, doc["code"]) == (1, 102) and taken in doc["msg"]
     assert eth0(b) is None
+    # A second attachment of one container, by another name (as podman's second network would be).
+    second = lib.add("c1", netns_path(a), ifname="net1")
+    assert [i["name"] for i in second["interfaces"] if i.get("sandbox")] == ["net1"]
+    assert [x["ifname"] for x in ip_json(a, "link", "show")] == ["lo", "eth0", "net1"]
+    lib.delete("c1", netns_path(a), ifname="net1")
+    assert [x["ifname"] for x in ip_json(a, "link", "show")] == ["lo", "eth0"]
+    doc, code, _ = lib.exec(lib.environment("ADD", "c2", netns_path(b), args="IP=fd00::7"), lib.config("1.0.0"))
+    assert doc is not None and (code, doc["code"]) == (1, 106) and "IPv4 only" in doc["msg"]
+
+
+def test_published_port_answers_from_outside(lib: Libcni, make_netns: Callable[[str], str], host: str,
+                                             tmp_path: Path) -> None:
+    container, peer = make_netns("c"), outside_peer(make_netns, host)
+    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+             {"hostPort": 8081, "containerPort": 80, "protocol": "tcp", "hostIP": HOST_OUT}]
+    result = lib.add("web1", netns_path(container), runtime={"portMappings": ports})
+    with serving(container, tmp_path) as page:
+        for port in (8080, 8081):
+            assert fetch(peer, f"http://{HOST_OUT}:{port}/") == page
+        env = lib.environment("CHECK", "web1", netns_path(container))
+        assert lib.exec(env, lib.config("1.0.0", prev=result))[:2] == (None, 0)
+        lib.delete("web1", netns_path(container), prev=result)
+        assert fetch(peer, f"http://{HOST_OUT}:8080/", tries=1) == ""
+
+
+def test_check_names_what_the_kernel_lost(lib: Libcni, host: str, make_netns: Callable[[str], str]) -> None:
+    container = make_netns("c")
+    result = lib.add("c1", netns_path(container))
+    subprocess.run(["ip", "-n", container, "link", "set", "eth0", "down"], check=True)
+    doc, code, _ = lib.exec(lib.environment("CHECK", "c1", netns_path(container)), lib.config("1.0.0", prev=result))
+    assert doc is not None and (code, doc["code"]) == (1, 100) and "eth0" in doc["msg"] and "down" in doc["msg"], doc
 
 
 def test_add_and_status_refuse_outside_the_host_namespace(lib: Libcni, make_netns: Callable[[str], str]) -> None:
@@ -209,3 +259,117 @@ def test_the_cli_sees_an_attachment_as_a_sandbox_like_any_other(lib: Libcni, cli
     assert Path(netns_path(container)).exists() and eth0(container) is None
     lib.delete("web1", netns_path(container))
     cli("network", "rm", "front", check=True)
+
+
+# -- what the network gives: overlay and macvlan networks through CNI -------------------------------------------------
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Lab]:
+    """Two simulated hosts with an overlay network ``mesh``, and sandbox b1 on h2."""
+    raw = {"name": unique("v"), "hosts": ["h1", "h2"],
+           "networks": {"mesh": {"driver": "overlay", "subnet": "10.64.0.0/24"}},
+           "sandboxes": {"b1": {"host": "h2", "networks": ["mesh"]}}}
+    lab = Lab(resolve(raw, "cni-overlay.yaml"), state_dir=tmp_path / "lab")
+    _instances.add(lab.main.ctx.instance)
+    try:
+        lab.up()
+        for name in lab.topology.hosts:
+            _instances.add(lab.engine(name).ctx.instance)
+        yield lab
+    finally:
+        lab.down()
+        lab.close()
+
+
+def test_an_overlay_network_gives_no_default_route(mesh: Lab, make_netns: Callable[[str], str],
+                                                    tmp_path: Path) -> None:
+    h1 = mesh.engine("h1")
+    cli = Cli(str(h1.host_netns), mesh.state_dir)
+    cli.env |= {"OVERLAYS_STORE": mesh.store_url, "OVERLAYS_NODE": h1.node}
+    conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
+    cli("cni", "install", "mesh", "--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir), check=True)
+    lib = Libcni(str(h1.host_netns), bin_dir, json.loads((conf_dir / "overlays-mesh.conflist").read_text()))
+    container = make_netns("c")
+    result = lib.add("c1", netns_path(container))
+    assert result["routes"] == [] and "gateway" not in result["ips"][0], result
+    assert [r for r in ip_json(container, "route", "show") if r.get("dst") == "default"] == []
+    far = mesh.sandbox("b1").endpoints[0].ip
+    mesh.wait_converged()
+    assert can_ping(container, str(far), count=3), "the container reaches the other host's sandbox over the overlay"
+    assert lib.exec(lib.environment("CHECK", "c1", netns_path(container)), lib.config("1.0.0", prev=result))[:2] == (
+        None, 0)
+    lib.delete("c1", netns_path(container), prev=result)
+    assert h1.sandboxes() == []
+
+
+SEGMENT = "10.65.0"
+
+
+def test_a_macvlan_network_has_no_host_interface_and_routes_via_the_segment(
+        cli: Cli, host: str, make_netns: Callable[[str], str], tmp_path: Path) -> None:
+    peer = make_netns("pr")  # the segment's router at .1, behind the host's lan0
+    for argv in (["-n", host, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", peer],
+                 ["-n", host, "addr", "add", f"{SEGMENT}.2/24", "dev", "lan0"],
+                 ["-n", host, "link", "set", "lan0", "up"],
+                 ["-n", peer, "addr", "add", f"{SEGMENT}.1/24", "dev", "eth0"],
+                 ["-n", peer, "link", "set", "eth0", "up"]):
+        subprocess.run(["ip", *argv], check=True)
+    cli("network", "create", "lan", "--driver", "macvlan", "--parent", "lan0", check=True)
+    conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
+    cli("cni", "install", "lan", "--conf-dir", str(conf_dir), "--bin-dir", str(bin_dir), check=True)
+    lib = Libcni(host, bin_dir, json.loads((conf_dir / "overlays-lan.conflist").read_text()))
+    container = make_netns("c")
+    result = lib.add("m1", netns_path(container), "0.4.0")
+    assert [i["name"] for i in result["interfaces"]] == ["eth0"] and result["interfaces"][0]["sandbox"]
+    assert result["ips"][0]["interface"] == 0 and result["ips"][0]["gateway"] == f"{SEGMENT}.1"
+    assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": f"{SEGMENT}.1"}]
+    link = eth0(container)
+    assert link is not None and link["address"] == result["interfaces"][0]["mac"]
+    assert can_ping(container, f"{SEGMENT}.1")
+    doc, code, _ = lib.exec(lib.environment("ADD", "m2", netns_path(make_netns("d"))),
+                            lib.config("1.0.0", runtime={"portMappings": [{"hostPort": 80, "containerPort": 80}]}))
+    assert doc is not None and (code, doc["code"]) == (1, 7) and "cannot publish ports on macvlan" in doc["msg"]
+    lib.delete("m1", netns_path(container), "0.4.0", prev=result)
+    assert eth0(container) is None
+    assert [str(x["ifname"]) for x in ip_json(host, "link", "show")] == ["lo", "lan0"]
+
+
+# -- the resident server behind the launcher ---------------------------------------------------------------------------
+
+
+def test_a_server_comes_with_the_first_add_and_leaves_with_the_last_del(lib: Libcni, host: str,
+                                                                        make_netns: Callable[[str], str]) -> None:
+    a, b = make_netns("a"), make_netns("b")
+    assert cni_servers(host) == []
+    first = lib.add("c1", netns_path(a))  # no server yet: done by the exec'd process, which then starts one
+    assert eventually(lambda: len(cni_servers(host)) == 1)
+    (pid,) = cni_servers(host)
+    second = lib.add("c2", netns_path(b))  # answered by the server
+    assert first["ips"][0]["address"] != second["ips"][0]["address"]
+    lib.delete("c1", netns_path(a), prev=first)
+    assert eth0(a) is None and cni_servers(host) == [pid], "an attachment remains: so does the server"
+    lib.delete("c2", netns_path(b), prev=second)
+    assert eth0(b) is None
+    assert eventually(lambda: cni_servers(host) == []), "no attachment remains: neither may the server"
+
+
+def test_a_killed_server_is_replaced_and_its_answered_del_finished(lib: Libcni, host: str, state_dir: Path,
+                                                                   make_netns: Callable[[str], str]) -> None:
+    a, b = make_netns("a"), make_netns("b")
+    lib.add("c1", netns_path(a))
+    assert eventually(lambda: len(cni_servers(host)) == 1)
+    (pid,) = cni_servers(host)
+    # As if it had answered c1's DEL and died before removing it: its marker stays, and so does c1.
+    marker = state_dir / "cni-removing" / host / names.sandbox_name("c1", "eth0")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    os.kill(pid, signal.SIGKILL)
+    assert eventually(lambda: cni_servers(host) == [])
+    result = lib.add("c2", netns_path(b))  # no server: done here, then a new server that finishes the marker's DEL
+    assert result["ips"][0]["address"]
+    with engine_of(host, state_dir) as eng:
+        assert eventually(lambda: [x.name for x in eng.sandboxes()] == [names.sandbox_name("c2", "eth0")])
+    assert eth0(a) is None and not marker.exists()
+    lib.delete("c2", netns_path(b), prev=result)
+    assert eventually(lambda: cni_servers(host) == [])

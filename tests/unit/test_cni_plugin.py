@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from overlays import Engine, NetworkSpec
+from overlays import EndpointRequest, Engine, NetworkSpec
 from overlays.cni import conflist, names, protocol
 from overlays.cni.config import parse
 from overlays.cni.plugin import EnginePlugin
-from overlays.errors import Conflict, NotFound
+from overlays.errors import Conflict, InvalidSpec, NotFound
 from overlays.store import MemoryStore
 
 from .fakes import FakeKernel
@@ -118,11 +118,12 @@ def test_add_twice_without_del_is_a_conflict(rt: Runtime) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "named"), [
-    ({"ifname": "net1"}, "CNI_IFNAME net1"),
-    ({"args": "MAC=02:42:ac:11:00:02"}, "static MAC 02:42:ac:11:00:02"),
-    ({"runtimeConfig": {"mac": "02:42:ac:11:00:03"}}, "static MAC 02:42:ac:11:00:03"),
     ({"runtimeConfig": {"ips": ["10.1.0.7", "10.1.0.8"]}}, "one address per attachment"),
     ({"args": "IP=fd00::5"}, "static address fd00::5: overlays serves IPv4 only"),
+    ({"runtimeConfig": {"portMappings": [{"hostPort": 53, "containerPort": 53, "protocol": "sctp"}]}},
+     "published port 53->53/sctp: overlays publishes tcp and udp only"),
+    ({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "hostIP": "fd00::1"}]}},
+     "IPv4 host addresses only"),
 ])
 def test_what_the_engine_cannot_do_yet_is_refused_before_any_change(rt: Runtime, kwargs: dict[str, Any],
                                                                     named: str) -> None:
@@ -132,12 +133,56 @@ def test_what_the_engine_cannot_do_yet_is_refused_before_any_change(rt: Runtime,
     assert rt.boxes() == []
 
 
-def test_ports_and_aliases_are_not_applied_yet_and_said_so(rt: Runtime) -> None:
-    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+def test_add_is_one_adoption_with_ports_aliases_and_labels(rt: Runtime) -> None:
+    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+             {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "0.0.0.0"}]
     doc, code = rt.call("ADD", runtimeConfig={"portMappings": ports, "aliases": {"front": ["web"], "other": ["x"]}})
     assert code == 0, doc
-    assert any("8080->80/tcp" in w for w in rt.warnings)
-    assert any("aliases not kept (web)" in w for w in rt.warnings)
+    box = rt.engine.sandbox(names.sandbox_name(CID, "eth0"))
+    assert sorted(map(str, box.ports)) == ["0.0.0.0:5353->53/udp", "0.0.0.0:8080->80/tcp"]
+    assert box.endpoints[0].aliases == ("web",)
+    assert dict(box.labels) == {"cni.containerID": CID, "cni.ifname": "eth0", "cni.network": "front"}
+    assert rt.warnings == []
+    # A port another container holds is a conflict that leaves nothing behind.
+    doc, code = rt.call("ADD", cid="b1", runtimeConfig={"portMappings": ports[:1]})
+    assert (code, doc["code"]) == (1, 102) and "8080" in doc["msg"]
+    assert rt.boxes() == [box.name]
+    rt.call("DEL")
+    assert rt.call("ADD", cid="b1", runtimeConfig={"portMappings": ports[:1]})[1] == 0
+
+
+def test_static_mac_and_another_interface_name(rt: Runtime) -> None:
+    netns = rt.netns("c1")
+    a, code = rt.call("ADD", netns=netns, ifname="net1", args="MAC=02:42:AC:11:00:02")
+    assert code == 0, a
+    assert [i["name"] for i in a["interfaces"]][1:] == ["net1"] and a["interfaces"][1]["mac"] == "02:42:ac:11:00:02"
+    box = rt.engine.sandbox(names.sandbox_name(CID, "net1"))
+    assert rt.kernel.namespaces[box.netns].links["net1"].mac == "02:42:ac:11:00:02"
+    b, code = rt.call("ADD", cid="b1", runtimeConfig={"mac": "02:42:ac:11:00:03"})
+    assert code == 0 and b["interfaces"][1]["mac"] == "02:42:ac:11:00:03"
+    doc, code = rt.call("ADD", cid="c1", args="MAC=02:42:ac:11:00:03")
+    assert (code, doc["code"]) == (1, 102) and "MAC 02:42:ac:11:00:03" in doc["msg"]
+
+
+@pytest.mark.parametrize(("kwargs", "code", "named"), [
+    ({"args": "MAC=02:6f:0a:01:00:09"}, 4, "overlays' own"),
+    ({"runtimeConfig": {"mac": "03:42:ac:11:00:02"}}, 7, "multicast"),
+    ({"runtimeConfig": {"aliases": {"front": ["not a name"]}}}, 7, "alias 'not a name'"),
+    ({"ifname": "lo"}, 4, "CNI_IFNAME"),
+])
+def test_what_the_engine_refuses_is_named(rt: Runtime, kwargs: dict[str, Any], code: int, named: str) -> None:
+    doc, status = rt.call("ADD", **kwargs)
+    assert (status, doc["code"]) == (1, code) and named in doc["msg"]
+    assert rt.boxes() == []
+
+
+def test_del_and_gc_take_only_what_the_labels_say(rt: Runtime) -> None:
+    """A sandbox with an attachment's name but no attachment's labels (made by hand) is not the runtime's."""
+    name = names.sandbox_name("c1", "eth0")
+    rt.engine.adopt(name, netns_path=rt.netns("hand"), networks=[EndpointRequest.parse("front")])
+    assert rt.call("DEL", cid="c1") == ({}, 0)
+    assert rt.call("GC") == ({}, 0)
+    assert rt.boxes() == [name]
 
 
 @pytest.mark.parametrize(("conf", "args", "code", "named"), [
@@ -176,6 +221,10 @@ def test_check_passes_after_add_and_fails_on_mismatch_or_unknown(rt: Runtime) ->
     assert (code, doc["code"]) == (1, 3)
     doc, code = rt.call("CHECK", netns=rt.netns("another"))
     assert code == 1 and "holds another namespace" in doc["msg"]
+    box = rt.engine.sandbox(names.sandbox_name(CID, "eth0"))
+    del rt.kernel.namespaces[box.netns].links["eth0"]  # the kernel lost what the record says
+    doc, code = rt.call("CHECK", netns=netns, prevResult=added)
+    assert (code, doc["code"]) == (1, 100) and "eth0" in doc["msg"], doc
     Path(netns).unlink()  # the runtime's namespace went away
     doc, code = rt.call("CHECK", netns=netns)
     assert code == 1 and "is gone" in doc["msg"]
@@ -225,20 +274,33 @@ def test_status_says_whether_an_add_can_succeed(rt: Runtime, monkeypatch: pytest
 
 def test_conflist_install_and_uninstall_in_given_dirs(tmp_path: Path) -> None:
     conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
-    plugin = tmp_path / "venv" / "overlays-cni"
+    launcher = conflist.launcher("/usr/bin/python3", ["/opt/overlays", "/opt/site"])
     doc = conflist.build("front", state_dir=tmp_path / "state", store=None, node="h1", host_netns="h1")
-    path, link = conflist.install(doc, conf_dir, bin_dir, plugin)
+    path, plugin = conflist.install(doc, conf_dir, bin_dir, launcher)
     assert json.loads(path.read_text()) == doc
     assert doc["plugins"][0]["capabilities"] == {"portMappings": True, "ips": True, "mac": True, "aliases": True}
-    assert link.is_symlink() and link.readlink() == plugin
+    assert plugin.read_text() == launcher and plugin.stat().st_mode & 0o777 == 0o755
     back = conflist.build("back", state_dir=tmp_path / "state", store=None, node="h1", host_netns="h1")
-    conflist.install(back, conf_dir, bin_dir, plugin)  # a second network shares the link
+    conflist.install(back, conf_dir, bin_dir, launcher)  # a second network shares the plugin
     assert conflist.uninstall("front", conf_dir, bin_dir) == [path]
-    assert link.is_symlink()
-    assert conflist.uninstall("back", conf_dir, bin_dir) == [conf_dir / "overlays-back.conflist", link]
-    assert list(conf_dir.iterdir()) == [] and not link.exists()
+    assert plugin.exists()
+    assert conflist.uninstall("back", conf_dir, bin_dir) == [conf_dir / "overlays-back.conflist", plugin]
+    assert list(conf_dir.iterdir()) == [] and list(bin_dir.iterdir()) == []
     with pytest.raises(NotFound, match="no conflist for network front"):
         conflist.uninstall("front", conf_dir, bin_dir)
+
+
+def test_the_launcher_is_the_thin_client_behind_python_without_site(tmp_path: Path) -> None:
+    text = conflist.launcher("/usr/bin/python3", ["/opt/overlays", "/opt/site"])
+    lines = text.splitlines()
+    assert lines[0] == "#!/usr/bin/python3 -IS" and lines[1] == conflist.LAUNCHER_MARK
+    key = conflist.install_key(["/opt/overlays"])
+    assert lines[-1] == f"    sys.exit(main({key!r}, ['/opt/overlays', '/opt/site']))"
+    compile(text, "overlays-cni", "exec")  # the client's source, whole
+    imports = {line.split()[1] for line in lines if line.startswith(("import ", "from "))}
+    assert imports == {"_socket", "posix", "sys"}, "the client imports built-in modules only"
+    with pytest.raises(InvalidSpec, match="cannot be a script's #! line"):
+        conflist.launcher("/" + "x" * 300, ["/opt"])
 
 
 def test_install_refuses_to_replace_what_is_not_ours(tmp_path: Path) -> None:
@@ -246,14 +308,18 @@ def test_install_refuses_to_replace_what_is_not_ours(tmp_path: Path) -> None:
     conf_dir.mkdir()
     (conf_dir / "10-front.conflist").write_text(json.dumps({"name": "front", "plugins": [{"type": "bridge"}]}))
     doc = conflist.build("front", state_dir=tmp_path, store=None, node="n", host_netns=None)
+    launcher = conflist.launcher("/usr/bin/python3", ["/opt/overlays"])
     with pytest.raises(Conflict, match=r"10-front\.conflist already configures a CNI network named front"):
-        conflist.install(doc, conf_dir, bin_dir, tmp_path / "overlays-cni")
+        conflist.install(doc, conf_dir, bin_dir, launcher)
     (conf_dir / "10-front.conflist").unlink()
     bin_dir.mkdir()
-    (bin_dir / "overlays-cni").write_text("someone else's")
-    with pytest.raises(Conflict, match="is not a link"):
-        conflist.install(doc, conf_dir, bin_dir, tmp_path / "overlays-cni")
+    (bin_dir / "overlays-cni").write_text("#!/bin/sh\nsomeone else's\n")
+    with pytest.raises(Conflict, match="is not overlays' overlays-cni"):
+        conflist.install(doc, conf_dir, bin_dir, launcher)
     assert list(conf_dir.iterdir()) == []
+    (bin_dir / "overlays-cni").unlink()
+    (bin_dir / "overlays-cni").symlink_to(tmp_path / "venv" / "overlays-cni")  # what earlier versions linked
+    assert conflist.install(doc, conf_dir, bin_dir, launcher)[1].read_text() == launcher
 
 
 def test_store_url_is_made_absolute_for_the_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -216,5 +216,10 @@ def test_sandbox_names_fit_and_tell_attachments_apart() -> None:
     assert len({a, b, other}) == 3
     assert a.startswith(f"cni-{CID[:46]}-")
     assert names.sandbox_name("short", "eth0").startswith("cni-short-")
-    assert all(names.looks_like_attachment(n) for n in (a, b, names.sandbox_name("x", "eth0")))
-    assert not any(names.looks_like_attachment(n) for n in ("web", "cni-web", "cni-a-1234", "cnx-a-0123456789ab"))
+
+
+def test_an_attachment_is_told_by_its_labels() -> None:
+    labels = names.labels(CID, "eth1", "front")
+    assert names.attachment_of(labels) == (CID, "eth1", "front")
+    assert names.attachment_of({}) is None
+    assert names.attachment_of({k: v for k, v in labels.items() if k != names.NETWORK_LABEL}) is None
