@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := iproute2 nftables iputils-ping procps python3-venv curl etcd-server graphviz fonts-dejavu-core chromium dnsmasq-base
+APT_PACKAGES := iproute2 nftables iputils-ping procps python3-venv curl etcd-server graphviz fonts-dejavu-core chromium dnsmasq-base iptables
 # CNI mode's tests run real runtimes: podman (CNI backend) with runc, containerd, the reference
 # plugins (/usr/lib/cni: loopback for ctr, the benchmark's baselines) and a static busybox for images.
 APT_PACKAGES += podman runc conmon containerd containernetworking-plugins busybox-static util-linux

@@ -50,6 +50,7 @@ MODULES = {
     "check": "overlays.cli.topology",
     "schema": "overlays.cli.topology",
     "agent": "overlays.cli.agent",
+    "doctor": "overlays.cli.doctor",
     "trace": "overlays.cli.trace",
     "graph": "overlays.cli.view",
     "ui": "overlays.cli.view",

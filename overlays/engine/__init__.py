@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # annotations only: the spec classes are built by the command
     import subprocess
 
     from overlays.engine.context import NodeTxn
+    from overlays.engine.doctor import Finding
     from overlays.engine.trace import Trace
     from overlays.kernel.api import Kernel
     from overlays.model.ports import PortMapping
@@ -288,6 +289,18 @@ class Engine:
         from overlays.engine import repair
 
         return repair.sandbox_problems(self.ctx, name)
+
+    def doctor(self, fix: bool = False) -> tuple[list[Finding], list[str]]:
+        """Every inconsistency between the store and this host's kernel, one line each with its repair; with
+        ``fix``, repaired, and what is left (unrepairable, or failed) returned with the repairs that failed."""
+        from overlays.engine import doctor
+
+        found = doctor.examine(self.ctx)
+        if not fix or not found:
+            return found, []
+        self.ctx.require_root()
+        failures = doctor.fix(found)
+        return doctor.examine(self.ctx), failures
 
     def firewall_problems(self) -> list[str]:
         """Read-only: how our nft table differs from the records (a flushed table, a deleted element...)."""

@@ -86,3 +86,12 @@ class LinuxKernel:
         from overlays.kernel import nft
 
         return nft.contents(self._path(netns_name), family, table, netns_name)
+
+    def nft_forward_drops(self, netns_name: str | None) -> list[tuple[str, str, str]]:
+        from overlays.kernel import nft
+
+        return nft.forward_drops(self._path(netns_name), netns_name)
+
+    def netns_names(self) -> list[str]:
+        """Every namespace mounted under /run/netns, by name."""
+        return netns.names()

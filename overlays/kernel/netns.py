@@ -78,6 +78,15 @@ def exists(name: str) -> bool:
     return st.st_dev == _nsfs_dev
 
 
+def names() -> list[str]:
+    """Every namespace mounted under /run/netns (files a crash left unmounted are not namespaces)."""
+    try:
+        listed = os.listdir(NETNS_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in listed if exists(n))
+
+
 def _claim_file(name: str, what: str) -> Path:
     """The empty file a namespace is bind-mounted on, made if absent; one left unmounted by a crash is reused."""
     path = path_of(name)

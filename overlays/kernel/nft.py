@@ -167,11 +167,16 @@ def delete_table(netns_path: Path | None, family: str, table: str, label: str | 
 
 def list_table(netns_path: Path | None, family: str, table: str, label: str | None = None) -> dict[str, Any] | None:
     """The table as nft's JSON (``nft -j list table``), or None if it does not exist."""
+    return _list(netns_path, f"list table {family} {table}", label)
+
+
+def _list(netns_path: Path | None, command: str, label: str | None) -> dict[str, Any] | None:
+    """A read of nft as its JSON, or None if what it names does not exist."""
     with _lock:
         context = _context(netns_path, "list", label)
         try:
             with netns.inside(netns_path):
-                out = context.run_command(f"list table {family} {table}", json_output=True)
+                out = context.run_command(command, json_output=True)
         except libnft.Failed as e:
             if "No such file or directory" in e.errors:
                 return None
@@ -180,6 +185,14 @@ def list_table(netns_path: Path | None, family: str, table: str, label: str | No
             raise KernelError("list", OBJECT, label, _cannot_enter(netns_path, e)) from e
     data: dict[str, Any] = json.loads(out)
     return data
+
+
+def forward_drops(netns_path: Path | None, label: str | None = None) -> list[tuple[str, str, str]]:
+    """(family, table, chain) of every base chain on the forward hook whose policy is drop, in any table:
+    a packet any of them drops is dropped, whatever our own table accepts (iptables' FORWARD DROP is one)."""
+    listed = _list(netns_path, "list chains", label) or {}
+    return sorted((c["family"], c["table"], c["name"]) for item in listed.get("nftables", [])
+                  if (c := item.get("chain")) and c.get("hook") == "forward" and c.get("policy") == "drop")
 
 
 def release(netns_path: Path | None) -> None:

@@ -42,6 +42,7 @@ class FakeKernel:
         self.nft_scripts: list[tuple[str | None, str]] = []
         self.nft_tables: dict[str | None, dict[str, set[tuple[str, str]]]] = {}
         self.adopted: dict[str, tuple[int, int]] = {}  # namespace name -> identity of what it adopted
+        self.foreign_forward_drops: dict[str | None, list[tuple[str, str, str]]] = {}  # tables not ours
         self.nft_elements: dict[tuple[str | None, str], set[tuple[str, str]]] = {}  # (netns, table) -> elements
         self.nft_rules: dict[tuple[str | None, str], dict[str, tuple[str | None, ...]]] = {}
 
@@ -165,6 +166,13 @@ class FakeKernel:
         for name, element in self.nft_elements.get((netns, table), set()):
             found.setdefault(name, set()).add(element)
         return TableContents({k: frozenset(v) for k, v in found.items()}, self.nft_rules.get((netns, table), {}))
+
+
+    def nft_forward_drops(self, netns: str | None) -> list[tuple[str, str, str]]:
+        return list(self.foreign_forward_drops.get(netns, []))
+
+    def netns_names(self) -> list[str]:
+        return sorted(n for n in self.namespaces if n is not None)
 
 
 class FakeLinks:

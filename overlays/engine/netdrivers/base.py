@@ -53,6 +53,7 @@ class NetworkDriver:
 
     name: ClassVar[str]
     in_firewall: ClassVar[bool] = False  # its networks are elements of our nft table's sets
+    needs_agent: ClassVar[bool] = False  # its endpoints are programmed on other hosts by their agents
 
     # -- store steps (inside a transaction) --------------------------------------------------------------------------
 
@@ -144,6 +145,10 @@ class NetworkDriver:
         """After endpoints of ``network`` went from this host (the driver decides whether that was the last)."""
 
     # -- what its networks allow -------------------------------------------------------------------------------------
+
+    def host_links(self, network: Network) -> set[str]:
+        """The network's own links in the host namespace (not its endpoints')."""
+        return {network.bridge} if network.bridge else set()
 
     def publishes(self, network: Network) -> bool:
         """Whether ports published by a sandbox can lead to its endpoint on this network."""

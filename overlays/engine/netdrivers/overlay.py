@@ -24,7 +24,7 @@ from overlays.engine.context import Context, NodeTxn
 from overlays.engine.netdrivers.base import HostFacts, NetworkDriver, check_new, free_name, new_network
 from overlays.errors import Conflict, InvalidSpec, NotFound
 from overlays.kernel.api import Links
-from overlays.model.names import bridge_mac, overlay_bridge_names, veth_names
+from overlays.model.names import bridge_mac, overlay_bridge_names, veth_names, vxlan_name
 from overlays.model.specs import EndpointRequest, NetworkSpec
 from overlays.model.state import Endpoint, EndpointRegistration, HostRegistration, Network
 from overlays.store.base import Txn
@@ -35,6 +35,10 @@ VNI_FIRST = 4096
 
 class OverlayDriver(NetworkDriver):
     name = "overlay"
+    needs_agent = True
+
+    def host_links(self, network: Network) -> set[str]:
+        return {network.bridge, vxlan_name(network.bridge)}
 
     def scope(self, txn: NodeTxn) -> Txn:
         return txn.root
