@@ -65,3 +65,14 @@ class LinuxKernel:
         from overlays.kernel import nft
 
         nft.delete_table(self._path(netns_name), family, table, netns_name)
+
+    def nft_has_table(self, netns_name: str | None, family: str, table: str) -> bool:
+        from overlays.kernel import nft
+
+        return nft.list_table(self._path(netns_name), family, table, netns_name) is not None
+
+    def has_qdisc(self, kind: str) -> bool:
+        """Whether this kernel has qdisc ``kind`` (netem is not built everywhere): tried once per process."""
+        from overlays.kernel import tc
+
+        return tc.has_qdisc(kind)

@@ -183,3 +183,18 @@ def netlink_socket(path: str | Path | None) -> socket.socket:
     import socket  # ~5 ms: commands that only read state never open one
 
     return run_in(path, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
+
+
+def scratch_socket() -> socket.socket:
+    """A rtnetlink socket in a new namespace of its own: nothing names it, and it goes with the socket."""
+    import socket
+
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            _check(_libc.unshare(CLONE_NEWNET), "unshare", "a scratch namespace")
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        finally:
+            _return_home(home)
+    finally:
+        os.close(home)

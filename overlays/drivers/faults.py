@@ -1,0 +1,200 @@
+"""The fault driver: what each namespace's kernel holds for the faults in force, rendered by pure functions.
+
+Design note. Drops happen inside the namespaces that send and receive, never on a
+path between them: traffic between two sandboxes of one bridge is bridged (the host's
+forward hook never sees it, and overlays keeps bridged frames out of the IP hooks in
+host namespaces it manages), an overlay's packets cross other hosts inside VXLAN, a
+macvlan sandbox's frames never enter the host's IP stack at all, and a published
+port is reached at a host's address. So each namespace a fault acts in gets one table
+of ours, ``ip overlays_<instance>_faults``: a sandbox's namespace (ours, all of it), or
+for partitions between a lab's hosts the host namespace itself (whose VXLAN and
+underlay traffic then stops). It is IPv4 only, as overlays' endpoints are.
+
+As in the firewall's table, the rules are fixed and name nothing; what varies are
+set elements, each with the fault's remaining time as an nft ``timeout``, so a fault
+given a duration ends in the kernel on time by itself, whatever became of the command
+that set it:
+
+    cut_to        ipv4_addr                         addresses this namespace may not send to
+    cut_to_ports  ipv4_addr . inet_proto . port     published ports it may not send to
+    cut_from      ipv4_addr                         addresses it may not hear from
+    loss_out      oifname . random draw (interval)  "eth0" . 0-999: 10 % of eth0's sends dropped
+    loss_in       iifname . random draw             ... of what arrives
+    dup_out       oifname . random draw             sent twice (``dup to ip daddr``: the copy is
+    dup_in        iifname . random draw             routed again; arriving ones via loopback)
+
+Chains: ``in`` on prerouting at raw priority (before conntrack: a dropped packet leaves
+no state), ``out`` on postrouting (after routing, so forwarded packets of a host are
+caught too). A random draw is ``numgen random mod 10000``: loss in steps of 0.01 %.
+
+The table is rendered whole for each change and replaces the old one in the same nft
+transaction (``add``, ``delete``, ``add``: no packet sees it half made); a namespace
+with nothing in force has no table. Rates and delays are qdiscs (kernel/tc.py), put on
+the sandbox's side of the endpoint: its interface's egress for ``out``, an ifb for ``in``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from overlays.kernel.api import Links
+from overlays.kernel.tc import Shape
+from overlays.model.faults import BASIS, Faults, Impairment, basis_points
+from overlays.model.names import OWNER_TAG, is_ours, owner_alias
+
+FAMILY = "ip"
+_DRAW = "numgen random mod 10000"
+_SETS = (
+    ("cut_to", "type ipv4_addr; flags timeout;"),
+    ("cut_to_ports", "type ipv4_addr . inet_proto . inet_service; flags timeout;"),
+    ("cut_from", "type ipv4_addr; flags timeout;"),
+    ("loss_out", f"typeof oifname . {_DRAW}; flags interval, timeout;"),
+    ("loss_in", f"typeof iifname . {_DRAW}; flags interval, timeout;"),
+    ("dup_out", f"typeof oifname . {_DRAW}; flags interval, timeout;"),
+    ("dup_in", f"typeof iifname . {_DRAW}; flags interval, timeout;"),
+)
+_CHAINS = (
+    ("in", "type filter hook prerouting priority raw; policy accept;"),
+    ("out", "type filter hook postrouting priority filter; policy accept;"),
+)
+_RULES = (
+    ("in", 'ip saddr @cut_from drop comment "partition"'),
+    ("in", f'iifname . {_DRAW} @loss_in drop comment "loss"'),
+    ("in", f'fib daddr type local iifname . {_DRAW} @dup_in dup to ip daddr comment "duplicate"'),
+    ("out", 'ip daddr @cut_to drop comment "partition"'),
+    ("out", 'ip daddr . meta l4proto . th dport @cut_to_ports drop comment "partition: published ports"'),
+    ("out", f'oifname . {_DRAW} @loss_out drop comment "loss"'),
+    ("out", f'oifname . {_DRAW} @dup_out dup to ip daddr comment "duplicate"'),
+)
+
+Expiry = float | None  # wall-clock time an element ends at; None: never
+
+
+def table_name(instance: str) -> str:
+    return f"{OWNER_TAG}_{instance}_faults"
+
+
+def ifb_name(ifname: str) -> str:
+    """The ifb that shapes what ``ifname`` receives (inside the sandbox: names are the namespace's own)."""
+    return f"ovi-{ifname}"[:15]
+
+
+@dataclass
+class TableState:
+    """The elements one namespace's table holds: set name -> element -> expiry."""
+
+    sets: dict[str, dict[str, Expiry]] = field(default_factory=dict)
+
+    def add(self, name: str, elements: Iterable[str], expires: Expiry) -> None:
+        have = self.sets.setdefault(name, {})
+        for element in elements:
+            old = have.get(element, 0.0)
+            # Two faults drop the same thing: it stays dropped until the later one ends.
+            have[element] = None if old is None or expires is None else max(old, expires)
+
+    def live(self, now: float) -> dict[str, dict[str, Expiry]]:
+        return {name: {e: x for e, x in elements.items() if x is None or x > now}
+                for name, elements in self.sets.items() if any(x is None or x > now for x in elements.values())}
+
+
+def draws(ifname: str, pct: float) -> str:
+    """The element that takes ``pct`` percent of ``ifname``'s random draws."""
+    n = min(basis_points(pct), BASIS)
+    return f'"{ifname}" . 0-{n - 1}' if n > 1 else f'"{ifname}" . 0'
+
+
+def _directions(direction: str) -> tuple[str, ...]:
+    return ("in", "out") if direction == "both" else (direction,)
+
+
+def table_state(faults: Faults, target: str) -> TableState:
+    """What ``target``'s table holds for ``faults`` (a sandbox's name, or HOST_TARGET)."""
+    state = TableState()
+    for p in faults.partitions.values():
+        drops = p.targets.get(target)
+        if drops is not None:
+            state.add("cut_to", drops.to, p.expires)
+            state.add("cut_to_ports", drops.to_ports, p.expires)
+            state.add("cut_from", drops.from_, p.expires)
+    for imp in faults.impairments.values():
+        if imp.sandbox != target:
+            continue
+        for way in _directions(imp.spec.direction):
+            if imp.spec.loss:
+                state.add(f"loss_{way}", [draws(imp.ifname, imp.spec.loss)], imp.expires)
+            if imp.spec.duplicate:
+                state.add(f"dup_{way}", [draws(imp.ifname, imp.spec.duplicate)], imp.expires)
+    return state
+
+
+def _element(key: str, expires: Expiry, now: float) -> str:
+    if expires is None:
+        return key
+    return f"{key} timeout {max(1, math.ceil((expires - now) * 1000))}ms"
+
+
+def render(instance: str, state: TableState, now: float) -> str:
+    """The whole table for ``state``, replacing the old one in one transaction; or its removal if it holds nothing."""
+    table = table_name(instance)
+    live = state.live(now)
+    lines = [f"add table {FAMILY} {table}", f"delete table {FAMILY} {table}"]
+    if not live:
+        return "".join(f"{line}\n" for line in lines)
+    lines.append(f"add table {FAMILY} {table}")
+    lines += [f"add set {FAMILY} {table} {name} {{ {body} }}" for name, body in _SETS]
+    lines += [f"add chain {FAMILY} {table} {name} {{ {hook} }}" for name, hook in _CHAINS]
+    lines += [f"add rule {FAMILY} {table} {chain} {rule}" for chain, rule in _RULES]
+    for name, elements in live.items():
+        items = ", ".join(_element(k, x, now) for k, x in sorted(elements.items()))
+        lines.append(f"add element {FAMILY} {table} {name} {{ {items} }}")
+    return "".join(f"{line}\n" for line in lines)
+
+
+# -- rates and delays ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """What one endpoint's interface shapes: its egress (``out``), and through an ifb what it receives (``in``)."""
+
+    out: Shape | None = None
+    into: Shape | None = None
+
+
+def shape_of(imp: Impairment) -> Shape | None:
+    s = imp.spec
+    if not (s.rate or s.delay):
+        return None
+    return Shape(rate=s.rate, delay_us=int(s.delay * 1000), jitter_us=int(s.jitter * 1000))
+
+
+def shaping(faults: Faults, target: str) -> dict[str, Shaping]:
+    """Every interface of sandbox ``target`` that an impairment shapes, and how."""
+    found: dict[str, Shaping] = {}
+    for imp in faults.impairments.values():
+        shape = shape_of(imp)
+        if imp.sandbox != target or shape is None:
+            continue
+        ways = _directions(imp.spec.direction)
+        found[imp.ifname] = Shaping(shape if "out" in ways else None, shape if "in" in ways else None)
+    return found
+
+
+def apply_shaping(inside: Links, ifname: str, want: Shaping, instance: str, mtu: int) -> None:
+    """Make ``ifname``'s qdiscs (and its ifb) match ``want``; what is right already stays untouched."""
+    if want.out is not None:
+        inside.ensure_shape(ifname, want.out)
+    else:
+        inside.delete_shape(ifname)
+    ifb = ifb_name(ifname)
+    if want.into is not None:
+        inside.ensure_ifb(ifb, owner_alias(instance, f"ifb for {ifname}"), mtu)
+        inside.ensure_shape(ifb, want.into)
+        inside.ensure_redirect(ifname, ifb)
+        return
+    inside.delete_redirect(ifname)
+    link = inside.link(ifb)
+    if link is not None and is_ours(link.alias, instance):
+        inside.delete_link(ifb)
