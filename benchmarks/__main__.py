@@ -1,4 +1,4 @@
-"""``python -m benchmarks [all|attach|attach-ports|up|cli|limit|ports|dataplane|overlay|cni] [--quick]``."""
+"""``python -m benchmarks [all|attach|attach-ports|up|cli|limit|ports|dataplane|overlay|cni|faults] [--quick]``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from benchmarks import (
     cli_latency,
     cni,
     dataplane,
+    faults,
     overlay_convergence,
     ports,
     topology_up,
@@ -33,7 +34,8 @@ from benchmarks.harness import (
 
 BENCHMARKS: dict[str, ModuleType] = {
     m.NAME: m
-    for m in (attach, attach_ports, cli_latency, bridge_limit, topology_up, overlay_convergence, ports, dataplane, cni)
+    for m in (attach, attach_ports, cli_latency, bridge_limit, topology_up, overlay_convergence, ports, dataplane, cni,
+              faults)
 }
 
 

@@ -183,15 +183,16 @@ def _restore(ctx: Context, before: Faults) -> None:
 # -- one operation ---------------------------------------------------------------------------------------------------
 
 
-def change(ctx: Context, mutate: Mutate, everywhere: bool = False) -> Faults:
-    """Change the faults in force (see the design note); ``everywhere``: also re-make every namespace they touch."""
+def change(ctx: Context, mutate: Mutate, everywhere: bool = False, remake: set[str] | None = None) -> Faults:
+    """Change the faults in force (see the design note); ``everywhere``: also re-make every namespace they
+    touch; ``remake``: these (a sandbox whose namespace was made again, say)."""
     now = time.time()
     with ctx.lock(LOCK):
         seen = ctx.transact(lambda txn: _begin(txn, mutate, now))
         undo = Undo()
         undo.push("put the fault records back", _restore, ctx, seen.before)
         try:
-            for target in sorted(_touched(seen, everywhere)):
+            for target in sorted(_touched(seen, everywhere) | ((remake or set()) & seen.after.targets())):
                 _make_target(ctx, seen, target, now, undo)
             ctx.transact(lambda txn: _mark_ready(txn, seen.after))
         except BaseException:
@@ -423,9 +424,19 @@ def link(ctx: Context, sandbox: str, network: str | None, down: bool, expires: f
 
 
 def in_force(ctx: Context) -> Faults:
-    """The faults in force, as recorded (those whose time is up left out)."""
-    faults = ctx.transact(read)
-    return faults.without(faults.expired(time.time()))
+    """The faults in force, as recorded (those whose time is up, or whose sandbox is gone, left out)."""
+
+    def look(txn: NodeTxn) -> Faults:
+        faults = read(txn)
+        return _still_there(faults.without(faults.expired(time.time())), Boxes(txn))
+
+    return ctx.transact(look)
+
+
+def remake(ctx: Context, sandboxes: set[str]) -> None:
+    """Put the faults of ``sandboxes`` back in their namespaces (after a repair made them again)."""
+    if ctx.transact(lambda txn: bool(txn.range(records.FAULTS_PREFIX))):
+        change(ctx, lambda faults, boxes: None, remake=sandboxes)
 
 
 def heal_expired(ctx: Context) -> Faults:

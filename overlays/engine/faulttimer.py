@@ -21,14 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store")
     p.add_argument("--host-netns")
     args = p.parse_args(argv)
-    while (left := args.at - time.time()) > 0:
-        time.sleep(left)
+    # Everything the healing needs is loaded and opened before the wait, so that it starts on time.
+    import overlays.engine.faults
+    import overlays.kernel.nft
+    import overlays.kernel.rtnl  # noqa: F401 (these three: used at the end, loaded now)
     from overlays.engine import Engine
     from overlays.errors import OverlaysError
 
     try:
         with Engine(host_netns=args.host_netns, state_dir=args.state_dir, store_url=args.store,
                     node=args.node) as engine:
+            while (left := args.at - time.time()) > 0:
+                time.sleep(left)
             engine.heal_expired()
     except OverlaysError as e:
         print(f"overlays fault timer: {e}", file=sys.stderr)

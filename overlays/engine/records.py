@@ -57,6 +57,7 @@ def topology_key(name: str) -> str:
     return f"topologies/{name}"
 
 
+FAULTS_PREFIX = "faults/"
 PARTITIONS_PREFIX = "faults/partitions/"
 IMPAIRMENTS_PREFIX = "faults/impairments/"
 LINKS_DOWN_PREFIX = "faults/links-down/"

@@ -18,10 +18,13 @@ def _network(ctx: Context, name: str) -> Network:
     return ctx.transact(lambda txn: records.get_network(txn, name))
 
 
-def _sandbox(ctx: Context, name: str) -> tuple[Sandbox, dict[str, Network]]:
-    def read(txn: NodeTxn) -> tuple[Sandbox, dict[str, Network]]:
+def _sandbox(ctx: Context, name: str) -> tuple[Sandbox, dict[str, Network], set[str]]:
+    """The sandbox, its networks, and those of its endpoints whose link a fault took down (not drift)."""
+
+    def read(txn: NodeTxn) -> tuple[Sandbox, dict[str, Network], set[str]]:
         box = records.get_sandbox(txn, name)
-        return box, records.networks_named(txn, [e.network for e in box.endpoints], missing_ok=True)
+        down = {k.rsplit("/", 1)[1] for k in txn.range(records.LINKS_DOWN_PREFIX + name + "/")}
+        return box, records.networks_named(txn, [e.network for e in box.endpoints], missing_ok=True), down
 
     return ctx.transact(read)
 
@@ -33,12 +36,14 @@ def network_problems(ctx: Context, name: str) -> list[str]:
 
 
 def sandbox_problems(ctx: Context, name: str) -> list[str]:
-    box, nets = _sandbox(ctx, name)
+    box, nets, down = _sandbox(ctx, name)
     if not ctx.kernel.netns_exists(box.netns):
         return [f"namespace {box.netns} of sandbox {name} is missing"]
     found = []
     with ctx.open_host() as host, ctx.kernel.open_path(box.netns, ctx.kernel.netns_path(box.netns)) as inside:
         for ep in box.endpoints:
+            if ep.network in down:
+                continue  # taken down on purpose (overlays link down): its fault's, not drift
             net = nets.get(ep.network)
             if net is None:
                 found.append(f"network {ep.network} of sandbox {name} is missing")
@@ -54,11 +59,14 @@ def repair_network(ctx: Context, name: str) -> None:
 
 
 def repair_sandbox(ctx: Context, name: str) -> None:
-    """Recreate a missing namespace and re-wire every endpoint (idempotently)."""
-    box, nets = _sandbox(ctx, name)
+    """Recreate a missing namespace and re-wire every endpoint (idempotently); its faults are put back after."""
+    from overlays.engine import faults
+
+    box, nets, _ = _sandbox(ctx, name)
     path = ctx.kernel.netns_path(box.netns)
     if not ctx.kernel.netns_exists(box.netns):
         path = ctx.kernel.create_netns(box.netns)
     with ctx.open_host() as host, ctx.kernel.open_path(box.netns, path) as inside:
         inside.ensure_up("lo")
         endpoints.wire(ctx, host, inside, path, [e for e in box.endpoints if e.network in nets], nets, Undo())
+    faults.remake(ctx, {name})

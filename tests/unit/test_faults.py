@@ -386,3 +386,16 @@ def test_delay_is_refused_without_netem_and_taken_with_it(tmp_path: Path) -> Non
     kernel.netem = True
     eng.impair(ImpairSpec.parse("a", delay=10, jitter=2, direction="out"))
     assert kernel.namespaces[eng.sandbox("a").netns].shapes == {"eth0": tc.Shape(delay_us=10_000, jitter_us=2000)}
+
+
+def test_a_link_taken_down_is_no_drift_and_a_repair_puts_faults_back(tmp_path: Path) -> None:
+    kernel, _store, eng = two_sandboxes(tmp_path)
+    ep = eng.link_down("a")
+    eng.partition(partition_of(eng, ["a"], ["b"]))
+    assert eng.sandbox_problems("a") == [], "its link is down on purpose"
+    kernel.delete_netns(eng.sandbox("a").netns)  # drift: the namespace (and its fault table) gone
+    assert eng.sandbox_problems("a") != []
+    eng.repair_sandbox("a")
+    assert render.table_name(eng.instance) in kernel.nft_tables[eng.sandbox("a").netns], "the partition came back"
+    assert not kernel.namespaces[HOST_NS].links[ep.host_ifname].up, "and the link is down again"
+    assert eng.sandbox_problems("a") == []
