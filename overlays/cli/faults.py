@@ -70,6 +70,8 @@ def _partition_arguments(p: argparse.ArgumentParser) -> None:
 def partition(s: Settings, a: argparse.Namespace) -> int:
     """Cut groups of sandboxes off from each other: overlays partition a b,c [--oneway] [--for 30s]."""
     if a.show:
+        if a.groups:
+            raise InvalidSpec("--show takes no groups")
         return _show(s, a)
     from overlays.model.faults import check_groups, describe_groups, group_cuts
 

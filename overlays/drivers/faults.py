@@ -25,7 +25,10 @@ that set it:
 
 Chains: ``in`` on prerouting at raw priority (before conntrack: a dropped packet leaves
 no state), ``out`` on postrouting (after routing, so forwarded packets of a host are
-caught too). A random draw is ``numgen random mod 10000``: loss in steps of 0.01 %.
+caught too). A random draw is ``numgen random mod 10000``: loss in steps of 0.01 %. A
+share of packets is a share of what the stack hands the hook: a UDP datagram is one,
+but with segmentation offload a TCP burst of up to 64 KB is one there too, so TCP's
+losses come in bursts (the share of its bytes is kept), as they do with netem.
 
 The table is rendered whole for each change and replaces the old one in the same nft
 transaction (``add``, ``delete``, ``add``: no packet sees it half made); a namespace

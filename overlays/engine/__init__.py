@@ -310,6 +310,12 @@ class Engine:
 
         return faults.in_force(self.ctx)
 
+    def fault_problems(self, name: str | None = None) -> list[str]:
+        """Read-only: what the kernel lacks of the faults in force (of ``name`` only, if given)."""
+        from overlays.engine import faults
+
+        return faults.problems(self.ctx, name)
+
     def heal_expired(self) -> Faults:
         """Heal what is due, and finish what a killed command left halfway; returns what stays in force."""
         from overlays.engine import faults

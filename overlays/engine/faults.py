@@ -160,7 +160,8 @@ def _begin(txn: NodeTxn, mutate: Mutate, now: float) -> _Seen:
     mutate(after, boxes)
     after = _write(txn, before, after)
     found = {n: b for n, b in boxes.found.items() if b is not None}
-    flapped = {net for (s, net) in (*before.links, *after.links) if s in found}
+    # Bringing a link up may mean its default route: which endpoint carries it depends on all their networks.
+    flapped = {ep.network for (s, _) in (*before.links, *after.links) if s in found for ep in found[s].endpoints}
     return _Seen(before, after, found, records.networks_named(txn, sorted(flapped), missing_ok=True))
 
 
@@ -317,7 +318,8 @@ def partition(ctx: Context, spec: PartitionSpec) -> Partition:
                 boxes.need(target)
         faults.partitions[spec.name] = Partition(spec.name, spec.shape, spec.cuts, drops, spec.expires, spec.origin)
 
-    return change(ctx, mutate).partitions[spec.name]
+    # Its namespaces are made again even if the record is the same: putting a fault in force repairs it.
+    return change(ctx, mutate, remake=set(drops)).partitions[spec.name]
 
 
 def heal(ctx: Context, names: Sequence[str] = (), everything: bool = False, origin: str | None = None) -> list[str]:
@@ -377,7 +379,7 @@ def impair(ctx: Context, spec: ImpairSpec) -> Impairment:
         faults.impairments[(spec.sandbox, ep.network)] = found[0]
 
     try:
-        after = change(ctx, mutate)
+        after = change(ctx, mutate, remake={spec.sandbox})
     except BaseException:
         stop_timers([timer] if timer else [])
         raise
@@ -416,7 +418,7 @@ def link(ctx: Context, sandbox: str, network: str | None, down: bool, expires: f
             raise InvalidSpec(f"the link of sandbox {sandbox} on {ep.network} is not down")
 
     try:
-        change(ctx, mutate)
+        change(ctx, mutate, remake={sandbox})
     except BaseException:
         stop_timers([timer] if timer else [])
         raise
@@ -431,6 +433,37 @@ def in_force(ctx: Context) -> Faults:
         return _still_there(faults.without(faults.expired(time.time())), Boxes(txn))
 
     return ctx.transact(look)
+
+
+def problems(ctx: Context, name: str | None = None) -> list[str]:
+    """Read-only: what of the faults in force (of the partition or impairment ``name`` only, if given) the
+    kernel lacks: a namespace's table, an interface's qdisc (someone deleted them, say)."""
+    def look(txn: NodeTxn) -> tuple[Faults, dict[str, Sandbox]]:
+        faults, boxes = read(txn), Boxes(txn)
+        faults = _still_there(faults.without(faults.expired(time.time())), boxes)
+        return faults, {n: b for n, b in boxes.found.items() if b is not None}
+
+    faults, boxes = ctx.transact(look)
+    if name is not None:
+        faults = Faults({k: v for k, v in faults.partitions.items() if k == name},
+                        {k: v for k, v in faults.impairments.items() if v.spec.name == name})
+    found = []
+    now = time.time()
+    table = render.table_name(ctx.instance)
+    for target in sorted(faults.targets()):
+        box = boxes.get(target)
+        where = ctx.host_netns if target == HOST_TARGET else box.netns if box else None
+        label = f"sandbox {target}" if target != HOST_TARGET else f"host {ctx.node}"
+        if (target == HOST_TARGET or where) and render.table_state(faults, target).live(now) and \
+                not ctx.kernel.nft_has_table(where, render.FAMILY, table):
+            found.append(f"the fault table of {label} is missing")
+        shaped = render.shaping(faults, target)
+        if box is not None and shaped:
+            with ctx.kernel.open_path(box.netns, ctx.kernel.netns_path(box.netns)) as inside:
+                for ifname, want in sorted(shaped.items()):
+                    if want.out is not None and not any(q.shape == want.out for q in inside.qdiscs(ifname)):
+                        found.append(f"interface {ifname} of {label} is not shaped as its impairment says")
+    return found
 
 
 def remake(ctx: Context, sandboxes: set[str]) -> None:

@@ -41,10 +41,13 @@ def _hosts(topo: Topology, decl: FaultDecl) -> set[str]:
 
 
 def _in_force(decl: FaultDecl, engine: Engine) -> bool:
+    """Recorded on that host, and its namespaces hold what the record says (read-only)."""
     here = engine.faults()
     if decl.impair:
-        return any(i.spec.name == decl.name for i in here.impairments.values())
-    return decl.name in here.partitions
+        recorded = any(i.spec.name == decl.name for i in here.impairments.values())
+    else:
+        recorded = decl.name in here.partitions
+    return recorded and not engine.fault_problems(decl.name)
 
 
 def actions(topo: Topology, record: Record, engine_of: Callable[[str], Engine], earlier: list[Action]) -> list[Action]:

@@ -11,7 +11,7 @@ import yaml
 
 from overlays.topology import Lab, resolve
 
-from .conftest import Cli, _instances, unique
+from .conftest import Cli, _instances, sh, unique
 from .test_faults import NOTHING, ours_in, udp_through
 
 
@@ -41,6 +41,12 @@ def test_faults_of_the_file_are_applied_toggled_and_removed(host: str, state_dir
         lab.up()
         assert through(lab, "a", "b") == 0 and through(lab, "c", "a") == 0 and through(lab, "b", "c") == 5
         assert lab.plan() == [], "a second up changes nothing"
+        table = f"overlays_{lab.main.instance}_faults"
+        sh(lab.sandbox("b").netns, "nft", "delete", "table", "ip", table)  # drift: by hand
+        assert lab.main.fault_problems() == ["the fault table of sandbox b is missing"]
+        assert [str(a) for a in lab.plan()] == ["repair fault split (it is not in force)"]
+        lab.up()
+        assert through(lab, "c", "a") == 0 and lab.main.fault_problems() == []
 
         off = copy.deepcopy(raw)
         off["faults"]["split"]["enabled"] = False
