@@ -83,3 +83,9 @@ def test_sandboxes_can_be_partitioned_too(lab: Lab) -> None:
     with lab.partitioned(["n3"], ["n1", "n2"], oneway=True):  # n3's packets to n1 and n2 are dropped
         assert reachable(lab) == pairs("n1", "n2")  # a ping needs both ways: n3 is out either way
     assert reachable(lab) == pairs("n1", "n2", "n3")
+
+
+def test_isolating_one_node_leaves_the_others_a_majority(lab: Lab) -> None:
+    with lab.isolate("h3"):  # a handle is a context manager too: healed on leaving the block
+        assert reachable(lab) == pairs("n1", "n2")
+    assert reachable(lab) == pairs("n1", "n2", "n3")
