@@ -13,7 +13,8 @@ underlay traffic then stops). It is IPv4 only, as overlays' endpoints are.
 As in the firewall's table, the rules are fixed and name nothing; what varies are
 set elements, each with the fault's remaining time as an nft ``timeout``, so a fault
 given a duration ends in the kernel on time by itself, whatever became of the command
-that set it:
+that set it. Only the sets that hold something are rendered, with their rules (every
+rule costs each packet that crosses its hook, faulty or not):
 
     cut_to        ipv4_addr                         addresses this namespace may not send to
     cut_to_ports  ipv4_addr . inet_proto . port     published ports it may not send to
@@ -62,15 +63,16 @@ _CHAINS = (
     ("in", "type filter hook prerouting priority raw; policy accept;"),
     ("out", "type filter hook postrouting priority filter; policy accept;"),
 )
-_RULES = (
-    ("in", 'ip saddr @cut_from drop comment "partition"'),
-    ("in", f'iifname . {_DRAW} @loss_in drop comment "loss"'),
+_RULES = (  # (chain, the set it looks in, rule)
+    ("in", "cut_from", 'ip saddr @cut_from drop comment "partition"'),
+    ("in", "loss_in", f'iifname . {_DRAW} @loss_in drop comment "loss"'),
     # The set first: a packet that is not drawn costs no route lookup (fib) at all.
-    ("in", f'iifname . {_DRAW} @dup_in fib daddr type local dup to ip daddr comment "duplicate"'),
-    ("out", 'ip daddr @cut_to drop comment "partition"'),
-    ("out", 'ip daddr . meta l4proto . th dport @cut_to_ports drop comment "partition: published ports"'),
-    ("out", f'oifname . {_DRAW} @loss_out drop comment "loss"'),
-    ("out", f'oifname . {_DRAW} @dup_out dup to ip daddr comment "duplicate"'),
+    ("in", "dup_in", f'iifname . {_DRAW} @dup_in fib daddr type local dup to ip daddr comment "duplicate"'),
+    ("out", "cut_to", 'ip daddr @cut_to drop comment "partition"'),
+    ("out", "cut_to_ports",
+     'ip daddr . meta l4proto . th dport @cut_to_ports drop comment "partition: published ports"'),
+    ("out", "loss_out", f'oifname . {_DRAW} @loss_out drop comment "loss"'),
+    ("out", "dup_out", f'oifname . {_DRAW} @dup_out dup to ip daddr comment "duplicate"'),
 )
 
 Expiry = float | None  # wall-clock time an element ends at; None: never
@@ -147,9 +149,12 @@ def render(instance: str, state: TableState, now: float) -> str:
     if not live:
         return "".join(f"{line}\n" for line in lines)
     lines.append(f"add table {FAMILY} {table}")
-    lines += [f"add set {FAMILY} {table} {name} {{ {body} }}" for name, body in _SETS]
-    lines += [f"add chain {FAMILY} {table} {name} {{ {hook} }}" for name, hook in _CHAINS]
-    lines += [f"add rule {FAMILY} {table} {chain} {rule}" for chain, rule in _RULES]
+    # Only the sets that hold something, and their rules: every rule costs each packet that crosses the hook.
+    lines += [f"add set {FAMILY} {table} {name} {{ {body} }}" for name, body in _SETS if name in live]
+    rules = [(chain, rule) for chain, name, rule in _RULES if name in live]
+    lines += [f"add chain {FAMILY} {table} {name} {{ {hook} }}" for name, hook in _CHAINS
+              if any(chain == name for chain, _ in rules)]
+    lines += [f"add rule {FAMILY} {table} {chain} {rule}" for chain, rule in rules]
     for name, elements in live.items():
         items = ", ".join(_element(k, x, now) for k, x in sorted(elements.items()))
         lines.append(f"add element {FAMILY} {table} {name} {{ {items} }}")

@@ -399,3 +399,11 @@ def test_a_link_taken_down_is_no_drift_and_a_repair_puts_faults_back(tmp_path: P
     assert render.table_name(eng.instance) in kernel.nft_tables[eng.sandbox("a").netns], "the partition came back"
     assert not kernel.namespaces[HOST_NS].links[ep.host_ifname].up, "and the link is down again"
     assert eng.sandbox_problems("a") == []
+
+
+def test_only_the_sets_in_use_and_their_rules_are_rendered() -> None:
+    state = render.TableState()
+    state.add("cut_from", ["10.0.0.9"], None)
+    lines = render.render("x", state, 0.0).splitlines()
+    assert [line.split()[1] for line in lines[3:]] == ["set", "chain", "rule", "element"]
+    assert "add chain ip overlays_x_faults in { type filter hook prerouting priority raw; policy accept; }" in lines
