@@ -15,8 +15,9 @@ All in a host namespace of this run, sandboxes built by a Lab (a topology of its
    element timeout) and a ``--for 1s`` rate (its timer process), against the end the engine recorded.
 4. the unimpaired path: iperf3 between two sandboxes with no fault of their own, alone (baseline) and while
    their tables hold a partition from a third sandbox and one of them has loss, duplication and a rate on its
-   other endpoint (subject): pairs of 2 s figures, the order turned each time; target: the median of the
-   pairs' ratios >= 0.97 (a pair's two figures see about the same load from the rest of the machine).
+   other endpoint (subject): pairs of 1 s figures, the order turned each time; target: the median of the
+   pairs' ratios >= 0.97 (a pair's two figures see about the same load from the rest of the machine). Also
+   shown: the same ratio of Gbit per CPU-second (iperf3's CPU use at both ends), the path's cost per byte.
 
     python -m benchmarks faults [--quick]
 """
@@ -57,8 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("faults")
     g.add_argument("--faults-seconds", type=int, default=8, help="iperf3 duration through a rate (default 8)")
     g.add_argument("--faults-reps", type=int, default=5, help="partition / heal cycles (default 5)")
-    g.add_argument("--faults-pairs", type=int, default=9,
-                   help="interleaved pairs of 2 s throughput figures, alone / beside faults (default 9)")
+    g.add_argument("--faults-pairs", type=int, default=15,
+                   help="interleaved pairs of 1 s throughput figures, alone / beside faults (default 15)")
 
 
 # -- sockets inside namespaces ----------------------------------------------------------------------------------------
@@ -177,6 +178,32 @@ def goodput(client: End, server: End, seconds: int) -> float:
     return throughput(client, server, server.ip, seconds) * 1000  # Mbit/s
 
 
+def stream(client: End, server: End, seconds: int) -> tuple[float, float]:
+    """One TCP stream: (Gbit/s, Gbit per CPU-second of sender and receiver, softirqs included).
+
+    The second figure is the path's cost per byte: what throughput becomes on an idle machine, and a
+    figure that other processes competing for the CPUs move much less than the first.
+    """
+    srv = subprocess.Popen(["nsenter", f"--net={server.netns}", "iperf3", "-s", "-1", "-p", str(PORT + 1)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            done = subprocess.run(["nsenter", f"--net={client.netns}", "iperf3", "-c", server.ip, "-p",
+                                   str(PORT + 1), "-t", str(seconds), "-J"], capture_output=True, text=True,
+                                  timeout=seconds + 20)
+            doc = json.loads(done.stdout or "{}")
+            if "error" not in doc and "end" in doc:
+                end = doc["end"]
+                gbps = float(end["sum_received"]["bits_per_second"]) / 1e9
+                cpu = end["cpu_utilization_percent"]
+                return gbps, gbps / ((cpu["host_total"] + cpu["remote_total"]) / 100)
+            time.sleep(0.05)  # the server is not listening yet
+        raise RuntimeError(f"iperf3 to {server.ip}: {doc.get('error', done.stderr.strip())}")
+    finally:
+        srv.terminate()
+        srv.wait(5)
+
+
 # -- the measurements -------------------------------------------------------------------------------------------------
 
 
@@ -255,24 +282,25 @@ def _has_tbf(where: str) -> bool:
     return any(q.get("kind") == "tbf" for q in json.loads(out or "[]"))
 
 
-def measure_unimpaired(lab: Any, ends: dict[str, End], seconds: int, reps: int,
-                       log: Callable[[str], None]) -> dict[str, list[float]]:
-    """a -> b over n1, alone and while faults are in force around them (not on that path)."""
+def measure_unimpaired(lab: Any, ends: dict[str, End], pairs: int,
+                       log: Callable[[str], None]) -> dict[str, dict[str, list[float]]]:
+    """a -> b over n1, alone and while faults are in force around them (not on that path), pair by pair."""
     a, b = ends["a"], ends["b"]
-    got: dict[str, list[float]] = {"alone": [], "beside faults": []}
-    for rep in range(reps):
-        order = ["alone", "beside faults"] if rep % 2 == 0 else ["beside faults", "alone"]
-        for which in order:
+    got: dict[str, dict[str, list[float]]] = {k: {"gbps": [], "per_cpu": []} for k in ("alone", "beside faults")}
+    for rep in range(pairs):
+        for which in ["alone", "beside faults"] if rep % 2 == 0 else ["beside faults", "alone"]:
             if which == "beside faults":
                 lab.partition(["a", "b"], ["d"])
                 lab.impair("a", "n2", loss=10, duplicate=5, rate="10mbit")
                 lab.impair("c", rate="10mbit")
             try:
-                got[which].append(throughput(a, b, b.ip, seconds))
+                gbps, per_cpu = stream(a, b, 1)
             finally:
                 lab.heal(everything=True)
-        log(f"  rep {rep + 1}/{reps}: alone {got['alone'][-1]:.1f}, beside faults {got['beside faults'][-1]:.1f}"
-            " Gbit/s")
+            got[which]["gbps"].append(gbps)
+            got[which]["per_cpu"].append(per_cpu)
+        log(f"  pair {rep + 1}/{pairs}: alone {got['alone']['gbps'][-1]:.1f}, beside faults"
+            f" {got['beside faults']['gbps'][-1]:.1f} Gbit/s")
     return got
 
 
@@ -295,7 +323,7 @@ def run(run: Run, args: argparse.Namespace, log: Any) -> tuple[list[Row], list[V
         late = measure_expiry(lab, ends, env)
         log(f"  --for 1s ended: partition {late['partition']:.1f} ms, rate {late['rate']:.1f} ms after its end")
         pairs = 2 if args.quick else args.faults_pairs
-        beside = measure_unimpaired(lab, ends, 2, pairs, log)
+        beside = measure_unimpaired(lab, ends, pairs, log)
 
     rows: list[Row] = []
     verdicts: list[Verdict] = []
@@ -330,14 +358,19 @@ def run(run: Run, args: argparse.Namespace, log: Any) -> tuple[list[Row], list[V
                     note="the kernel's element timeout: no process involved"))
     rows.append(Row(NAME, "rate --for 1s", 1, "removed after its recorded end", late["rate"], "ms",
                     note="its timer process (polled with tc every ~5 ms)"))
-    paired = median([s / b for s, b in zip(beside["beside faults"], beside["alone"], strict=True)])
-    row = Row(NAME, "unimpaired path", pairs, "TCP 1 stream beside faults: paired ratio", paired, "x",
-              target=f">= {UNIMPAIRED:.2f}x alone", met=paired >= UNIMPAIRED,
-              note=f"alone {median(beside['alone']):.1f} Gbit/s, beside faults {median(beside['beside faults']):.1f}"
-                   " Gbit/s (a and b partitioned from d; a's other endpoint: loss, duplication, rate; c: rate)")
+    def paired(metric: str) -> float:
+        return median([s / x for s, x in zip(beside["beside faults"][metric], beside["alone"][metric], strict=True)])
+
+    row = Row(NAME, "unimpaired path", pairs, "TCP 1 stream beside faults: paired ratio", paired("gbps"), "x",
+              target=f">= {UNIMPAIRED:.2f}x alone", met=paired("gbps") >= UNIMPAIRED,
+              note=f"alone {median(beside['alone']['gbps']):.1f} Gbit/s, beside faults"
+                   f" {median(beside['beside faults']['gbps']):.1f} Gbit/s (a and b partitioned from d; a's other"
+                   " endpoint: loss, duplication, rate; c: rate)")
     rows.append(row)
+    rows.append(Row(NAME, "unimpaired path", pairs, "Gbit per CPU-second beside faults: paired ratio",
+                    paired("per_cpu"), "x", note="the same pairs' cost per byte (iperf3's CPU use of both ends)"))
     verdicts.append(Verdict(f"an impaired path costs unimpaired paths nothing (>= {UNIMPAIRED:.0%})", row.met,
-                            f"paired {paired:.3f}x"))
+                            f"paired {paired('gbps'):.3f}x (per CPU-second: {paired('per_cpu'):.3f}x)"))
     return rows, verdicts
 
 

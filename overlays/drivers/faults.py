@@ -19,6 +19,8 @@ rule costs each packet that crosses its hook, faulty or not):
     cut_to        ipv4_addr                         addresses this namespace may not send to
     cut_to_ports  ipv4_addr . inet_proto . port     published ports it may not send to
     cut_from      ipv4_addr                         addresses it may not hear from
+    impaired_out  oifname : jump impair_out         the interfaces with loss or duplication:
+    impaired_in   iifname : jump impair_in          one hashed lookup, so others pay no more
     loss_out      oifname . random draw (interval)  "eth0" . 0-999: 10 % of eth0's sends dropped
     loss_in       iifname . random draw             ... of what arrives
     dup_out       oifname . random draw             sent twice (``dup to ip daddr``: the copy is
@@ -26,10 +28,11 @@ rule costs each packet that crosses its hook, faulty or not):
 
 Chains: ``in`` on prerouting at raw priority (before conntrack: a dropped packet leaves
 no state), ``out`` on postrouting (after routing, so forwarded packets of a host are
-caught too). A random draw is ``numgen random mod 10000``: loss in steps of 0.01 %. A
-share of packets is a share of what the stack hands the hook: a UDP datagram is one,
-but with segmentation offload a TCP burst of up to 64 KB is one there too, so TCP's
-losses come in bursts (the share of its bytes is kept), as they do with netem.
+caught too); ``impair_in`` and ``impair_out`` hold the draws, for impaired interfaces.
+A random draw is ``numgen random mod 10000``: loss in steps of 0.01 %. A share of
+packets is a share of what the stack hands the hook: a UDP datagram is one, but with
+segmentation offload a TCP burst of up to 64 KB is one there too, so TCP's losses come
+in bursts (the share of its bytes is kept), as they do with netem.
 
 The table is rendered whole for each change and replaces the old one in the same nft
 transaction (``add``, ``delete``, ``add``: no packet sees it half made); a namespace
@@ -51,28 +54,34 @@ from overlays.model.names import OWNER_TAG, is_ours, owner_alias
 FAMILY = "ip"
 _DRAW = "numgen random mod 10000"
 _SETS = (
-    ("cut_to", "type ipv4_addr; flags timeout;"),
-    ("cut_to_ports", "type ipv4_addr . inet_proto . inet_service; flags timeout;"),
-    ("cut_from", "type ipv4_addr; flags timeout;"),
-    ("loss_out", f"typeof oifname . {_DRAW}; flags interval, timeout;"),
-    ("loss_in", f"typeof iifname . {_DRAW}; flags interval, timeout;"),
-    ("dup_out", f"typeof oifname . {_DRAW}; flags interval, timeout;"),
-    ("dup_in", f"typeof iifname . {_DRAW}; flags interval, timeout;"),
+    ("set", "cut_to", "type ipv4_addr; flags timeout;"),
+    ("set", "cut_to_ports", "type ipv4_addr . inet_proto . inet_service; flags timeout;"),
+    ("set", "cut_from", "type ipv4_addr; flags timeout;"),
+    ("map", "impaired_out", "type ifname : verdict; flags timeout;"),
+    ("map", "impaired_in", "type ifname : verdict; flags timeout;"),
+    ("set", "loss_out", f"typeof oifname . {_DRAW}; flags interval, timeout;"),
+    ("set", "loss_in", f"typeof iifname . {_DRAW}; flags interval, timeout;"),
+    ("set", "dup_out", f"typeof oifname . {_DRAW}; flags interval, timeout;"),
+    ("set", "dup_in", f"typeof iifname . {_DRAW}; flags interval, timeout;"),
 )
 _CHAINS = (
-    ("in", "type filter hook prerouting priority raw; policy accept;"),
-    ("out", "type filter hook postrouting priority filter; policy accept;"),
+    ("in", " type filter hook prerouting priority raw; policy accept;"),
+    ("out", " type filter hook postrouting priority filter; policy accept;"),
+    ("impair_in", ""),
+    ("impair_out", ""),
 )
 _RULES = (  # (chain, the set it looks in, rule)
     ("in", "cut_from", 'ip saddr @cut_from drop comment "partition"'),
-    ("in", "loss_in", f'iifname . {_DRAW} @loss_in drop comment "loss"'),
-    # The set first: a packet that is not drawn costs no route lookup (fib) at all.
-    ("in", "dup_in", f'iifname . {_DRAW} @dup_in fib daddr type local dup to ip daddr comment "duplicate"'),
+    # One hashed lookup of the interface sends the packets of an impaired one on; the others go their way.
+    ("in", "impaired_in", "iifname vmap @impaired_in"),
+    ("impair_in", "loss_in", f'iifname . {_DRAW} @loss_in drop comment "loss"'),
+    ("impair_in", "dup_in", f'iifname . {_DRAW} @dup_in fib daddr type local dup to ip daddr comment "duplicate"'),
     ("out", "cut_to", 'ip daddr @cut_to drop comment "partition"'),
     ("out", "cut_to_ports",
      'ip daddr . meta l4proto . th dport @cut_to_ports drop comment "partition: published ports"'),
-    ("out", "loss_out", f'oifname . {_DRAW} @loss_out drop comment "loss"'),
-    ("out", "dup_out", f'oifname . {_DRAW} @dup_out dup to ip daddr comment "duplicate"'),
+    ("out", "impaired_out", "oifname vmap @impaired_out"),
+    ("impair_out", "loss_out", f'oifname . {_DRAW} @loss_out drop comment "loss"'),
+    ("impair_out", "dup_out", f'oifname . {_DRAW} @dup_out dup to ip daddr comment "duplicate"'),
 )
 
 Expiry = float | None  # wall-clock time an element ends at; None: never
@@ -132,13 +141,17 @@ def table_state(faults: Faults, target: str) -> TableState:
                 state.add(f"loss_{way}", [draws(imp.ifname, imp.spec.loss)], imp.expires)
             if imp.spec.duplicate:
                 state.add(f"dup_{way}", [draws(imp.ifname, imp.spec.duplicate)], imp.expires)
+            if imp.spec.loss or imp.spec.duplicate:
+                state.add(f"impaired_{way}", [f'"{imp.ifname}" : jump impair_{way}'], imp.expires)
     return state
 
 
 def _element(key: str, expires: Expiry, now: float) -> str:
+    """A set element, or a map's (``key : value``), with the time it has left."""
     if expires is None:
         return key
-    return f"{key} timeout {max(1, math.ceil((expires - now) * 1000))}ms"
+    key, colon, value = key.partition(" : ")
+    return f"{key} timeout {max(1, math.ceil((expires - now) * 1000))}ms{colon}{value}"
 
 
 def render(instance: str, state: TableState, now: float) -> str:
@@ -150,9 +163,9 @@ def render(instance: str, state: TableState, now: float) -> str:
         return "".join(f"{line}\n" for line in lines)
     lines.append(f"add table {FAMILY} {table}")
     # Only the sets that hold something, and their rules: every rule costs each packet that crosses the hook.
-    lines += [f"add set {FAMILY} {table} {name} {{ {body} }}" for name, body in _SETS if name in live]
+    lines += [f"add {kind} {FAMILY} {table} {name} {{ {body} }}" for kind, name, body in _SETS if name in live]
     rules = [(chain, rule) for chain, name, rule in _RULES if name in live]
-    lines += [f"add chain {FAMILY} {table} {name} {{ {hook} }}" for name, hook in _CHAINS
+    lines += [f"add chain {FAMILY} {table} {name}" + (f" {{{hook} }}" if hook else "") for name, hook in _CHAINS
               if any(chain == name for chain, _ in rules)]
     lines += [f"add rule {FAMILY} {table} {chain} {rule}" for chain, rule in rules]
     for name, elements in live.items():
