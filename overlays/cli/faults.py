@@ -44,7 +44,7 @@ def _lab(s: Settings, path: str) -> Iterator[Any]:
 
 
 def _expiry(a: argparse.Namespace) -> float | None:
-    from overlays.topology.chaos import expiry
+    from overlays.model.faults import expiry
 
     return expiry(a.duration)
 
@@ -86,8 +86,7 @@ def partition(s: Settings, a: argparse.Namespace) -> int:
             handle = chaos.partition(lab, groups, a.oneway, a.duration, a.name, origin="cli")
             name = handle.name
     else:
-        from overlays.model.faults import PartitionSpec
-        from overlays.topology.chaos import default_name
+        from overlays.model.faults import PartitionSpec, default_name
 
         engine = s.engine()
         members = [m for g in groups for m in g]

@@ -74,6 +74,13 @@ def parse_rate(what: str, text: str | None) -> int | None:
     return int(bits)
 
 
+def expiry(duration: str | float | None) -> float | None:
+    """When a fault given ``duration`` (seconds, or text like 500ms) ends: wall-clock time, as records keep it."""
+    import time
+
+    return None if duration is None else time.time() + parse_duration("duration", duration)
+
+
 def format_rate(bits: int) -> str:
     for unit, size in (("gbit", 1000**3), ("mbit", 1000**2), ("kbit", 1000)):
         if bits >= size and bits % (size // 1000 or 1) == 0:
@@ -140,6 +147,13 @@ def check_groups(groups: Sequence[Sequence[str]]) -> None:
 
 def describe_groups(groups: Sequence[Sequence[str]], oneway: bool) -> str:
     return (" -> " if oneway else " | ").join(",".join(g) for g in groups)
+
+
+def default_name(shape: str) -> str:
+    """A partition's name when none is given: the same groups make the same name (and replace it)."""
+    from overlays.model.names import short_hash
+
+    return "p-" + short_hash(shape, length=6)
 
 
 @dataclass(frozen=True)

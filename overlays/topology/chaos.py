@@ -16,7 +16,6 @@ underlay traffic stops) or sandboxes; a lab without hosts, sandboxes.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -31,26 +30,17 @@ from overlays.model.faults import (
     PartitionSpec,
     Peer,
     check_groups,
+    default_name,
     describe_groups,
+    expiry,
     group_cuts,
     grudge_cuts,
-    parse_duration,
 )
-from overlays.model.names import short_hash
 
 if TYPE_CHECKING:
     from overlays.topology.lab import Lab
 
 Duration = str | float | None
-
-
-def expiry(duration: Duration) -> float | None:
-    """When a fault given ``duration`` (seconds, or text like 500ms) ends."""
-    return None if duration is None else time.time() + parse_duration("duration", duration)
-
-
-def default_name(shape: str) -> str:
-    return "p-" + short_hash(shape, length=6)
 
 
 def nodes(lab: Lab) -> list[str]:

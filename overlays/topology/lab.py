@@ -27,7 +27,7 @@ from overlays.engine import DEFAULT_STATE_DIR, Engine
 from overlays.errors import NotFound, OverlaysError
 from overlays.kernel.api import Kernel
 from overlays.model import nemesis
-from overlays.model.faults import Faults, ImpairSpec
+from overlays.model.faults import Faults, ImpairSpec, expiry
 from overlays.model.state import Endpoint, Sandbox
 from overlays.topology import agents, chaos
 from overlays.topology import check as checks
@@ -342,11 +342,11 @@ class Lab:
                duration: chaos.Duration = None) -> chaos.Impaired:
         """``lab.impair("a", loss=10, rate="10mbit")``: returns a handle to clear it."""
         spec = ImpairSpec.parse(sandbox, network, loss=loss, duplicate=duplicate, rate=rate, delay=delay,
-                                jitter=jitter, direction=direction, expires=chaos.expiry(duration), origin="python")
+                                jitter=jitter, direction=direction, expires=expiry(duration), origin="python")
         return chaos.impair(self, spec)
 
     def link_down(self, sandbox: str, network: str | None = None, duration: chaos.Duration = None) -> Endpoint:
-        return self.engine(chaos.host_of(self, sandbox)).link_down(sandbox, network, chaos.expiry(duration))
+        return self.engine(chaos.host_of(self, sandbox)).link_down(sandbox, network, expiry(duration))
 
     def link_up(self, sandbox: str, network: str | None = None) -> Endpoint:
         return self.engine(chaos.host_of(self, sandbox)).link_up(sandbox, network)
