@@ -1,14 +1,24 @@
 """The fault driver: what each namespace's kernel holds for the faults in force, rendered by pure functions.
 
-Design note. Drops happen inside the namespaces that send and receive, never on a
-path between them: traffic between two sandboxes of one bridge is bridged (the host's
+Design note. Drops happen inside the namespaces where packets arrive, never on a path
+between them: traffic between two sandboxes of one bridge is bridged (the host's
 forward hook never sees it, and overlays keeps bridged frames out of the IP hooks in
-host namespaces it manages), an overlay's packets cross other hosts inside VXLAN, a
-macvlan sandbox's frames never enter the host's IP stack at all, and a published
-port is reached at a host's address. So each namespace a fault acts in gets one table
-of ours, ``ip overlays_<instance>_faults``: a sandbox's namespace (ours, all of it), or
-for partitions between a lab's hosts the host namespace itself (whose VXLAN and
-underlay traffic then stops). It is IPv4 only, as overlays' endpoints are.
+host namespaces it manages), an overlay's packets cross other hosts inside VXLAN, and
+a macvlan sandbox's frames never enter the host's IP stack at all. So each namespace a
+fault acts in gets one table of ours, ``ip overlays_<instance>_faults`` (IPv4, as
+overlays' endpoints are; never another table): a sandbox's namespace (ours, all of it)
+drops what comes from the peers it is cut from, and a lab's host drops what comes from
+the hosts it is cut from (their VXLAN and underlay traffic). Dropping on arrival, as
+Jepsen does, keeps partitions silent: a drop on the way out would fail the sender's
+``sendto`` with EPERM, which no real network does. A published port is reached at a
+host's address and arrives NATed, so its cuts are kept by host namespaces before DNAT:
+the sender's host, which its packets enter from the sandbox, and the publisher's (a
+sender that is not NATed on its way, on macvlan, arrives there with its own address).
+
+Loss and duplication act where the endpoint's interface sends (``out``) or receives
+(``in``). A packet lost on its way out is refused to its sender as a local firewall
+drop is (EPERM for UDP and ICMP; TCP retransmits as after any loss), where netem's
+loss would be silent; what is lost on its way in, nobody hears of.
 
 As in the firewall's table, the rules are fixed and name nothing; what varies are
 set elements, each with the fault's remaining time as an nft ``timeout``, so a fault
@@ -16,9 +26,9 @@ given a duration ends in the kernel on time by itself, whatever became of the co
 that set it. Only the sets that hold something are rendered, with their rules (every
 rule costs each packet that crosses its hook, faulty or not):
 
-    cut_to        ipv4_addr                         addresses this namespace may not send to
-    cut_to_ports  ipv4_addr . inet_proto . port     published ports it may not send to
-    cut_from      ipv4_addr                         addresses it may not hear from
+    cut_from      ipv4_addr                         addresses this namespace does not hear from
+    cut_ports     ipv4_addr . ipv4_addr . proto . port   (host namespaces) from an address to a
+                                                    published port, matched before its DNAT
     impaired_out  oifname : jump impair_out         the interfaces with loss or duplication:
     impaired_in   iifname : jump impair_in          one hashed lookup, so others pay no more
     loss_out      oifname . random draw (interval)  "eth0" . 0-999: 10 % of eth0's sends dropped
@@ -54,9 +64,8 @@ from overlays.model.names import OWNER_TAG, is_ours, owner_alias
 FAMILY = "ip"
 _DRAW = "numgen random mod 10000"
 _SETS = (
-    ("set", "cut_to", "type ipv4_addr; flags timeout;"),
-    ("set", "cut_to_ports", "type ipv4_addr . inet_proto . inet_service; flags timeout;"),
     ("set", "cut_from", "type ipv4_addr; flags timeout;"),
+    ("set", "cut_ports", "type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags timeout;"),
     ("map", "impaired_out", "type ifname : verdict; flags timeout;"),
     ("map", "impaired_in", "type ifname : verdict; flags timeout;"),
     ("set", "loss_out", f"typeof oifname . {_DRAW}; flags interval, timeout;"),
@@ -72,13 +81,12 @@ _CHAINS = (
 )
 _RULES = (  # (chain, the set it looks in, rule)
     ("in", "cut_from", 'ip saddr @cut_from drop comment "partition"'),
+    ("in", "cut_ports",
+     'ip saddr . ip daddr . meta l4proto . th dport @cut_ports drop comment "partition: published ports"'),
     # One hashed lookup of the interface sends the packets of an impaired one on; the others go their way.
     ("in", "impaired_in", "iifname vmap @impaired_in"),
     ("impair_in", "loss_in", f'iifname . {_DRAW} @loss_in drop comment "loss"'),
     ("impair_in", "dup_in", f'iifname . {_DRAW} @dup_in fib daddr type local dup to ip daddr comment "duplicate"'),
-    ("out", "cut_to", 'ip daddr @cut_to drop comment "partition"'),
-    ("out", "cut_to_ports",
-     'ip daddr . meta l4proto . th dport @cut_to_ports drop comment "partition: published ports"'),
     ("out", "impaired_out", "oifname vmap @impaired_out"),
     ("impair_out", "loss_out", f'oifname . {_DRAW} @loss_out drop comment "loss"'),
     ("impair_out", "dup_out", f'oifname . {_DRAW} @dup_out dup to ip daddr comment "duplicate"'),
@@ -130,9 +138,8 @@ def table_state(faults: Faults, target: str) -> TableState:
     for p in faults.partitions.values():
         drops = p.targets.get(target)
         if drops is not None:
-            state.add("cut_to", drops.to, p.expires)
-            state.add("cut_to_ports", drops.to_ports, p.expires)
             state.add("cut_from", drops.from_, p.expires)
+            state.add("cut_ports", drops.ports, p.expires)
     for imp in faults.impairments.values():
         if imp.sandbox != target:
             continue

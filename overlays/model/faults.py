@@ -112,7 +112,7 @@ class Peer:
     kind: str  # SANDBOX or HOST
     node: str  # the host (engine node) it lives on, or is
     addresses: tuple[str, ...]
-    published: tuple[str, ...] = ()  # "address . proto . port" leading to it (published ports)
+    published: tuple[str, ...] = ()  # "address . proto . port" that lead to it (its published ports)
 
 
 def group_cuts(groups: Sequence[Sequence[str]], oneway: bool = False) -> list[Cut]:
@@ -183,42 +183,41 @@ class PartitionSpec:
 
 @dataclass(frozen=True)
 class Drops:
-    """What one namespace drops for one partition: sends to addresses and published ports, receives from addresses."""
+    """What one namespace drops for one partition, on arrival: whatever comes from ``from_`` (addresses), and
+    ``ports``: what comes from an address to a published port (``from . to . proto . port``, before NAT)."""
 
-    to: tuple[str, ...] = ()
-    to_ports: tuple[str, ...] = ()
     from_: tuple[str, ...] = ()
+    ports: tuple[str, ...] = ()
 
     def to_record(self) -> dict[str, list[str]]:
-        return {"to": list(self.to), "to_ports": list(self.to_ports), "from": list(self.from_)}
+        return {"from": list(self.from_), "ports": list(self.ports)}
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> Drops:
-        return cls(tuple(r.get("to", ())), tuple(r.get("to_ports", ())), tuple(r.get("from", ())))
+        return cls(tuple(r.get("from", ())), tuple(r.get("ports", ())))
 
 
 def local_drops(spec: PartitionSpec, node: str) -> dict[str, Drops]:
-    """What each namespace of host ``node`` drops for ``spec``: a cut is kept by both its ends.
+    """What each namespace of host ``node`` drops for ``spec``: always on arrival, so a sender never learns.
 
-    At the sender: sends to the receiver's addresses and published ports (a published port is
-    reached at the host's address, not the sandbox's: only the sender sees where it is going).
-    At the receiver: what comes from the sender's addresses. Either alone would do for most
-    paths; both together hold whichever end a packet is seen at.
+    A receiver drops what comes from the sender's addresses (a sandbox's own namespace; a lab
+    host's, for hosts). A published port is reached at a host's address and arrives NATed,
+    so the hosts drop those: the sender's, where the packet arrives from its sandbox, and the
+    receiver's, where one that was not NATed on its way (a macvlan sender) arrives. Jepsen
+    drops at the receiver too: a sender whose packets vanish sees no error, as on a real network.
     """
-    acc: dict[str, tuple[set[str], set[str], set[str]]] = {}
+    acc: dict[str, tuple[set[str], set[str]]] = {}
 
-    def target(peer: Peer) -> tuple[set[str], set[str], set[str]]:
-        return acc.setdefault(HOST_TARGET if peer.kind == HOST else peer.name, (set(), set(), set()))
+    def target(name: str) -> tuple[set[str], set[str]]:
+        return acc.setdefault(name, (set(), set()))
 
     for sender_name, receiver_name in spec.cuts:
         sender, receiver = spec.peer(sender_name), spec.peer(receiver_name)
-        if sender.node == node:
-            to, to_ports, _ = target(sender)
-            to.update(receiver.addresses)
-            to_ports.update(receiver.published)
         if receiver.node == node:
-            target(receiver)[2].update(sender.addresses)
-    return {t: Drops(tuple(sorted(a)), tuple(sorted(b)), tuple(sorted(c))) for t, (a, b, c) in sorted(acc.items())}
+            target(HOST_TARGET if receiver.kind == HOST else receiver.name)[0].update(sender.addresses)
+        if receiver.published and node in (sender.node, receiver.node):
+            target(HOST_TARGET)[1].update(f"{a} . {p}" for a in sender.addresses for p in receiver.published)
+    return {t: Drops(tuple(sorted(a)), tuple(sorted(b))) for t, (a, b) in sorted(acc.items())}
 
 
 @dataclass(frozen=True)

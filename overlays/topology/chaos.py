@@ -35,6 +35,7 @@ from overlays.model.faults import (
     expiry,
     group_cuts,
     grudge_cuts,
+    local_drops,
 )
 
 if TYPE_CHECKING:
@@ -104,8 +105,9 @@ def cut(lab: Lab, cuts: Sequence[tuple[str, str]], shape: str, duration: Duratio
     done: list[str] = []
     try:
         for host in sorted({host_of(lab, m) for m in involved}):
-            lab.engine(host).partition(spec)
-            done.append(host)
+            if local_drops(spec, lab.engine(host).node):  # a host whose members only send keeps nothing
+                lab.engine(host).partition(spec)
+                done.append(host)
     except BaseException:
         for host in done:
             lab.engine(host).heal([spec.name])

@@ -32,9 +32,13 @@ def desired(topo: Topology) -> dict[Key, str]:
     return {Key(EVERYWHERE, FAULT, d.name): d.fingerprint() for d in topo.faults if d.enabled}
 
 
-def _hosts(topo: Topology, decl: FaultDecl) -> set[str]:
+def _hosts(topo: Topology, decl: FaultDecl, receivers_only: bool = False) -> set[str]:
+    """The hosts a fault's members live on (``receivers_only``: those that keep its drops: where packets arrive)."""
+    members = decl.members()
+    if receivers_only and decl.oneway:
+        members = {m for g in decl.groups[1:] for m in g}
     found = set()
-    for member in decl.members():
+    for member in members:
         box = topo.sandbox(member)
         found.add(box.host if box is not None else member)
     return found
@@ -66,7 +70,7 @@ def actions(topo: Topology, record: Record, engine_of: Callable[[str], Engine], 
             found.append(Action("change", FAULT, EVERYWHERE, decl.name, "its declaration changed"))
         elif decl.members() & rewired or hosts & rebuilt:
             found.append(Action("change", FAULT, EVERYWHERE, decl.name, "its sandboxes change"))
-        elif not all(_in_force(decl, engine_of(h)) for h in hosts):
+        elif not all(_in_force(decl, engine_of(h)) for h in _hosts(topo, decl, receivers_only=True)):
             found.append(Action("repair", FAULT, EVERYWHERE, decl.name, "it is not in force"))
     return found
 

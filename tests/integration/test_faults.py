@@ -155,8 +155,10 @@ def test_a_partition_holds_for_published_ports(cli: Cli, trio: Engine, host: str
         cli("partition", "a", "b", check=True)
         assert not connects(ns(trio, "a"), gateway, 8080)
         assert connects(ns(trio, "c"), gateway, 8080), "c is not partitioned"
+        assert ours_in(host, trio.instance)["tables"], "the host keeps the cut before DNAT"
         cli("heal", check=True)
         assert connects(ns(trio, "a"), gateway, 8080)
+    assert ours_in(host, trio.instance)["tables"] == []
     trio.close()
 
 

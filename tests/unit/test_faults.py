@@ -91,12 +91,13 @@ def test_each_host_keeps_the_drops_of_its_own_members() -> None:
     peers = (Peer("a", "sandbox", "h1", ("10.0.0.2",)), Peer("b", "sandbox", "h2", ("10.0.0.3",),
                                                              ("192.0.2.2 . tcp . 8080",)))
     spec = PartitionSpec("p", (("a", "b"),), peers, "a -> b")
-    assert local_drops(spec, "h1") == {"a": Drops(to=("10.0.0.3",), to_ports=("192.0.2.2 . tcp . 8080",))}
-    assert local_drops(spec, "h2") == {"b": Drops(from_=("10.0.0.2",))}
+    port = "10.0.0.2 . 192.0.2.2 . tcp . 8080"  # from a, to b's published port: both hosts, before DNAT
+    assert local_drops(spec, "h1") == {"": Drops(ports=(port,))}, "a sends: its host drops what goes to b's port"
+    assert local_drops(spec, "h2") == {"": Drops(ports=(port,)), "b": Drops(from_=("10.0.0.2",))}
     assert local_drops(spec, "h3") == {}
     hosts = (Peer("h1", HOST, "h1", ("10.254.0.11",)), Peer("h2", HOST, "h2", ("10.254.0.12",)))
     both = PartitionSpec("q", tuple(group_cuts([["h1"], ["h2"]])), hosts, "h1 | h2")
-    assert local_drops(both, "h1") == {"": Drops(to=("10.254.0.12",), from_=("10.254.0.12",))}
+    assert local_drops(both, "h1") == {"": Drops(from_=("10.254.0.12",))}
 
 
 def test_a_spec_refuses_unknown_members_and_mixed_kinds() -> None:
@@ -144,15 +145,16 @@ def test_draws_take_their_share_of_ten_thousand() -> None:
 def test_the_table_is_rendered_whole_with_the_time_left() -> None:
     now = 1000.0
     faults = Faults()
-    faults.partitions["p"] = Partition("p", "a | b", (("a", "b"),), {"a": Drops(to=("10.0.0.3",))}, now + 2.5)
+    faults.partitions["p"] = Partition("p", "a | b", (("a", "b"),), {"a": Drops(from_=("10.0.0.3",))}, now + 2.5)
     faults.impairments[("a", "n")] = _impairment(loss=10, direction="out", expires=None)
     script = render.render("abc123", render.table_state(faults, "a"), now)
     lines = script.splitlines()
     assert lines[:3] == ["add table ip overlays_abc123_faults", "delete table ip overlays_abc123_faults",
                          "add table ip overlays_abc123_faults"]
-    assert "add element ip overlays_abc123_faults cut_to { 10.0.0.3 timeout 2500ms }" in lines
+    assert "add element ip overlays_abc123_faults cut_from { 10.0.0.3 timeout 2500ms }" in lines
     assert 'add element ip overlays_abc123_faults loss_out { "eth0" . 0-999 }' in lines
-    assert "add rule ip overlays_abc123_faults out ip daddr @cut_to drop comment \"partition\"" in lines
+    assert 'add element ip overlays_abc123_faults impaired_out { "eth0" : jump impair_out }' in lines
+    assert "add rule ip overlays_abc123_faults in ip saddr @cut_from drop comment \"partition\"" in lines
     assert not any("loss_in {" in line and "element" in line for line in lines), "out only"
     assert all("eth0" not in line for line in lines if line.startswith(("add rule", "add set"))), "rules name nothing"
 
@@ -161,13 +163,13 @@ def test_an_empty_or_ended_table_is_deleted_and_the_later_end_wins() -> None:
     now = 1000.0
     state = render.TableState()
     assert render.render("x", state, now) == "add table ip overlays_x_faults\ndelete table ip overlays_x_faults\n"
-    state.add("cut_to", ["10.0.0.3"], now - 1)  # ended
+    state.add("cut_from", ["10.0.0.3"], now - 1)  # ended
     assert render.render("x", state, now).count("\n") == 2
-    state.add("cut_to", ["10.0.0.3"], now + 5)
-    state.add("cut_to", ["10.0.0.3"], now + 1)
-    assert state.sets["cut_to"]["10.0.0.3"] == now + 5
-    state.add("cut_to", ["10.0.0.3"], None)
-    assert state.sets["cut_to"]["10.0.0.3"] is None
+    state.add("cut_from", ["10.0.0.3"], now + 5)
+    state.add("cut_from", ["10.0.0.3"], now + 1)
+    assert state.sets["cut_from"]["10.0.0.3"] == now + 5
+    state.add("cut_from", ["10.0.0.3"], None)
+    assert state.sets["cut_from"]["10.0.0.3"] is None
 
 
 def _impairment(**kwargs: Any) -> Any:
