@@ -28,12 +28,12 @@ demo: compile
 	@PATH=$(abspath $(VENV))/bin:$$PATH ./examples/seed-demo.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check overlays tests benchmarks
+	$(VENV)/bin/ruff check overlays tests benchmarks examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests examples
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

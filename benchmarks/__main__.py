@@ -1,4 +1,5 @@
-"""``python -m benchmarks [all|attach|attach-ports|teardown|up|cli|limit|ports|dataplane|overlay|cni|dns] [--quick]``"""
+"""``python -m benchmarks [all|attach|attach-ports|teardown|up|cli|limit|ports|dataplane|overlay|cni|dns|faults]
+[--quick]``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from benchmarks import (
     cni,
     dataplane,
     dns,
+    faults,
     overlay_convergence,
     ports,
     teardown,
@@ -36,7 +38,7 @@ from benchmarks.harness import (
 BENCHMARKS: dict[str, ModuleType] = {
     m.NAME: m
     for m in (attach, attach_ports, teardown, cli_latency, bridge_limit, topology_up, overlay_convergence, ports,
-              dataplane, cni, dns)
+              dataplane, cni, dns, faults)
 }
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # annotations only: the spec classes are built by the command
     from overlays.engine.doctor import Finding
     from overlays.engine.trace import Trace
     from overlays.kernel.api import Kernel
+    from overlays.model.faults import Faults, Impairment, ImpairSpec, Partition, PartitionSpec, Peer
     from overlays.model.ports import PortMapping
     from overlays.model.specs import Endpoint, EndpointRequest, IPAddress, Network, NetworkSpec, Sandbox, SandboxSpec
     from overlays.model.state import EndpointRegistration, HostRegistration
@@ -105,14 +106,16 @@ class Engine:
     ) -> None:
         state = Path(state_dir or os.environ.get("OVERLAYS_STATE_DIR") or DEFAULT_STATE_DIR)
         node = validate_name("node", node or os.environ.get("OVERLAYS_NODE") or default_node(host_netns))
+        store_url = None if store else (store_url or os.environ.get("OVERLAYS_STORE") or None)
         self.ctx = Context(
-            store=store or _open_store(store_url or os.environ.get("OVERLAYS_STORE"), state),
+            store=store or _open_store(store_url, state),
             kernel=kernel or _linux(),
             state_dir=state,
             host_netns=host_netns,
             instance=instance_id(state, host_netns),
             node=node,
             check_root=check_root,
+            store_url=store_url,
         )
 
     @property
@@ -387,6 +390,64 @@ class Engine:
 
         with self.ctx.open_host() as host:
             return overlay.converged(self.ctx, host)
+
+    # faults on demand (see engine/faults.py)
+    def partition(self, spec: PartitionSpec) -> Partition:
+        """Put this host's part of a partition in force (its own members' drops)."""
+        from overlays.engine import faults
+
+        return faults.partition(self.ctx, spec)
+
+    def partition_peers(self, sandboxes: Sequence[str]) -> list[Peer]:
+        """This host's sandboxes as partition members (their addresses and published ports)."""
+        from overlays.engine import faults
+
+        return faults.peers(self.ctx, sandboxes)
+
+    def heal(self, names: Sequence[str] = (), everything: bool = False, origin: str | None = None) -> list[str]:
+        """Heal the partitions (and impairments) named, else every partition; ``everything``: every fault."""
+        from overlays.engine import faults
+
+        return faults.heal(self.ctx, names, everything, origin)
+
+    def impair(self, spec: ImpairSpec) -> Impairment:
+        from overlays.engine import faults
+
+        return faults.impair(self.ctx, spec)
+
+    def clear_impairment(self, sandbox: str, network: str | None = None) -> list[Impairment]:
+        from overlays.engine import faults
+
+        return faults.clear(self.ctx, sandbox, network)
+
+    def link_down(self, sandbox: str, network: str | None = None, expires: float | None = None) -> Endpoint:
+        """Take an endpoint's link down, keeping its address, routes and published ports."""
+        from overlays.engine import faults
+
+        return faults.link(self.ctx, sandbox, network, down=True, expires=expires)
+
+    def link_up(self, sandbox: str, network: str | None = None) -> Endpoint:
+        from overlays.engine import faults
+
+        return faults.link(self.ctx, sandbox, network, down=False)
+
+    def faults(self) -> Faults:
+        """The faults in force on this host."""
+        from overlays.engine import faults
+
+        return faults.in_force(self.ctx)
+
+    def fault_problems(self, name: str | None = None) -> list[str]:
+        """Read-only: what the kernel lacks of the faults in force (of ``name`` only, if given)."""
+        from overlays.engine import faults
+
+        return faults.problems(self.ctx, name)
+
+    def heal_expired(self) -> Faults:
+        """Heal what is due, and finish what a killed command left halfway; returns what stays in force."""
+        from overlays.engine import faults
+
+        return faults.heal_expired(self.ctx)
 
     # records that front ends keep beside the engine's own (a topology's)
     def topology_record(self, name: str) -> dict[str, Any] | None:

@@ -65,6 +65,7 @@ class Context:
     instance: str
     node: str = "local"
     check_root: bool = True
+    store_url: str | None = None  # how another process opens the same store (None: the state dir's own, or none)
 
     def transact(self, fn: Callable[[NodeTxn], T]) -> T:
         """Run ``fn`` in a store transaction scoped to this host (retried on conflict)."""

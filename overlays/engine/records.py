@@ -10,6 +10,9 @@ This host's own records (under ``nodes/<node>/``, see context.NodeTxn):
     ifnames/<name>                  a host-side interface name (a veth) and the endpoint holding it
     ports/<proto>/<port>            who publishes a host port (see engine.ports)
     topologies/<name>               what a topology file's ``up`` made (see topology)
+    faults/partitions/<name>        a Partition: this host's part of it (see engine.faults)
+    faults/impairments/<sandbox>/<network>   an Impairment of one endpoint
+    faults/links-down/<sandbox>/<network>    a LinkDown: an endpoint whose link is down
     meta/networks                   bumped by every network create/remove, so
                                     concurrent creates cannot both pass the overlap check
 
@@ -67,6 +70,24 @@ def port_claim_key(protocol: str, port: int) -> str:
 
 def topology_key(name: str) -> str:
     return f"topologies/{name}"
+
+
+FAULTS_PREFIX = "faults/"
+PARTITIONS_PREFIX = "faults/partitions/"
+IMPAIRMENTS_PREFIX = "faults/impairments/"
+LINKS_DOWN_PREFIX = "faults/links-down/"
+
+
+def partition_key(name: str) -> str:
+    return f"{PARTITIONS_PREFIX}{name}"
+
+
+def impairment_key(sandbox: str, network: str) -> str:
+    return f"{IMPAIRMENTS_PREFIX}{sandbox}/{network}"
+
+
+def link_down_key(sandbox: str, network: str) -> str:
+    return f"{LINKS_DOWN_PREFIX}{sandbox}/{network}"
 
 
 def vni_key(vni: int) -> str:

@@ -20,10 +20,13 @@ def _network(ctx: Context, name: str) -> Network:
     return ctx.transact(lambda txn: records.get_network(txn, name))
 
 
-def _sandbox(ctx: Context, name: str) -> tuple[Sandbox, dict[str, Network]]:
-    def read(txn: NodeTxn) -> tuple[Sandbox, dict[str, Network]]:
+def _sandbox(ctx: Context, name: str) -> tuple[Sandbox, dict[str, Network], set[str]]:
+    """The sandbox, its networks, and those of its endpoints whose link a fault took down (not drift)."""
+
+    def read(txn: NodeTxn) -> tuple[Sandbox, dict[str, Network], set[str]]:
         box = records.get_sandbox(txn, name)
-        return box, records.networks_named(txn, [e.network for e in box.endpoints], missing_ok=True)
+        down = {k.rsplit("/", 1)[1] for k in txn.range(records.LINKS_DOWN_PREFIX + name + "/")}
+        return box, records.networks_named(txn, [e.network for e in box.endpoints], missing_ok=True), down
 
     return ctx.transact(read)
 
@@ -36,12 +39,14 @@ def network_problems(ctx: Context, name: str) -> list[str]:
 
 
 def sandbox_problems(ctx: Context, name: str) -> list[str]:
-    box, nets = _sandbox(ctx, name)
+    box, nets, down = _sandbox(ctx, name)
     found = _unfinished(box)
     if not ctx.kernel.netns_exists(box.netns):
         return [*found, f"namespace {box.netns} of sandbox {name} is missing"]
     with ctx.open_host() as host, ctx.kernel.open_path(box.netns, ctx.kernel.netns_path(box.netns)) as inside:
         for ep in box.endpoints:
+            if ep.network in down:
+                continue  # taken down on purpose (overlays link down): its fault's, not drift
             net = nets.get(ep.network)
             if net is None:
                 found.append(f"network {ep.network} of sandbox {name} is missing")
@@ -71,15 +76,18 @@ def repair_network(ctx: Context, name: str) -> None:
 
 def repair_sandbox(ctx: Context, name: str) -> None:
     """Finish what an interrupted operation began (a disconnect), recreate a missing namespace, re-wire every
-    endpoint (idempotently), and mark the whole ready."""
-    box, nets = _sandbox(ctx, name)
+    endpoint (idempotently), mark the whole ready, and put its faults back."""
+    from overlays.engine import faults
+
+    box, nets, _ = _sandbox(ctx, name)
     for ep in box.endpoints:
         if ep.state == "removing":
             endpoints.disconnect(ctx, ep.network, name)
-    box, nets = _sandbox(ctx, name)
-    _rewire(ctx, box, nets)
+    box, nets, down = _sandbox(ctx, name)
+    _rewire(ctx, box, nets, down)
     if box.state != "ready" or any(e.state != "ready" for e in box.endpoints):
         ctx.transact(lambda txn: _ready(txn, box))
+    faults.remake(ctx, {name})
 
 
 def _ready(txn: NodeTxn, box: Sandbox) -> None:
@@ -89,7 +97,7 @@ def _ready(txn: NodeTxn, box: Sandbox) -> None:
     endpoints.mark(txn, [e for e in box.endpoints if e.state != "ready"], "ready")
 
 
-def _rewire(ctx: Context, box: Sandbox, nets: dict[str, Network]) -> None:
+def _rewire(ctx: Context, box: Sandbox, nets: dict[str, Network], down: set[str]) -> None:
     path = ctx.kernel.netns_path(box.netns)
     if not ctx.kernel.netns_exists(box.netns):
         path = ctx.kernel.create_netns(box.netns)
@@ -98,6 +106,6 @@ def _rewire(ctx: Context, box: Sandbox, nets: dict[str, Network]) -> None:
         eps = [e for e in box.endpoints if e.network in nets]
         for ep in eps:  # a broken endpoint is made again: what is left of it (an untagged veth, say) goes first
             net = nets[ep.network]
-            if driver_for(net).endpoint_problems(ctx, host, inside, net, ep):
+            if ep.network not in down and driver_for(net).endpoint_problems(ctx, host, inside, net, ep):
                 driver_for(net).clear_leftovers(ctx, host, ep)
         endpoints.wire(ctx, host, inside, path, eps, nets, Undo())

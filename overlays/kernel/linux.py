@@ -95,3 +95,9 @@ class LinuxKernel:
     def netns_names(self) -> list[str]:
         """Every namespace mounted under /run/netns, by name."""
         return netns.names()
+
+    def has_qdisc(self, kind: str) -> bool:
+        """Whether this kernel has qdisc ``kind`` (netem is not built everywhere): tried once per process."""
+        from overlays.kernel import tc
+
+        return tc.has_qdisc(kind)

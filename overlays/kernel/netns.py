@@ -171,6 +171,16 @@ def setns(path: str | Path, nstype: int = CLONE_NEWNET) -> None:
         os.close(fd)
 
 
+def entering(path: str | Path) -> Callable[[], None]:
+    """A ``preexec_fn`` that moves the child into the namespace at ``path``.
+
+    The C library is loaded here, in the parent: a child forked from a threaded process that
+    imports (ctypes, on first use) can wait forever for an import lock another thread held.
+    """
+    libc()
+    return lambda: setns(path)
+
+
 @contextmanager
 def inside(path: str | Path | None) -> Iterator[None]:
     """The calling thread inside the namespace at ``path`` (None: stay), back where it was afterwards."""
@@ -249,3 +259,18 @@ def netlink_socket(path: str | Path | None) -> socket.socket:
     import socket  # ~5 ms: commands that only read state never open one
 
     return run_in(path, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
+
+
+def scratch_socket() -> socket.socket:
+    """A rtnetlink socket in a new namespace of its own: nothing names it, and it goes with the socket."""
+    import socket
+
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            _check(libc().unshare(CLONE_NEWNET), "unshare", "a scratch namespace")
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        finally:
+            _return_home(home)
+    finally:
+        os.close(home)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from overlays.errors import Conflict, KernelError
-from overlays.kernel import netns, nl
+from overlays.kernel import netns, nl, tc
 from overlays.kernel.nl import IFADDR, IFINFO, NDMSG, RTMSG, NetlinkError, attr, attr_ip, attr_mac, attr_str, attr_u32
 from overlays.kernel.rtnl_types import Hop, Link, Underlay
 
@@ -42,6 +42,7 @@ RTM_GETNEIGH = 30
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK = 18, 20, 26, 28, 29
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_OPERSTATE, IF_OPER_UP = 16, 6
 IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
 IFLA_VXLAN_ID = 1
 IFLA_MACVLAN_MODE, MACVLAN_MODE_BRIDGE = 1, 4
@@ -585,6 +586,63 @@ class Rtnl:
         index = self._need(name).index
         with self._step("set neighbour", f"{ip} lladdr {mac} on {name}"):
             self._pyroute2(lambda ipr: ipr.neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT))
+
+    # -- links down, and traffic control (faults: see tc.py) ---------------
+
+    def ensure_down(self, name: str) -> None:
+        """One set by name (taking a down link down is a no-op in the kernel)."""
+        self._set_existing("take down", name, name, up=False)
+
+    def wait_running(self, name: str, timeout: float = 3.0) -> bool:
+        """Wait until ``name`` is operationally up: the kernel applies a carrier that came back (and lets
+        packets through) from its link-watch work, up to a second later; False if it was not in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self._get_link(name)
+            if msg is None or msg.attrs.blob(IFLA_OPERSTATE) == bytes([IF_OPER_UP]):
+                return msg is not None
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+
+    def ensure_ifb(self, name: str, alias: str, mtu: int) -> None:
+        """An ifb device of ours, up (ingress traffic redirected to it leaves through its qdisc)."""
+        existing = self.link(name)
+        if existing:
+            self._require_ours(existing, "ifb", alias)
+        elif self._created(name, "create ifb", lambda: self._new_link(name, "ifb", mtu)):
+            with self._step("tag ifb", name):
+                self._set_named(name, attr_str(IFLA_IFALIAS, alias) + _NO_IPV6_ADDRESSES)
+        self.ensure_up(name)
+
+    def qdiscs(self, name: str) -> list[tc.Qdisc]:
+        index = self._index(name)
+        with self._step("read qdiscs of", name):
+            return tc.qdiscs(self._nl, index)
+
+    def ensure_shape(self, name: str, shape: tc.Shape) -> None:
+        """Our root qdisc on ``name`` shapes its egress as ``shape``."""
+        index = self._index(name)
+        with self._step("shape", name):
+            tc.ensure_root(self._nl, index, name, shape, self.netns)
+
+    def delete_shape(self, name: str) -> None:
+        link = self.link(name)
+        if link is not None:
+            with self._step("stop shaping", name):
+                tc.delete_root(self._nl, link.index, name, self.netns)
+
+    def ensure_redirect(self, name: str, to: str) -> None:
+        """Every packet ``name`` receives goes through ``to`` (an ifb) first."""
+        index, to_index = self._index(name), self._index(to)
+        with self._step("redirect ingress of", name):
+            tc.ensure_redirect(self._nl, index, name, to_index, self.netns)
+
+    def delete_redirect(self, name: str) -> None:
+        link = self.link(name)
+        if link is not None:
+            with self._step("stop redirecting ingress of", name):
+                tc.delete_redirect(self._nl, link.index, name, self.netns)
 
     # -- delete ------------------------------------------------------------
 

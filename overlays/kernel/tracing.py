@@ -96,7 +96,7 @@ def _subscribed(pid: int) -> bool:
 
 
 def _monitor(netns_path: Path | None) -> subprocess.Popen[str]:
-    enter = (lambda: netns.setns(netns_path)) if netns_path is not None else None
+    enter = netns.entering(netns_path) if netns_path is not None else None
     try:
         return subprocess.Popen(["nft", "monitor", "trace"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 stdin=subprocess.DEVNULL, text=True, preexec_fn=enter)
@@ -139,7 +139,7 @@ def traced(netns_path: Path | None, label: str | None, table: str, match: str,
 def ping(netns_path: Path, dst: str, size: int, timeout: float = 1.0) -> ProbeResult:
     """One echo request of ``size`` payload bytes with DF set (``ping -M do``), from inside the namespace."""
     argv = ["ping", "-n", "-c", "1", "-W", str(max(1, round(timeout))), "-M", "do", "-s", str(size), dst]
-    done = subprocess.run(argv, capture_output=True, text=True, preexec_fn=lambda: netns.setns(netns_path),
+    done = subprocess.run(argv, capture_output=True, text=True, preexec_fn=netns.entering(netns_path),
                           timeout=timeout + 5)
     text = done.stdout + done.stderr
     if done.returncode == 0:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from overlays.errors import NotFound
 from overlays.model.specs import EndpointRequest
 from overlays.topology import agents
+from overlays.topology.faults import HANDLERS as FAULT_HANDLERS
 from overlays.topology.plan import (
     AGENT,
     FIREWALL,
@@ -181,6 +182,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     (SANDBOX, "connect"): _connect,
     (SANDBOX, "disconnect"): _disconnect,
     (SANDBOX, "start"): _start,
+    **FAULT_HANDLERS,
 }
 
 

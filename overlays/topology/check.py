@@ -6,7 +6,10 @@ Expectations, derived from the file alone:
 - two sandboxes that share no network do not: a ping to each of the other's
   addresses must fail;
 - every published TCP port answers a connection from the outside peer (127.0.0.1
-  publishes: from the host itself).
+  publishes: from the host itself);
+- two sandboxes that an enabled partition of the file cuts apart (one way or both)
+  do not reach each other: their ping must fail ("xx" in the matrix); a sandbox the
+  file gives loss is pinged five times, and one answer is enough.
 All probes run at once (each ping in the prober's namespace), so a check of a
 few dozen sandboxes takes about a second.
 """
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Probe:
-    kind: str  # "reach", "isolated", "port"
+    kind: str  # "reach", "isolated", "cut" (by a partition of the file), "port"
     source: str
     target: str
     address: str
@@ -56,7 +59,7 @@ class Report:
         for p in self.probes:
             if p.kind == "port":
                 continue
-            mark = ("ok" if p.expect else "--") if p.ok else "FAIL"
+            mark = ("ok" if p.expect else "xx" if p.kind == "cut" else "--") if p.ok else "FAIL"
             if cell.get((p.source, p.target)) != "FAIL":
                 cell[(p.source, p.target)] = mark
         width = max([len(n) for n in names] + [4])
@@ -73,11 +76,12 @@ class Report:
         return {"passed": self.passed, "probes": [p.__dict__ for p in self.probes]}
 
 
-def _ping(netns_path: str, address: str) -> bool:
+def ping(netns_path: str, address: str, count: int = 1) -> bool:
+    """Whether a ping from the namespace at ``netns_path`` is answered (any of ``count``, 0.2 s apart)."""
     done = subprocess.run(
-        ["ping", "-c", "1", "-W", "1", "-q", address],
-        preexec_fn=lambda: netns.setns(netns_path),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
+        ["ping", "-c", str(count), "-i", "0.2", "-W", "1", "-q", address],
+        preexec_fn=netns.entering(netns_path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10 + count,
     )
     return done.returncode == 0
 
@@ -103,6 +107,7 @@ def _connect(netns_path: str | None, address: str, port: int, patience: float = 
 
 def _plan_probes(lab: Lab) -> list[tuple[Probe, Any]]:
     boxes = {s.spec.name: (s, lab.sandbox(s.spec.name)) for s in lab.topology.sandboxes}
+    cut, lossy = _declared_faults(lab)
     probes: list[tuple[Probe, Any]] = []
     for a, (decl_a, box_a) in boxes.items():
         path_a = str(lab.engine(decl_a.host).netns_path(a))
@@ -111,15 +116,19 @@ def _plan_probes(lab: Lab) -> list[tuple[Probe, Any]]:
                 continue
             shared = [e for e in box_b.endpoints if e.network in {x.network for x in box_a.endpoints}
                       and (decl_a.host == decl_b.host or lab.topology.network(e.network).overlay)]
+            tries = 5 if {a, b} & lossy else 1
             if shared:
                 ep = shared[0]
-                probes.append((Probe("reach", a, b, str(ep.ip), True), lambda p=path_a, ip=str(ep.ip): _ping(p, ip)))
+                name = cut.get((a, b)) or cut.get((b, a))
+                probe = Probe("cut", a, b, str(ep.ip), False, detail=f"partition {name}") if name else Probe(
+                    "reach", a, b, str(ep.ip), True)
+                probes.append((probe, lambda p=path_a, ip=str(ep.ip), n=tries: ping(p, ip, n)))
             else:
                 for ep in box_b.endpoints:
                     if decl_a.host != decl_b.host and any(ep.ip in net for net in _subnets(box_a)):
                         continue  # the same address may well exist on a's own host: no meaningful probe
                     probes.append((Probe("isolated", a, b, str(ep.ip), False),
-                                   lambda p=path_a, ip=str(ep.ip): _ping(p, ip)))
+                                   lambda p=path_a, ip=str(ep.ip): ping(p, ip)))
     outside = lab.outside_netns()
     for decl, box in boxes.values():
         for m in box.ports:
@@ -138,6 +147,25 @@ def _plan_probes(lab: Lab) -> list[tuple[Probe, Any]]:
     return probes
 
 
+def _declared_faults(lab: Lab) -> tuple[dict[tuple[str, str], str], set[str]]:
+    """The file's enabled faults: sandbox pairs a partition cuts (-> its name), and sandboxes with loss."""
+    from overlays.model.faults import group_cuts
+    from overlays.topology.chaos import sandbox_cuts
+
+    cut: dict[tuple[str, str], str] = {}
+    lossy: set[str] = set()
+    for decl in lab.topology.faults:
+        if not decl.enabled:
+            continue
+        if decl.impair:
+            if decl.impair.loss:
+                lossy.add(decl.impair.sandbox)
+            continue
+        for pair in sandbox_cuts(lab, group_cuts(decl.groups, decl.oneway)):
+            cut.setdefault(pair, decl.name)
+    return cut, lossy
+
+
 def _subnets(box: Any) -> list[Any]:
     import ipaddress
 
@@ -150,7 +178,7 @@ def run(lab: Lab) -> Report:
     with ThreadPoolExecutor(max_workers=32) as pool:
         results = list(pool.map(lambda item: item[1](), planned))
     for (probe, _), result in zip(planned, results, strict=True):
-        answered, detail = result if isinstance(result, tuple) else (result, "")
+        answered, detail = result if isinstance(result, tuple) else (result, probe.detail)
         report.probes.append(Probe(probe.kind, probe.source, probe.target, probe.address, probe.expect,
                                    ok=answered == probe.expect, detail=detail))
     return report

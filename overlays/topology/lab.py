@@ -15,8 +15,10 @@ the agents are agents.py's.
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -24,8 +26,10 @@ from overlays.drivers import fabric
 from overlays.engine import DEFAULT_STATE_DIR, Engine
 from overlays.errors import NotFound, OverlaysError
 from overlays.kernel.api import Kernel
-from overlays.model.state import IPAddress, Sandbox
-from overlays.topology import agents, preflight, restore
+from overlays.model import nemesis
+from overlays.model.faults import Faults, ImpairSpec, expiry
+from overlays.model.state import Endpoint, IPAddress, Sandbox
+from overlays.topology import agents, chaos, preflight, restore
 from overlays.topology import check as checks
 from overlays.topology.apply import apply
 from overlays.topology.infra import Infra
@@ -226,7 +230,10 @@ class Lab:
         """Remove everything the topology's record says ``up`` made, and nothing else."""
         record = self.record()
         removed = [Action("remove", SANDBOX, k.host, k.name) for k in record.of_kind(SANDBOX)]
-        failures = self._remove_sandboxes_in_batches(record)
+        failures = self._heal_faults(record)
+        failures += self._remove_sandboxes_in_batches(record)
+        if not self.topology.lab:
+            failures += self._tidy_faults()
         if progress:
             for action in removed:
                 progress(action)
@@ -250,6 +257,32 @@ class Lab:
         if failures:
             raise OverlaysError("down finished with errors: " + "; ".join(failures))
         return removed + [a for a in rest if not (a.kind == SANDBOX and a in removed)]
+
+    def _heal_faults(self, record: Record) -> list[str]:
+        """Before anything goes: every fault on the lab's own hosts; on the local host, the topology's own."""
+        from overlays.topology.faults import ORIGIN, forget_faults
+
+        forget_faults(record)
+        failures = []
+        for host in record.hosts if self.topology.lab else [LOCAL_HOST]:
+            if host != LOCAL_HOST and not self.infra.host_exists(host):
+                continue
+            try:
+                if host == LOCAL_HOST:
+                    self.engine(host).heal(origin=ORIGIN + self.name)
+                else:
+                    self.engine(host).heal(everything=True)
+            except OverlaysError as e:
+                failures.append(f"heal the faults on {host}: {e}")
+        return failures
+
+    def _tidy_faults(self) -> list[str]:
+        """Faults made by hand on the sandboxes just removed went with their namespaces: their records follow."""
+        try:
+            self.main.heal_expired()
+        except OverlaysError as e:
+            return [f"forget the faults of removed sandboxes: {e}"]
+        return []
 
     def _remove_sandboxes_in_batches(self, record: Record) -> list[str]:
         """Sandboxes first, a host at a time in one batch (one wait for all veths); the record follows."""
@@ -304,3 +337,69 @@ class Lab:
 
     def check(self) -> checks.Report:
         return checks.run(self)
+
+    def reaches(self, source: str, target: str, count: int = 1) -> bool:
+        """Whether sandbox ``source`` pings sandbox ``target`` (on a network they share)."""
+        return chaos.reaches(self, source, target, count)
+
+    # -- faults on demand (see chaos.py) ------------------------------------------------
+
+    def partition(self, *groups: Sequence[str], oneway: bool = False, duration: chaos.Duration = None,
+                  name: str | None = None) -> chaos.Partitioned:
+        """Cut each group off from the others: ``lab.partition(["h1"], ["h2", "h3"])``; returns a handle to heal."""
+        return chaos.partition(self, groups, oneway, duration, name)
+
+    @contextmanager
+    def partitioned(self, *groups: Sequence[str], oneway: bool = False,
+                    name: str | None = None) -> Iterator[chaos.Partitioned]:
+        """``with lab.partitioned(["a"], ["b", "c"]): ...``: the partition holds inside the block only."""
+        with chaos.partitioned(self, groups, oneway, name) as handle:
+            yield handle
+
+    def cut(self, grudge: dict[str, set[str]], duration: chaos.Duration = None,
+            name: str | None = None) -> chaos.Partitioned:
+        """Jepsen's grudge: each node drops the packets of the nodes it holds one against."""
+        return chaos.grudge(self, grudge, duration, name)
+
+    def nodes(self) -> list[str]:
+        """What the shapes below partition: the lab's hosts, else its sandboxes."""
+        return chaos.nodes(self)
+
+    def partition_halves(self, rng: random.Random | None = None) -> chaos.Partitioned:
+        """Two halves of the nodes (random ones, with ``rng``)."""
+        return self.partition(*nemesis.halves(self.nodes(), rng))
+
+    def isolate(self, node: str | None = None, rng: random.Random | None = None) -> chaos.Partitioned:
+        """One node (random, unless named) cut off from the rest."""
+        return self.partition(*nemesis.isolate(self.nodes(), node, rng or random.Random()))
+
+    def partition_majorities_ring(self, rng: random.Random | None = None) -> chaos.Partitioned:
+        """Every node sees a majority, no two nodes the same one."""
+        return self.cut(nemesis.majorities_ring(self.nodes(), rng or random.Random()))
+
+    def partition_bridge(self) -> chaos.Partitioned:
+        """Two halves, and one node in the middle that sees both."""
+        return self.cut(nemesis.bridge(self.nodes()))
+
+    def heal(self, *names: str, everything: bool = False) -> list[str]:
+        """Heal the partitions named (else all of them); ``everything``: impairments and links too."""
+        return chaos.heal(self, names, everything)
+
+    def impair(self, sandbox: str, network: str | None = None, *, loss: float | None = None,
+               duplicate: float | None = None, rate: str | None = None, delay: float | None = None,
+               jitter: float | None = None, direction: str = "both",
+               duration: chaos.Duration = None) -> chaos.Impaired:
+        """``lab.impair("a", loss=10, rate="10mbit")``: returns a handle to clear it."""
+        spec = ImpairSpec.parse(sandbox, network, loss=loss, duplicate=duplicate, rate=rate, delay=delay,
+                                jitter=jitter, direction=direction, expires=expiry(duration), origin="python")
+        return chaos.impair(self, spec)
+
+    def link_down(self, sandbox: str, network: str | None = None, duration: chaos.Duration = None) -> Endpoint:
+        return self.engine(chaos.host_of(self, sandbox)).link_down(sandbox, network, expiry(duration))
+
+    def link_up(self, sandbox: str, network: str | None = None) -> Endpoint:
+        return self.engine(chaos.host_of(self, sandbox)).link_up(sandbox, network)
+
+    def faults(self) -> dict[str, Faults]:
+        """Each host's faults in force."""
+        return chaos.in_force(self)

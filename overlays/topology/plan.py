@@ -10,6 +10,7 @@ the file and the running system (read-only) gives the actions:
     recreate               a sandbox whose ports, command or hostname changed
     repair                 drift: a kernel object someone removed
     start                  a declared command that is not running
+    apply / change         a fault of the file (faults.py), last: it needs its sandboxes
 
 Nothing here changes anything; apply.py carries the actions out.
 """
@@ -177,6 +178,7 @@ def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
             problems = engine_of(host).firewall_problems()
             if problems:
                 actions.append(Action("repair", FIREWALL, host, "table", problems[0]))
+    actions += _fault_actions(topo, record, engine_of, actions)
 
     for host in record.agents:
         if not topo.overlays or host not in topo.host_names():
@@ -195,9 +197,19 @@ def network_hosts(decl: NetworkDecl) -> tuple[str, ...]:
 
 
 def _desired(topo: Topology) -> dict[Key, str]:
+    from overlays.topology import faults  # it builds on this module's Action and Key
+
     found = {Key(h, NETWORK, n.spec.name): network_print(n) for n in topo.networks for h in network_hosts(n)}
     found.update({Key(s.host, SANDBOX, s.spec.name): sandbox_print(s) for s in topo.sandboxes})
+    found.update(faults.desired(topo))
     return found
+
+
+def _fault_actions(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
+                   earlier: list[Action]) -> list[Action]:
+    from overlays.topology import faults
+
+    return faults.actions(topo, record, engine_of, earlier)
 
 
 def _network_actions(decl: NetworkDecl, host: str, old: str | None, new: str, engine: Engine) -> list[Action]:

@@ -63,6 +63,33 @@ SANDBOX = {
 }
 
 
+PERCENT = {"type": ["number", "string"], "description": "percent of packets, like 10 or 0.5%"}
+MILLIS = {"type": ["number", "string"], "description": "milliseconds"}
+GROUP = {"oneOf": [{"type": "array", "items": NAME, "minItems": 1},
+                   {"type": "string", "description": "a comma list of names"}]}
+FAULT = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "a partition (groups of sandboxes, or in a lab hosts) or an impairment of one endpoint",
+    "oneOf": [{"required": ["partition"], "not": {"required": ["impair"]}},
+              {"required": ["impair"], "not": {"required": ["partition"]}}],
+    "properties": {
+        "enabled": {"type": "boolean", "default": True, "description": "false: declared, not in force"},
+        "partition": {"type": "array", "items": GROUP, "minItems": 2,
+                      "description": "groups cut from each other, like [[n1], [n2, n3]]"},
+        "oneway": {"type": "boolean", "default": False, "description": "only the first group's packets are dropped"},
+        "impair": {**NAME, "description": "the sandbox whose endpoint is impaired"},
+        "network": {**NAME, "description": "which of its networks (needed if it has several)"},
+        "loss": PERCENT,
+        "duplicate": PERCENT,
+        "rate": {"type": "string", "description": "like 10mbit, 500kbit, 1gbit"},
+        "delay": {**MILLIS, "description": "milliseconds (needs the kernel's netem)"},
+        "jitter": {**MILLIS, "description": "milliseconds (needs the kernel's netem)"},
+        "direction": {"enum": ["in", "out", "both"], "default": "both"},
+    },
+}
+
+
 def topology_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -82,5 +109,7 @@ def topology_schema() -> dict[str, Any]:
             "outside": {"type": ["boolean", "object", "null"], "description": "a peer playing the internet/client"},
             "networks": {"type": "object", "additionalProperties": NETWORK},
             "sandboxes": {"type": "object", "additionalProperties": SANDBOX},
+            "faults": {"type": "object", "additionalProperties": FAULT,
+                       "description": "partitions and impairments, each applied by up while enabled"},
         },
     }

@@ -14,6 +14,8 @@ published as a JSON Schema (schema.py) so editors can complete and check files.
         networks: [front]           # or {front: {ip: 10.10.0.5}}
         ports: ["8080:80"]
         command: python3 -m http.server 80
+    faults:                         # optional: partitions and impairments (see fault_spec.py)
+      split: {partition: [[web], [db]], enabled: true}
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from overlays.errors import InvalidSpec, OverlaysError
 from overlays.model.names import clean_name, validate_name
 from overlays.model.ports import PortMapping, parse_publish
 from overlays.model.specs import DRIVERS, EndpointRequest, NetworkSpec, SandboxSpec, parse_cidr
+from overlays.topology.fault_spec import FaultDecl, resolve_faults
 
 DEFAULT_FILE = "overlays.yaml"
 DEFAULT_FABRIC = "10.254.0.0/24"
@@ -66,6 +69,7 @@ class Topology:
     outside: bool
     networks: tuple[NetworkDecl, ...]
     sandboxes: tuple[SandboxDecl, ...]
+    faults: tuple[FaultDecl, ...] = ()
 
     @property
     def lab(self) -> bool:
@@ -145,7 +149,7 @@ def _join(path: str, key: str | int) -> str:
     return f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else key)
 
 
-TOP_KEYS = {"name", "hosts", "fabric", "outside", "networks", "sandboxes"}
+TOP_KEYS = {"name", "hosts", "fabric", "outside", "networks", "sandboxes", "faults"}
 NETWORK_KEYS = {"subnet", "gateway", "ip_range", "mtu", "internal", "masquerade", "hosts", "driver", "vni", "parent"}
 SANDBOX_KEYS = {"host", "networks", "ports", "command", "hostname"}
 ENDPOINT_KEYS = {"ip", "mac", "aliases"}
@@ -233,7 +237,8 @@ def resolve(raw: Any, source: str = "<topology>", default_name: str = "topology"
     outside = _outside(r, top.get("outside"))
     networks = _networks(r, r.mapping(top.get("networks"), "networks", None), hosts)
     sandboxes = _sandboxes(r, r.mapping(top.get("sandboxes"), "sandboxes", None), hosts, networks)
-    topology = Topology(name, source, hosts, fabric, outside, networks, sandboxes)
+    faults = resolve_faults(r, top.get("faults"), hosts, sandboxes)
+    topology = Topology(name, source, hosts, fabric, outside, networks, sandboxes, faults)
     from overlays.topology import consistency  # it reads the types defined here
 
     consistency.check(topology, r.fail)

@@ -139,9 +139,12 @@ def nothing_leaks() -> Iterator[None]:
     yield
     agents = subprocess.run(["pgrep", "-f", f"--node ({SESSION}|ovl-{SESSION}).* agent"], capture_output=True,
                             text=True).stdout.split()
-    for pid in agents:
+    timers = subprocess.run(["pgrep", "-f", f"overlays.engine.faulttimer .*--node {SESSION}"], capture_output=True,
+                            text=True).stdout.split()
+    for pid in agents + timers:
         subprocess.run(["kill", "-9", pid], check=False)
     assert not agents, f"agents left running: {agents}"
+    assert not timers, f"fault timers left running: {timers}"
     left = ours_left()
     for name in left:
         subprocess.run(["ip", "netns", "del", name], check=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 from overlays.errors import Conflict, KernelError, NotFound
 from overlays.kernel.nft import TableContents
 from overlays.kernel.rtnl_types import Link, Underlay
+from overlays.kernel.tc import OURS, TC_H_ROOT, Qdisc, Shape
 from overlays.store import Store
 
 ROOT = Path("/fake/netns")
@@ -29,10 +30,13 @@ class FakeNs:
     vnis: dict[str, int] = field(default_factory=dict)  # vxlan device -> VNI
     fdbs: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # vxlan device -> {(mac, vtep)}
     neighs: dict[str, dict[str, str]] = field(default_factory=dict)  # device -> {ip: mac}
+    shapes: dict[str, Shape] = field(default_factory=dict)  # device -> our root qdisc's shape
+    redirects: dict[str, str] = field(default_factory=dict)  # device -> the ifb its ingress goes through
 
 
 class FakeKernel:
-    def __init__(self, *host_namespaces: str) -> None:
+    def __init__(self, *host_namespaces: str, netem: bool = False) -> None:
+        self.netem = netem
         self.namespaces: dict[str | None, FakeNs] = {None: FakeNs("root")}
         self.namespaces[None].links["lo"] = Link(1, "lo", None, "", 65536, None, True, None)
         for name in host_namespaces:
@@ -50,7 +54,9 @@ class FakeKernel:
         """Everything observable, to compare before and after an operation."""
         return {
             k: (sorted(v.links), sorted((a, sorted(s)) for a, s in v.addrs.items() if s), v.default_gw,
-                sorted((t, sorted(e)) for t, e in self.nft_tables.get(k, {}).items()))
+                sorted((t, sorted(e)) for t, e in self.nft_tables.get(k, {}).items()),
+                sorted(v.shapes.items(), key=str), sorted(v.redirects.items()),
+                sorted(name for name, link in v.links.items() if not link.up))
             for k, v in self.namespaces.items()
         }
 
@@ -167,12 +173,14 @@ class FakeKernel:
             found.setdefault(name, set()).add(element)
         return TableContents({k: frozenset(v) for k, v in found.items()}, self.nft_rules.get((netns, table), {}))
 
-
     def nft_forward_drops(self, netns: str | None) -> list[tuple[str, str, str]]:
         return list(self.foreign_forward_drops.get(netns, []))
 
     def netns_names(self) -> list[str]:
         return sorted(n for n in self.namespaces if n is not None)
+
+    def has_qdisc(self, kind: str) -> bool:
+        return kind != "netem" or self.netem
 
 
 class FakeLinks:
@@ -329,8 +337,45 @@ class FakeLinks:
     def delete_neigh(self, name: str, ip: str) -> None:
         self.ns.neighs.get(name, {}).pop(ip, None)
 
+    # Faults: links down, shaping (our root qdisc), ingress redirected to an ifb.
+
+    def ensure_down(self, name: str) -> None:
+        self.ns.links[name] = replace(self._need(name), up=False)
+
+    def wait_running(self, name: str, timeout: float = 3.0) -> bool:
+        return self.link(name) is not None
+
+    def ensure_ifb(self, name: str, alias: str, mtu: int) -> None:
+        have = self.link(name)
+        if have and (have.kind != "ifb" or have.alias != alias):
+            raise Conflict(f"link {name} exists and is not ours")
+        if not have:
+            self.ns.links[name] = Link(self.kernel.index(), name, "ifb", "", mtu, alias, True, None)
+
+    def qdiscs(self, name: str) -> list[Qdisc]:
+        self._need(name)
+        shape = self.ns.shapes.get(name)
+        return [Qdisc(shape.kind, OURS, TC_H_ROOT, shape.rate, shape.delay_us, shape.jitter_us)] if shape else []
+
+    def ensure_shape(self, name: str, shape: Shape) -> None:
+        self._need(name)
+        self.ns.shapes[name] = shape
+
+    def delete_shape(self, name: str) -> None:
+        self.ns.shapes.pop(name, None)
+
+    def ensure_redirect(self, name: str, to: str) -> None:
+        self._need(name)
+        self._need(to)
+        self.ns.redirects[name] = to
+
+    def delete_redirect(self, name: str) -> None:
+        self.ns.redirects.pop(name, None)
+
     def _drop(self, name: str) -> None:
         self.ns.links.pop(name, None)
+        self.ns.shapes.pop(name, None)
+        self.ns.redirects.pop(name, None)
         self.ns.peers.pop(name, None)
         addrs = self.ns.addrs.pop(name, set())
         # Routes through a vanished interface vanish with it (enough for a default route).

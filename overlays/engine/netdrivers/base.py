@@ -144,6 +144,23 @@ class NetworkDriver:
     def left(self, ctx: Context, host: Links, network: Network) -> None:
         """After endpoints of ``network`` went from this host (the driver decides whether that was the last)."""
 
+    def link_down(self, ctx: Context, host: Links, inside: Links, ep: Endpoint) -> None:
+        """Take the endpoint's link down, keeping its address, routes and published ports (a fault).
+
+        The host end of its veth goes down: the sandbox's interface loses its carrier and
+        keeps its routes (taking it down itself would make the kernel delete them).
+        """
+        host.ensure_down(ep.host_ifname)
+
+    def link_up(self, ctx: Context, host: Links, inside: Links, ep: Endpoint, default_route: bool) -> None:
+        """Bring the endpoint's link back (``default_route``: it is the one that carries the sandbox's).
+
+        Returns once both ends pass packets again (the kernel applies a carrier up to a second late).
+        """
+        host.ensure_up(ep.host_ifname)
+        host.wait_running(ep.host_ifname)
+        inside.wait_running(ep.ifname)
+
     # -- what its networks allow -------------------------------------------------------------------------------------
 
     def host_links(self, network: Network) -> set[str]:

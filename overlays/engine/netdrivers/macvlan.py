@@ -64,6 +64,15 @@ class MacvlanDriver(NetworkDriver):
         if inside is not None:
             macvlan.detach(inside, ep)
 
+    def link_down(self, ctx: Context, host: Links, inside: Links, ep: Endpoint) -> None:
+        inside.ensure_down(ep.ifname)  # no host end: the kernel drops its routes, link_up puts them back
+
+    def link_up(self, ctx: Context, host: Links, inside: Links, ep: Endpoint, default_route: bool) -> None:
+        inside.ensure_up(ep.ifname, ipv6=False)  # the subnet's route comes back with the address
+        inside.wait_running(ep.ifname)
+        if default_route:
+            inside.ensure_default_route(str(ep.gateway))
+
     def why_no_ports(self, network: Network) -> str:
         return (f"macvlan network {network.name} (its sandboxes have addresses of their own on {network.parent}'s "
                 "segment: reach them there)")
