@@ -231,7 +231,7 @@ def start_overlays(lab: Lab, d: Daemons, label: str, client: str, cache: bool) -
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError(f"overlays dns server ({label}) did not start")
-    with dnsctl.Client(state) as c:  # the target's namespace can hold one server's sockets: names only for the other
+    with dnsctl.Client(dnsctl.socket_path(state, lab.host)) as c:  # the target's namespace can hold one server's sockets: names only for the other
         c.register("web", lab.path(lab.target) if cache else None, [dnsctl.Record("front", "web", (TARGET_IP,))])
         c.register(client, lab.path(client), [dnsctl.Record("front", client, (lab.address(client),))])
     return state
@@ -315,7 +315,7 @@ def registers(lab: Lab, state: Path, count: int) -> dict[str, list[int]]:
         for name in names:
             netns.create(name)
             ip("-n", name, "link", "set", "lo", "up")
-        with dnsctl.Client(state) as client:
+        with dnsctl.Client(dnsctl.socket_path(state, lab.host)) as client:
             client.status()  # connected: the engine keeps one connection open
             for i, name in enumerate(names):
                 path, records = lab.path(name), [dnsctl.Record("front", f"r{i}", (f"10.77.1.{i % 250 + 1}",))]

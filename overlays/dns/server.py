@@ -10,13 +10,16 @@ socket keeps its namespace for life. So:
   the host's port 53 (or on 0.0.0.0:53) clashes with nothing;
 - every kind of network works the same (bridge, internal, overlay, macvlan, or none),
   because the asker's namespace is the socket's;
+- port 53 of the sandbox stays its own: the sockets take a port of the kernel's choosing
+  and a BPF sk_lookup program steers 127.0.0.11:53 to them (kernel/bpf.py), so a DNS
+  server the sandbox runs can bind 0.0.0.0:53 (Docker needs NAT rules for that);
 - the socket a query arrives on says which sandbox asks, so answers are scoped to the
   networks of that sandbox without trusting a source address.
 
 Forwarding happens from the host namespace (``forward``), where the host's own
 resolv.conf applies and a loopback stub resolver can be reached.
 
-The engine registers and unregisters sandboxes over ``<state dir>/dns.sock``
+The engine registers and unregisters sandboxes over ``<state dir>/dns/<node>.sock``
 (``overlays.kernel.dnsctl``); a register returns once the sockets are bound and the
 names are in the table. On start the server is given the list of sandboxes to serve (it
 keeps nothing on disk): whoever restarts it (the agent) reads that list from the store.
@@ -69,7 +72,7 @@ class Registration:
 class DnsServer:
     """Serve the registered sandboxes until stopped; ``run`` in the thread that owns it."""
 
-    def __init__(self, state_dir: Path, host_netns: str | None = None, registrations: Iterable[Registration] = (),
+    def __init__(self, control: Path, host_netns: str | None = None, registrations: Iterable[Registration] = (),
                  log: Log | None = None, cache: bool = True, forward_timeout: float = 2.0,
                  sweep_every: float = SWEEP_EVERY) -> None:
         self.log = log or (lambda line: None)
@@ -90,10 +93,11 @@ class DnsServer:
         self.forwarder = Forwarder(self.loop, host_path, forward_timeout, self.log)
         self.service = QueryService(self.loop, self.table, self.forwarder, self.resolvers, cache)
         self.boxes: dict[str, LocalSandbox] = {}
+        self._said_unsteered = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.loop.register(self._wake_r, READ, lambda events: self._drain_wake())
         self._stopping = False
-        self.path = dnsctl.socket_path(state_dir)
+        self.path = Path(control)
         try:
             self.control = _bind_control(self.path)
         except BaseException:
@@ -127,14 +131,13 @@ class DnsServer:
             if old is not None and old.inode == inode and adopted is None:
                 new = old
             else:
-                udp, tcp = adopted or sockets.listening_pair(netns_path, resolvconf.DNS_ADDRESS)
-                new = LocalSandbox(sandbox, str(netns_path), inode, udp, tcp)
+                listeners = sockets.Listeners(*adopted) if adopted else self._listeners(netns_path)
+                new = LocalSandbox(sandbox, str(netns_path), inode, listeners)
         try:
             self.table.set(sandbox, records)
         except BaseException:
             if new is not None and new is not old:
-                new.udp.close()
-                new.tcp.close()
+                new.listeners.close()
             raise
         if new is not old:
             if old is not None:
@@ -142,6 +145,15 @@ class DnsServer:
             if new is not None:
                 self.boxes[sandbox] = new
                 self.service.watch(new)
+
+    def _listeners(self, netns_path: str) -> sockets.Listeners:
+        made = sockets.steered_listeners(netns_path, resolvconf.DNS_ADDRESS)
+        refused = sockets.steering_refused()
+        if refused and not self._said_unsteered:
+            self._said_unsteered = True
+            self.log(f"the kernel does not steer 127.0.0.11:53 ({refused}): sockets bound to it instead, "
+                     "so a sandbox's own server cannot bind port 53 on all addresses")
+        return made
 
     def unregister(self, sandbox: str) -> None:
         self.table.drop(sandbox)
@@ -156,8 +168,8 @@ class DnsServer:
 
     # -- the loop -----------------------------------------------------------------------
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Serve until ``stop`` is set or ``stop()`` is called (from any thread)."""
+    def run(self, stop: threading.Event | None = None, tick: Callable[[], None] | None = None) -> None:
+        """Serve until ``stop`` is set or ``stop()`` is called (from any thread); ``tick`` runs once a second."""
         idle_check = time.monotonic() + 1.0
         sweep_at = time.monotonic() + self.sweep_every
         while not self._stopping and not (stop is not None and stop.is_set()):
@@ -169,6 +181,8 @@ class DnsServer:
             if now >= idle_check:
                 idle_check = now + 1.0
                 self.service.close_idle(now)
+                if tick is not None:
+                    tick()
             if now >= sweep_at:
                 sweep_at = now + self.sweep_every
                 self.sweep()
@@ -303,7 +317,7 @@ class DnsServer:
                 return {"ok": True}
             if op == "unregister":
                 self.unregister(_sandbox_of(request))
-                return {"ok": True}
+                return {"ok": True, "served_here": len(self.boxes)}
             if op == "status":
                 return {"ok": True, **self.status()}
             raise InvalidSpec(f"unknown DNS control operation {op!r}")

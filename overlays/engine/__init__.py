@@ -9,12 +9,12 @@ stay fast by importing views only.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from overlays.engine import views
-from overlays.engine.context import Context, instance_id
+from overlays.engine.context import Context, instance_id, warn_on_stderr
 from overlays.errors import NotPermitted, StoreError
 from overlays.model.names import clean_name, validate_name
 
@@ -70,6 +70,11 @@ def _linux() -> Kernel:
 class Engine:
     """Networks and sandboxes of one host (a network namespace), with state in one store.
 
+    Sandboxes get DNS names (their name, hostname and aliases, per network) from the host's
+    DNS server, which runs in the host's agent and is started on demand (``dns=False``, or
+    OVERLAYS_DNS=0, turns that off); ``warn`` gets the lines that say why names are not
+    served when that part fails (default: stderr), for it never fails an operation.
+
     >>> with Engine(host_netns="lab1", state_dir="/tmp/lab1") as engine:
     ...     engine.create_network(NetworkSpec.parse("front", subnet="10.10.0.0/24"))
     """
@@ -84,17 +89,23 @@ class Engine:
         check_root: bool = True,
         store_url: str | None = None,
         node: str | None = None,
+        dns: bool = True,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         state = Path(state_dir or os.environ.get("OVERLAYS_STATE_DIR") or DEFAULT_STATE_DIR)
         node = validate_name("node", node or os.environ.get("OVERLAYS_NODE") or default_node(host_netns))
+        url = store_url or os.environ.get("OVERLAYS_STORE") or ""
         self.ctx = Context(
-            store=store or _open_store(store_url or os.environ.get("OVERLAYS_STORE"), state),
+            store=store or _open_store(url, state),
             kernel=kernel or _linux(),
             state_dir=state,
             host_netns=host_netns,
             instance=instance_id(state, host_netns),
             node=node,
             check_root=check_root,
+            dns=dns and os.environ.get("OVERLAYS_DNS", "1") != "0",
+            store_url=None if store is not None else url,
+            warn=warn or warn_on_stderr,
         )
 
     @property
@@ -118,6 +129,8 @@ class Engine:
         return self.ctx.store
 
     def close(self) -> None:
+        if self.ctx.dns_client is not None:
+            self.ctx.dns_client.close()
         self.ctx.store.close()
 
     def __enter__(self) -> Engine:

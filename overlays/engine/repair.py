@@ -7,7 +7,7 @@ exactly what is missing and leave what is there untouched.
 
 from __future__ import annotations
 
-from overlays.engine import endpoints, records
+from overlays.engine import endpoints, hostdns, records
 from overlays.engine.context import Context, NodeTxn
 from overlays.engine.netdrivers import driver_for
 from overlays.model.state import Network, Sandbox
@@ -57,7 +57,7 @@ def repair_network(ctx: Context, name: str) -> None:
 
 
 def repair_sandbox(ctx: Context, name: str) -> None:
-    """Recreate a missing namespace and re-wire every endpoint (idempotently)."""
+    """Recreate a missing namespace and re-wire every endpoint (idempotently); its names served again."""
     box, nets = _sandbox(ctx, name)
     path = ctx.kernel.netns_path(box.netns)
     if not ctx.kernel.netns_exists(box.netns):
@@ -65,3 +65,6 @@ def repair_sandbox(ctx: Context, name: str) -> None:
     with ctx.open_host() as host, ctx.kernel.open_path(box.netns, path) as inside:
         inside.ensure_up("lo")
         endpoints.wire(ctx, host, inside, path, [e for e in box.endpoints if e.network in nets], nets, Undo())
+    hostdns.write_resolv_conf(ctx, box.netns)
+    if hostdns.prepare(ctx) and hostdns.announce(ctx, box, nets):  # a new namespace needs new sockets
+        hostdns.settle(ctx)

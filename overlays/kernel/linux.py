@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from overlays.kernel import netns, sysctl
-from overlays.kernel.api import Links
+from overlays.kernel.api import Dns, Links
 
 
 class LinuxKernel:
@@ -65,3 +65,28 @@ class LinuxKernel:
         from overlays.kernel import nft
 
         nft.delete_table(self._path(netns_name), family, table, netns_name)
+
+    def dns(self, state_dir: Path, node: str) -> Dns:
+        from overlays.kernel import dnsctl
+
+        return dnsctl.Client(dnsctl.socket_path(state_dir, node))
+
+    def sandbox_resolv_conf(self, host_netns: str | None) -> str:
+        from overlays.kernel import resolvconf
+
+        return resolvconf.sandbox_resolv_conf(resolvconf.host_upstreams(host_netns))
+
+    def write_etc(self, netns_name: str, filename: str, text: str) -> None:
+        from overlays.kernel import mountns
+
+        mountns.write_etc_file(netns_name, filename, text)
+
+    def remove_etc(self, netns_name: str) -> None:
+        from overlays.kernel import mountns
+
+        mountns.remove_etc_dir(netns_name)
+
+    def etc_binds(self, netns_name: str) -> list[tuple[str, str]]:
+        from overlays.kernel import mountns
+
+        return mountns.etc_binds(netns_name)

@@ -72,13 +72,17 @@ def remove_etc_dir(netns_name: str, root: Path = ETC_NETNS) -> None:
 
 
 def etc_binds(netns_name: str, root: Path = ETC_NETNS, etc: Path = ETC) -> list[Bind]:
-    """What ``ip netns exec NAME`` bind-mounts: each file of ``/etc/netns/NAME`` over ``/etc/FILE``."""
+    """What ``ip netns exec NAME`` bind-mounts: each file of ``/etc/netns/NAME`` over ``/etc/FILE``.
+
+    A file with nothing of that name under ``/etc`` is left out, as ``ip netns exec`` goes
+    on without it (a machine without /etc/resolv.conf has no host resolver to hide either).
+    """
     directory = etc_dir(netns_name, root)
     try:
         names = sorted(e.name for e in directory.iterdir() if e.is_file() and not e.name.startswith("."))
     except FileNotFoundError:
         return []
-    return [(str(directory / n), str(etc / n)) for n in names]
+    return [(str(directory / n), str(etc / n)) for n in names if os.path.exists(etc / n)]
 
 
 def check_binds(binds: Sequence[Bind], netns_name: str | None = None) -> None:
@@ -114,7 +118,8 @@ def entering(netns_path: str | Path, binds: Sequence[Bind], hostname: str | None
         netns.setns(netns_path)
         if hostname and libc.unshare(netns.CLONE_NEWUTS) == 0:
             libc.sethostname(hostname.encode(), len(hostname))
-        private_mounts(binds)
+        if binds:  # nothing to show: the host's mounts as they are, no mount namespace to copy
+            private_mounts(binds)
 
     return enter
 

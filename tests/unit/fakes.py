@@ -8,10 +8,13 @@ namespace removes the peer, as Linux does.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from overlays.errors import Conflict, KernelError
+from overlays.kernel.dnsctl import Record
 from overlays.kernel.rtnl_types import Link, Underlay
 from overlays.store import Store
 
@@ -30,6 +33,38 @@ class FakeNs:
     neighs: dict[str, dict[str, str]] = field(default_factory=dict)  # device -> {ip: mac}
 
 
+class FakeDns:
+    """The host's DNS server as the engine sees it: what each sandbox is registered with, per host."""
+
+    def __init__(self, served: dict[str, tuple[str | None, tuple[Record, ...]]]) -> None:
+        self.served = served
+        self.calls: list[str] = []
+        self.last: dict[str, Any] = {}
+
+    def running(self) -> bool:
+        return True
+
+    def register(self, sandbox: str, netns_path: str | Path | None, records: Iterable[Record], *,
+                 wait: bool = True) -> None:
+        self.calls.append(f"register {sandbox}")
+        self.served[sandbox] = (None if netns_path is None else str(netns_path), tuple(records))
+
+    def unregister(self, sandbox: str, wait: bool = True) -> dict[str, Any]:
+        self.calls.append(f"unregister {sandbox}")
+        self.served.pop(sandbox, None)
+        self.last = {"ok": True, "served_here": len(self.status()["local"])}
+        return self.last
+
+    def wait(self) -> dict[str, Any]:
+        return self.last
+
+    def status(self) -> dict[str, Any]:
+        return {"ok": True, "local": sorted(k for k, (path, _) in self.served.items() if path is not None)}
+
+    def close(self) -> None:
+        pass
+
+
 class FakeKernel:
     def __init__(self, *host_namespaces: str) -> None:
         self.namespaces: dict[str | None, FakeNs] = {None: FakeNs("root")}
@@ -40,6 +75,8 @@ class FakeKernel:
         self.sysctls: dict[tuple[str | None, str], str] = {}
         self.nft_scripts: list[tuple[str | None, str]] = []
         self.nft_tables: dict[str | None, dict[str, set[tuple[str, str]]]] = {}
+        self.dns_served: dict[str, dict[str, tuple[str | None, tuple[Record, ...]]]] = {}  # node -> sandbox -> ...
+        self.etc: dict[str, dict[str, str]] = {}  # /etc/netns/<ns>/<file>
 
     def snapshot(self) -> dict[str | None, tuple[object, ...]]:
         """Everything observable, to compare before and after an operation."""
@@ -120,6 +157,21 @@ class FakeKernel:
 
     def nft_delete_table(self, netns: str | None, family: str, table: str) -> None:
         self.nft_tables.get(netns, {}).pop(table, None)
+
+    def dns(self, state_dir: Path, node: str) -> FakeDns:
+        return FakeDns(self.dns_served.setdefault(node, {}))
+
+    def sandbox_resolv_conf(self, host_netns: str | None) -> str:
+        return "nameserver 127.0.0.11\noptions ndots:0\n"
+
+    def write_etc(self, netns: str, filename: str, text: str) -> None:
+        self.etc.setdefault(netns, {})[filename] = text
+
+    def remove_etc(self, netns: str) -> None:
+        self.etc.pop(netns, None)
+
+    def etc_binds(self, netns: str) -> list[tuple[str, str]]:
+        return [(f"/etc/netns/{netns}/{f}", f"/etc/{f}") for f in sorted(self.etc.get(netns, {}))]
 
 
 class FakeLinks:
