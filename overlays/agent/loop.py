@@ -12,13 +12,13 @@ Overlays. It registers the host (name and underlay address) under a lease it kee
 alive, moves this host's endpoint registrations onto that lease, and then watches the
 ``overlay/`` keys of the shared store (in a thread of its own): on every change it
 re-syncs the affected networks, so each VXLAN device has exactly one FDB and one
-neighbour entry per remote endpoint and one flood entry per remote host, and updates
-the remote names (while the store holds no overlay network at all, it only looks for one
-once a second: a watch polls the store). Syncs read before they write and are idempotent, so events seen
-twice, a missed event (``Compacted``: full re-list) or a restart after ``kill -9`` all
-converge to the same state. A full sync also runs periodically to heal drift (an entry
-someone deleted). A host without an underlay address (no default route, no IPv4
-address) serves DNS only.
+neighbour entry per remote endpoint and one flood entry per remote host, and updates the
+remote names (while the store holds no overlay network at all, it only looks for one
+four times a second, where a watch polls the store 200 times). Syncs read before they
+write and are idempotent, so events seen twice, a missed event (``Compacted``: full
+re-list) or a restart after ``kill -9`` all converge to the same state. A full sync also
+runs periodically to heal drift (an entry someone deleted). A host without an underlay
+address (no default route, no IPv4 address) serves DNS only.
 
 When a host dies its lease expires and the store deletes its registrations;
 every other agent sees the delete events and removes the entries (and the names).
@@ -49,7 +49,7 @@ from overlays.store.base import Compacted, LeaseNotFound
 Log = Callable[[str], None]
 IDLE_GRACE = 10.0  # seconds an agent started on demand stays with nothing to serve before it exits
 WATCH_TIMEOUT = 0.5
-IDLE_LOOK = 1.0  # seconds between looks for a first overlay network, while there is none (no store polling)
+IDLE_LOOK = 0.25  # seconds between looks for a first overlay network while there is none (a watch polls the store)
 
 
 class Agent:

@@ -19,6 +19,15 @@ socket keeps its namespace for life. So:
 Forwarding happens from the host namespace (``forward``), where the host's own
 resolv.conf applies and a loopback stub resolver can be reached.
 
+What a sandbox's processes read: one resolv.conf for all the host's sandboxes, in a
+directory beside the control socket (``<node>.etc/resolv.conf``: nameserver 127.0.0.11,
+the host's search list and options, rewritten when the host's change), which ``overlays
+run``/``exec`` mount over /etc/resolv.conf. For ``ip netns exec`` (iproute2's convention)
+the server makes ``/etc/netns/<netns>`` a link to that directory when it registers a
+sandbox, just *after* answering the register (creating a file system entry costs ~0.2 ms
+here, and only another process's start will look), and removes it when it unregisters.
+A sandbox the server does not serve keeps the host's resolv.conf.
+
 The engine registers and unregisters sandboxes over ``<state dir>/dns/<node>.sock``
 (``overlays.kernel.dnsctl``); a register returns once the sockets are bound and the
 names are in the table. On start the server is given the list of sandboxes to serve (it
@@ -52,7 +61,7 @@ from overlays.dns.loop import READ, Loop
 from overlays.dns.names import NamesTable
 from overlays.dns.serving import HostResolvers, LocalSandbox, QueryService
 from overlays.errors import Conflict, InvalidSpec, NotFound, OverlaysError
-from overlays.kernel import dnsctl, netns, resolvconf, sockets
+from overlays.kernel import dnsctl, mountns, netns, resolvconf, sockets
 from overlays.kernel.dnsctl import Record
 
 Log = Callable[[str], None]
@@ -89,16 +98,19 @@ class DnsServer:
         _raise_fd_limit()
         self.loop = Loop()
         self.table = NamesTable()
-        self.resolvers = HostResolvers(host_netns, self.log)
+        self.path = Path(control)
+        self.etc = dnsctl.etc_path(self.path)  # what /etc/netns/<netns> links to
+        self.resolvers = HostResolvers(host_netns, self.log, self._write_resolv_conf)
         self.forwarder = Forwarder(self.loop, host_path, forward_timeout, self.log)
         self.service = QueryService(self.loop, self.table, self.forwarder, self.resolvers, cache)
         self.boxes: dict[str, LocalSandbox] = {}
         self._said_unsteered = False
+        self._after_reply: list[Callable[[], None]] | None = None  # while a request is handled: what can wait
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.loop.register(self._wake_r, READ, lambda events: self._drain_wake())
         self._stopping = False
-        self.path = Path(control)
         try:
+            self._write_resolv_conf(self.resolvers.current)
             self.control = _bind_control(self.path)
         except BaseException:
             self._close_loop()
@@ -145,6 +157,11 @@ class DnsServer:
             if new is not None:
                 self.boxes[sandbox] = new
                 self.service.watch(new)
+        if new is not None:
+            if self._after_reply is not None:  # answer first: nobody waits for this one (see the note)
+                self._after_reply.append(lambda: self._link_etc(new))
+            else:
+                self._link_etc(new)
 
     def _listeners(self, netns_path: str) -> sockets.Listeners:
         made = sockets.steered_listeners(netns_path, resolvconf.DNS_ADDRESS)
@@ -160,6 +177,26 @@ class DnsServer:
         box = self.boxes.pop(sandbox, None)
         if box is not None:
             self.service.forget(box)
+            with contextlib.suppress(OSError):
+                mountns.remove_etc_dir(Path(box.netns).name)
+
+    # -- what the sandboxes' processes read -----------------------------------------------
+
+    def _write_resolv_conf(self, upstreams: resolvconf.Upstreams) -> None:
+        try:
+            mountns.write_file(self.etc, "resolv.conf", resolvconf.sandbox_resolv_conf(upstreams))
+        except OverlaysError as e:
+            self.log(f"the sandboxes' resolv.conf: {e}")
+
+    def _link_etc(self, box: LocalSandbox) -> None:
+        """``/etc/netns/<netns>`` -> our shared directory (only for a namespace under /run/netns: one of ours)."""
+        path = Path(box.netns)
+        if path.parent != netns.NETNS_DIR:
+            return
+        try:
+            mountns.link_etc_dir(path.name, self.etc)
+        except OverlaysError as e:
+            self.log(f"sandbox {box.name}: its resolv.conf: {e}")
 
     def status(self) -> dict[str, Any]:
         return {"registered": self.table.sandboxes(), "local": sorted(self.boxes), **self.table.counts(),
@@ -279,11 +316,17 @@ class DnsServer:
                 os.close(fd)
             self._drop_control(conn)
             return
-        reply = self._handle(data, fds)
+        self._after_reply = []
         try:
-            conn.send(json.dumps(reply, separators=(",", ":")).encode())
-        except OSError:  # a client that does not read its answers: drop it
-            self._drop_control(conn)
+            reply = self._handle(data, fds)
+            try:
+                conn.send(json.dumps(reply, separators=(",", ":")).encode())
+            except OSError:  # a client that does not read its answers: drop it
+                self._drop_control(conn)
+        finally:
+            later, self._after_reply = self._after_reply, None
+            for step in later or ():
+                step()
 
     def _drop_control(self, conn: socket.socket) -> None:
         self._controls.discard(conn)

@@ -70,11 +70,16 @@ class TcpConn:
 
 
 class HostResolvers:
-    """The host's upstream resolvers, re-read when its resolv.conf changes (checked once a second)."""
+    """The host's upstream resolvers, re-read when its resolv.conf changes (checked once a second).
 
-    def __init__(self, host_netns: str | None, log: Callable[[str], None]) -> None:
+    ``changed`` is called with the new ones after each re-read (the sandboxes' resolv.conf follows).
+    """
+
+    def __init__(self, host_netns: str | None, log: Callable[[str], None],
+                 changed: Callable[[resolvconf.Upstreams], None] | None = None) -> None:
         self.host_netns = host_netns
         self.log = log
+        self.changed = changed
         self._checked = 0.0
         self._stamp: tuple[float, ...] = ()
         self.current = resolvconf.host_upstreams(host_netns)
@@ -95,6 +100,8 @@ class HostResolvers:
                 self.current = resolvconf.host_upstreams(self.host_netns)
                 self.log(f"upstream resolvers: {', '.join(self.current.servers) or 'none'} "
                          f"(from {self.current.source})")
+                if self.changed is not None:
+                    self.changed(self.current)
         return self.current.servers
 
 

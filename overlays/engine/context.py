@@ -77,7 +77,6 @@ class Context:
     store_url: str | None = ""
     warn: Callable[[str], None] = warn_on_stderr
     dns_client: Dns | None = field(default=None, repr=False)
-    resolv_conf: str | None = field(default=None, repr=False)  # a sandbox's resolv.conf, read once
 
     def transact(self, fn: Callable[[NodeTxn], T]) -> T:
         """Run ``fn`` in a store transaction scoped to this host (retried on conflict)."""

@@ -102,6 +102,9 @@ def connect(ctx: Context, sandbox: str, request: EndpointRequest) -> Endpoint:
         undo = Undo()
         undo.push(f"release endpoint {sandbox}/{network}", release, ctx, [ep], nets)
         try:
+            if named:  # now: the server works while we wire and commit
+                undo.push(f"give {sandbox} its names back", _renamed, ctx, box, nets)
+                named = hostdns.announce(ctx, _with(box, ep), nets)
             path = ctx.kernel.netns_path(box.netns)
             with ctx.kernel.open_path(box.netns, path) as inside:
                 wire(ctx, host, inside, path, [ep], nets, undo)
@@ -109,9 +112,6 @@ def connect(ctx: Context, sandbox: str, request: EndpointRequest) -> Endpoint:
             before, after = ports.published(box, nets), ports.published(_with(box, ep), nets)
             undo.push(f"move the ports of {sandbox} back", firewall.retarget, ctx, after, before)
             firewall.retarget(ctx, before, after)
-            if named:
-                undo.push(f"give {sandbox} its names back", _renamed, ctx, box, nets)
-                named = hostdns.announce(ctx, _with(box, ep), nets)
             ctx.transact(lambda txn: mark(txn, [ep], "ready"))
         except BaseException:
             undo.rollback()

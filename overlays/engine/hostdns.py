@@ -8,19 +8,23 @@ adopt, connect, disconnect, repair. A register replaces whatever the server held
 sandbox, so each call sends the whole list. ``rm`` unregisters *before* it deletes the
 namespace: the server's sockets hold the namespace (and its veths) alive until they close.
 
-Cost. A register is sent without waiting (``announce``) just before the operation's last
-store commit, and collected after it (``settle``): the server binds the two sockets and
-updates its table while SQLite commits, so a name resolves as soon as the operation
-returns at the price of one message each way. An unregister is collected before the
-veths are waited for, since they only go once the server has let the namespace go.
+Cost. A register is sent without waiting (``announce``) as soon as the namespace exists
+and the addresses are known, and collected after the operation's last store commit
+(``settle``): the server binds the sandbox's sockets, steers 127.0.0.11:53 to them and
+links its resolv.conf while the engine wires the veth and commits, so a name resolves
+as soon as the operation returns at the price of one message each way. (A name is so
+answered a few milliseconds before its sandbox is wired; a create that fails takes it
+back.) An unregister is collected before the veths are waited for, since they only go
+once the server has let the namespace go.
 
 The DNS part never fails nor undoes an operation: a server that cannot be started or
 refuses a request costs a warning (``ctx.warn``) saying that names are not served, and
 the sandbox works by address as before. Processes find the server through
-``/etc/netns/<netns>/resolv.conf`` (nameserver 127.0.0.11), written at create and removed
-at rm, which ``overlays run``/``exec`` mount over /etc/resolv.conf in a mount namespace of
-their own and ``ip netns exec`` shows by iproute2's convention; the host's own
-/etc/resolv.conf is never written.
+``/etc/netns/<netns>/resolv.conf`` (nameserver 127.0.0.11), which the server makes when
+it registers the sandbox and removes when it unregisters it (``rm`` removes it too, for a
+server gone meanwhile); ``overlays run``/``exec`` mount it over /etc/resolv.conf in a
+mount namespace of their own and ``ip netns exec`` shows it by iproute2's convention; the
+host's own /etc/resolv.conf is never written. A sandbox no server serves keeps the host's.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ from overlays.kernel.api import Dns
 from overlays.kernel.dnsctl import Record
 from overlays.model.state import EndpointRegistration, Network, Sandbox
 
-RESOLV_CONF = "resolv.conf"
 SHARED_SEGMENT = ("macvlan",)  # drivers whose subnet is the segment's, not ours alone (PTR goes upstream)
 
 Networks = Mapping[str, Network]
@@ -148,20 +151,8 @@ def nothing_left(answer: Mapping[str, Any]) -> bool:
     return answer.get("served_here") == 0
 
 
-def write_resolv_conf(ctx: Context, netns: str) -> None:
-    """``/etc/netns/<netns>/resolv.conf``: nameserver 127.0.0.11, the host's search list and options."""
-    if not ctx.dns:
-        return
-    try:
-        if ctx.resolv_conf is None:
-            ctx.resolv_conf = ctx.kernel.sandbox_resolv_conf(ctx.host_netns)
-        ctx.kernel.write_etc(netns, RESOLV_CONF, ctx.resolv_conf)
-    except (OverlaysError, OSError) as e:
-        _warn(ctx, f"cannot write the resolv.conf of {netns}", e)
-
-
 def remove_etc(ctx: Context, netns: str) -> None:
-    """Remove ``/etc/netns/<netns>`` (whatever wrote it; missing is fine)."""
+    """Remove ``/etc/netns/<netns>`` (the server does when it unregisters; this is for a server gone meanwhile)."""
     try:
         ctx.kernel.remove_etc(netns)
     except OSError as e:

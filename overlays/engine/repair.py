@@ -65,6 +65,5 @@ def repair_sandbox(ctx: Context, name: str) -> None:
     with ctx.open_host() as host, ctx.kernel.open_path(box.netns, path) as inside:
         inside.ensure_up("lo")
         endpoints.wire(ctx, host, inside, path, [e for e in box.endpoints if e.network in nets], nets, Undo())
-    hostdns.write_resolv_conf(ctx, box.netns)
     if hostdns.prepare(ctx) and hostdns.announce(ctx, box, nets):  # a new namespace needs new sockets
         hostdns.settle(ctx)

@@ -116,17 +116,15 @@ def _build(ctx: Context, box: Sandbox, spec: SandboxSpec, make_netns: Callable[[
             undo.push(f"release netns {box.netns}", ctx.kernel.delete_netns, box.netns)  # adopted: our name only
             with ctx.kernel.open_path(box.netns, path) as inside:
                 inside.ensure_up("lo")
+                if named:  # now: the server binds its sockets while we wire the sandbox and commit
+                    undo.push(f"unregister the names of {box.name}", _unnamed, ctx, box)
+                    named = hostdns.announce(ctx, replace(box, endpoints=tuple(eps)), nets)
                 for ep in eps:  # a veth of an earlier sandbox of this name, not yet freed (rm without waiting)
                     if ep.host_ifname:
                         host.delete_link(ep.host_ifname)  # one request, answered ENODEV in the usual case
                 endpoints.wire(ctx, host, inside, path, eps, nets, undo)
             undo.push(f"unpublish the ports of {box.name}", firewall.unpublish, ctx, publishes)
             firewall.publish(ctx, publishes)
-            undo.push(f"remove /etc/netns/{box.netns}", hostdns.remove_etc, ctx, box.netns)
-            hostdns.write_resolv_conf(ctx, box.netns)
-            if named:
-                undo.push(f"unregister the names of {box.name}", hostdns.withdraw, ctx, box.name, True)
-                named = hostdns.announce(ctx, replace(box, endpoints=tuple(eps)), nets)
             ready = _mark_ready(ctx, box, eps)
         except BaseException:
             undo.rollback()
@@ -134,6 +132,12 @@ def _build(ctx: Context, box: Sandbox, spec: SandboxSpec, make_netns: Callable[[
     if named:
         hostdns.settle(ctx)  # the names are served: the server bound its sockets while we committed
     return ready
+
+
+def _unnamed(ctx: Context, box: Sandbox) -> None:
+    """Undo step: the server forgets the names (and the resolv.conf link) of a sandbox that is not to be."""
+    hostdns.withdraw(ctx, box.name, wait=True)
+    hostdns.remove_etc(ctx, box.netns)
 
 
 def _forget_now(ctx: Context, box: Sandbox, nets: Networks) -> None:
@@ -241,10 +245,10 @@ def _record_process(ctx: Context, box: Sandbox, pid: int, argv: Sequence[str]) -
 
 
 def _binds(ctx: Context, box: Sandbox) -> list[tuple[str, str]]:
-    """What a process in the sandbox sees over /etc (its resolv.conf); its server runs (started if need be)."""
-    if ctx.dns:
-        hostdns.prepare(ctx)
-    return ctx.kernel.etc_binds(box.netns)
+    """What a process in the sandbox sees over /etc: its resolv.conf (the host's server runs, started if need
+    be); /etc/netns/<netns> if there is one, else the files the server gives all (it links them there soon)."""
+    named = ctx.dns and hostdns.prepare(ctx)
+    return ctx.kernel.etc_binds(box.netns, ctx.kernel.dns_etc(ctx.state_dir, ctx.node) if named else None)
 
 
 def start(ctx: Context, name: str, argv: Sequence[str]) -> int:

@@ -80,6 +80,11 @@ class Record(NamedTuple):
                    names("upstreams"), subnet)
 
 
+def etc_path(control: Path) -> Path:
+    """The directory of the files a server's sandboxes see over /etc (resolv.conf), beside its socket."""
+    return control.with_name(control.stem + ".etc")
+
+
 def socket_path(state_dir: Path, node: str) -> Path:
     """Where the DNS server of host ``node`` listens: under the state dir, else (too long) under /run."""
     path = Path(state_dir) / SOCKET_DIR / f"{node}.sock"

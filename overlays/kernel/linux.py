@@ -71,22 +71,17 @@ class LinuxKernel:
 
         return dnsctl.Client(dnsctl.socket_path(state_dir, node))
 
-    def sandbox_resolv_conf(self, host_netns: str | None) -> str:
-        from overlays.kernel import resolvconf
-
-        return resolvconf.sandbox_resolv_conf(resolvconf.host_upstreams(host_netns))
-
-    def write_etc(self, netns_name: str, filename: str, text: str) -> None:
-        from overlays.kernel import mountns
-
-        mountns.write_etc_file(netns_name, filename, text)
-
     def remove_etc(self, netns_name: str) -> None:
         from overlays.kernel import mountns
 
         mountns.remove_etc_dir(netns_name)
 
-    def etc_binds(self, netns_name: str) -> list[tuple[str, str]]:
+    def etc_binds(self, netns_name: str, shared: Path | None = None) -> list[tuple[str, str]]:
         from overlays.kernel import mountns
 
-        return mountns.etc_binds(netns_name)
+        return mountns.etc_binds(netns_name) or (mountns.dir_binds(shared) if shared is not None else [])
+
+    def dns_etc(self, state_dir: Path, node: str) -> Path:
+        from overlays.kernel import dnsctl
+
+        return dnsctl.etc_path(dnsctl.socket_path(state_dir, node))

@@ -113,7 +113,9 @@ class Lab:
                 self.servers.remove(pair)
 
     def sandbox(self, label: str) -> str:
-        return self.make_netns(label)
+        name = self.make_netns(label)
+        self.etc_dirs.append(name)  # the server links its resolv.conf there while it serves it
+        return name
 
     def etc(self, netns_name: str, filename: str, text: str) -> Path:
         self.etc_dirs.append(netns_name)
@@ -206,7 +208,8 @@ def test_outside_names_are_forwarded_to_the_hosts_upstream_over_udp_and_tcp(lab:
 def test_getent_resolves_through_the_mount_namespace_helper_and_ip_netns_exec(lab: Lab) -> None:
     a, b, _ = front_and_back(lab)
     before = Path("/etc/resolv.conf").read_bytes()
-    lab.etc(a, "resolv.conf", "nameserver 127.0.0.11\noptions ndots:0\n")
+    link = mountns.etc_dir(a)
+    assert link.is_symlink() and (link / "resolv.conf").read_text().count("nameserver 127.0.0.11") == 1
     proc = mountns.spawn(netns.path_of(a), ["getent", "hosts", "db", "outside.test"], mountns.etc_binds(a),
                          stdout=subprocess.PIPE)
     out, _ = proc.communicate(timeout=20)
@@ -216,7 +219,9 @@ def test_getent_resolves_through_the_mount_namespace_helper_and_ip_netns_exec(la
     assert sh(a, "getent", "hosts", "10.2.0.3").stdout.split() == ["10.2.0.3", "c.back"]
     assert Path("/etc/resolv.conf").read_bytes() == before
     assert "/etc/resolv.conf" not in Path("/proc/self/mountinfo").read_text()  # nothing leaked into our mounts
-    assert sh(b, "getent", "hosts", "db", check=False).returncode != 0  # b has no /etc/netns file: host's DNS
+    lab.servers[0][0].submit(lambda: lab.servers[0][0].unregister("b")).result(5)
+    assert not mountns.etc_dir(b).exists()  # not served any more: its processes see the host's resolv.conf
+    assert sh(b, "getent", "hosts", "web", check=False).returncode != 0
 
 
 def test_internal_networks_do_not_forward(lab: Lab) -> None:

@@ -34,10 +34,13 @@ class FakeNs:
 
 
 class FakeDns:
-    """The host's DNS server as the engine sees it: what each sandbox is registered with, per host."""
+    """The host's DNS server as the engine sees it: what each sandbox is registered with, per host;
+    like the real one, it gives a sandbox it serves an /etc/netns resolv.conf and takes it back."""
 
-    def __init__(self, served: dict[str, tuple[str | None, tuple[Record, ...]]]) -> None:
+    def __init__(self, served: dict[str, tuple[str | None, tuple[Record, ...]]],
+                 etc: dict[str, dict[str, str]]) -> None:
         self.served = served
+        self.etc = etc
         self.calls: list[str] = []
         self.last: dict[str, Any] = {}
 
@@ -48,10 +51,14 @@ class FakeDns:
                  wait: bool = True) -> None:
         self.calls.append(f"register {sandbox}")
         self.served[sandbox] = (None if netns_path is None else str(netns_path), tuple(records))
+        if netns_path is not None:
+            self.etc[Path(netns_path).name] = {"resolv.conf": "nameserver 127.0.0.11\noptions ndots:0\n"}
 
     def unregister(self, sandbox: str, wait: bool = True) -> dict[str, Any]:
         self.calls.append(f"unregister {sandbox}")
-        self.served.pop(sandbox, None)
+        path, _ = self.served.pop(sandbox, (None, ()))
+        if path is not None:
+            self.etc.pop(Path(path).name, None)
         self.last = {"ok": True, "served_here": len(self.status()["local"])}
         return self.last
 
@@ -159,19 +166,16 @@ class FakeKernel:
         self.nft_tables.get(netns, {}).pop(table, None)
 
     def dns(self, state_dir: Path, node: str) -> FakeDns:
-        return FakeDns(self.dns_served.setdefault(node, {}))
-
-    def sandbox_resolv_conf(self, host_netns: str | None) -> str:
-        return "nameserver 127.0.0.11\noptions ndots:0\n"
-
-    def write_etc(self, netns: str, filename: str, text: str) -> None:
-        self.etc.setdefault(netns, {})[filename] = text
+        return FakeDns(self.dns_served.setdefault(node, {}), self.etc)
 
     def remove_etc(self, netns: str) -> None:
         self.etc.pop(netns, None)
 
-    def etc_binds(self, netns: str) -> list[tuple[str, str]]:
+    def etc_binds(self, netns: str, shared: Path | None = None) -> list[tuple[str, str]]:
         return [(f"/etc/netns/{netns}/{f}", f"/etc/{f}") for f in sorted(self.etc.get(netns, {}))]
+
+    def dns_etc(self, state_dir: Path, node: str) -> Path:
+        return state_dir / "dns" / f"{node}.etc"
 
 
 class FakeLinks:
