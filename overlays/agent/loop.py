@@ -155,9 +155,10 @@ class Agent:
                 self._leave()
 
     def _leave(self) -> None:
-        """An agent started on demand goes with nothing left: its host's record too, and its own."""
+        """An agent started on demand goes: its own record; its host's too if nothing is left on the host
+        (one that gives way to a user's agent leaves that agent the lease's endpoints to move)."""
         with contextlib.suppress(OverlaysError):
-            if self.lease:
+            if self.lease and self.ctx.transact(records.host_idle):
                 self.ctx.store.revoke_lease(self.lease)
         me = hostagent.Started(os.getpid(), process.start_time(os.getpid()) or 0)
         hostagent.forget_record(self.ctx, me)

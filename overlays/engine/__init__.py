@@ -202,7 +202,8 @@ class Engine:
         return views.sandbox(self.ctx, name)
 
     def remove_sandbox(self, name: str, force: bool = False, wait: bool = True) -> None:
-        """Remove a sandbox; ``wait=False`` returns before the kernel has freed its veth."""
+        """Remove a sandbox; ``wait=False`` returns before the kernel has freed its veth (and before the DNS
+        server has confirmed that its names are gone: a moment later)."""
         from overlays.engine import sandboxes
 
         sandboxes.remove(self.ctx, name, force, wait)

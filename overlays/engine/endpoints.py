@@ -96,8 +96,8 @@ def connect(ctx: Context, sandbox: str, request: EndpointRequest) -> Endpoint:
         txn.put(records.sandbox_key(sandbox), box.to_record())  # a concurrent rm of the sandbox now conflicts
         return box, ep, nets
 
-    named = hostdns.prepare(ctx)
     with ctx.open_host() as host:
+        named = hostdns.prepare(ctx)
         box, ep, nets = ctx.transact(record)
         undo = Undo()
         undo.push(f"release endpoint {sandbox}/{network}", release, ctx, [ep], nets)

@@ -34,7 +34,7 @@ from typing import Any
 
 from overlays.engine import hostagent
 from overlays.engine.context import Context
-from overlays.errors import NotFound, OverlaysError
+from overlays.errors import KernelError, NotFound, OverlaysError
 from overlays.kernel.api import Dns
 from overlays.kernel.dnsctl import Record
 from overlays.model.state import EndpointRegistration, Network, Sandbox
@@ -104,7 +104,8 @@ def announce(ctx: Context, box: Sandbox, nets: Networks, start: bool = True) -> 
         try:
             client.register(box.name, path, records, wait=False)
             return True
-        except NotFound as e:  # nothing listens (any more)
+        except (NotFound, KernelError) as e:  # nothing listens (any more), or the connection broke
+            client.close()
             if not start or attempt == 2:
                 if start:
                     _warn(ctx, f"sandbox {box.name}'s names are not served", e)

@@ -105,8 +105,8 @@ def _labels(labels: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
 
 def _build(ctx: Context, box: Sandbox, spec: SandboxSpec, make_netns: Callable[[], Path]) -> Sandbox:
     """The endpoint protocol for a whole sandbox: record it pending, make the kernel match, mark it ready."""
-    named = hostdns.prepare(ctx)  # the host's DNS server runs (started now if none does)
     with ctx.open_host() as host:
+        named = hostdns.prepare(ctx)  # the host's DNS server runs (started now if none does)
         ports.check_host_ips(host, spec.ports)
         eps, nets, publishes = _record(ctx, box, spec)
         undo = Undo()
@@ -159,7 +159,8 @@ def remove_many(ctx: Context, names: Sequence[str], force: bool = False, wait: b
     Deleting a namespace takes about a millisecond, but the kernel removes its veths
     some tens of milliseconds later; waiting once for a whole batch, instead of once per
     sandbox, is what makes tearing down a large topology fast. ``wait=False`` leaves the
-    veths to the kernel altogether (a caller removing many one by one waits once at the end).
+    veths to the kernel altogether (a caller removing many one by one waits once at the end),
+    and the DNS server's answer to the next call: its names go a moment after it returns.
     """
 
     def remove(txn: NodeTxn) -> tuple[list[str], list[Sandbox], Networks, bool]:
@@ -171,7 +172,8 @@ def remove_many(ctx: Context, names: Sequence[str], force: bool = False, wait: b
         failures: list[str] = []
         for box in boxes:
             failures += [f"sandbox {box.name}: {f}" for f in best_effort(_teardown_steps(ctx, box, nets))]
-        answer = hostdns.settle(ctx)  # the server has let the namespaces go: their veths can go too
+        # The server has let the namespaces go, so their veths can go too (without ``wait``, both later).
+        answer = hostdns.settle(ctx) if wait else {}
         if wait:
             failures += best_effort([("wait for veths", lambda: _wait_veths_gone(ctx, boxes))])
         for box in boxes:
