@@ -61,11 +61,12 @@ from overlays.dns.loop import READ, Loop
 from overlays.dns.names import NamesTable
 from overlays.dns.serving import HostResolvers, LocalSandbox, QueryService
 from overlays.errors import Conflict, InvalidSpec, NotFound, OverlaysError
-from overlays.kernel import dnsctl, mountns, netns, resolvconf, sockets
+from overlays.kernel import bpf, dnsctl, mountns, netns, resolvconf, sockets
 from overlays.kernel.dnsctl import Record
 
 Log = Callable[[str], None]
 MAX_FDS = 2  # a register may carry its UDP and TCP sockets
+PROGRAMS_AHEAD = 2  # steering programs made in idle time, for the next registers
 SWEEP_EVERY = 5.0  # seconds between checks that every served namespace still has its name
 
 
@@ -105,7 +106,9 @@ class DnsServer:
         self.service = QueryService(self.loop, self.table, self.forwarder, self.resolvers, cache)
         self.boxes: dict[str, LocalSandbox] = {}
         self._said_unsteered = False
-        self._after_reply: list[Callable[[], None]] | None = None  # while a request is handled: what can wait
+        self._later: deque[Callable[[], None]] = deque()  # what can wait until nothing else does (see run)
+        self._deferring = False  # a request is being handled: its link can wait
+        self._programs: list[bpf.Program] = []  # steering programs made ahead
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.loop.register(self._wake_r, READ, lambda events: self._drain_wake())
         self._stopping = False
@@ -158,13 +161,15 @@ class DnsServer:
                 self.boxes[sandbox] = new
                 self.service.watch(new)
         if new is not None:
-            if self._after_reply is not None:  # answer first: nobody waits for this one (see the note)
-                self._after_reply.append(lambda: self._link_etc(new))
+            if self._deferring:  # answer first: nobody waits for this one (see the note)
+                self._later.append(lambda: self._link_etc(new))
             else:
                 self._link_etc(new)
 
     def _listeners(self, netns_path: str) -> sockets.Listeners:
-        made = sockets.steered_listeners(netns_path, resolvconf.DNS_ADDRESS)
+        program = self._programs.pop() if self._programs else None
+        made = sockets.steered_listeners(netns_path, resolvconf.DNS_ADDRESS, program=program)
+        self._later.append(self._make_program)
         refused = sockets.steering_refused()
         if refused and not self._said_unsteered:
             self._said_unsteered = True
@@ -188,11 +193,18 @@ class DnsServer:
         except OverlaysError as e:
             self.log(f"the sandboxes' resolv.conf: {e}")
 
+    def _make_program(self) -> None:
+        """Idle work: one steering program ahead, up to PROGRAMS_AHEAD (a register then only attaches it)."""
+        if len(self._programs) < PROGRAMS_AHEAD and not self._stopping:
+            program = sockets.prepare_steering(resolvconf.DNS_ADDRESS)
+            if program is not None:
+                self._programs.append(program)
+
     def _link_etc(self, box: LocalSandbox) -> None:
         """``/etc/netns/<netns>`` -> our shared directory (only for a namespace under /run/netns: one of ours)."""
         path = Path(box.netns)
-        if path.parent != netns.NETNS_DIR:
-            return
+        if path.parent != netns.NETNS_DIR or self.boxes.get(box.name) is not box:
+            return  # not ours, or no longer served (unregistered before this idle work came)
         try:
             mountns.link_etc_dir(path.name, self.etc)
         except OverlaysError as e:
@@ -212,7 +224,8 @@ class DnsServer:
         while not self._stopping and not (stop is not None and stop.is_set()):
             deadline = self.forwarder.next_deadline()
             timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-            self.loop.run_once(timeout, self._log_error)
+            if self.loop.run_once(0.0 if self._later else timeout, self._log_error) == 0 and self._later:
+                self._idle_work()
             now = time.monotonic()
             self.forwarder.expire(now)
             if now >= idle_check:
@@ -244,6 +257,13 @@ class DnsServer:
             self.log(f"namespace gone, no longer served: {', '.join(gone)}")
         return gone
 
+    def _idle_work(self) -> None:
+        """One piece of the work that waits until no query or request does (a link, a program ahead)."""
+        try:
+            self._later.popleft()()
+        except Exception:
+            self._log_error()
+
     def submit(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run ``fn`` on the server's thread (the table and sockets are that thread's alone)."""
         future: Future[Any] = Future()
@@ -265,6 +285,12 @@ class DnsServer:
         """Close every socket, the control socket and its file."""
         while self._jobs:
             self._jobs.popleft()[1].cancel()
+        self._stopping = True
+        while self._later:  # the links of sandboxes registered last: made now (no more programs ahead)
+            self._idle_work()
+        for program in self._programs:
+            program.close()
+        self._programs.clear()
         for name in list(self.boxes):
             self.service.forget(self.boxes.pop(name))
         self.forwarder.close()
@@ -316,17 +342,15 @@ class DnsServer:
                 os.close(fd)
             self._drop_control(conn)
             return
-        self._after_reply = []
+        self._deferring = True
         try:
             reply = self._handle(data, fds)
-            try:
-                conn.send(json.dumps(reply, separators=(",", ":")).encode())
-            except OSError:  # a client that does not read its answers: drop it
-                self._drop_control(conn)
         finally:
-            later, self._after_reply = self._after_reply, None
-            for step in later or ():
-                step()
+            self._deferring = False
+        try:
+            conn.send(json.dumps(reply, separators=(",", ":")).encode())
+        except OSError:  # a client that does not read its answers: drop it
+            self._drop_control(conn)
 
     def _drop_control(self, conn: socket.socket) -> None:
         self._controls.discard(conn)

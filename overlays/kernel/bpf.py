@@ -14,9 +14,10 @@ at the cost of a few instructions. Nothing holds port 53, nothing else is tracke
 The program (25 instructions, written out below) reads the lookup's local port and
 address, picks the UDP or the TCP socket from a two-slot SOCKMAP by the protocol, and
 assigns it. One program and map per sandbox (the map is the program's constant, and an
-sk_lookup program cannot tell namespaces apart): ~0.3 ms of the server's time, spent
-while the engine commits. The program lives as long as the link's file descriptor,
-which the server holds with the sockets; the namespace going detaches it.
+sk_lookup program cannot tell namespaces apart): ~0.3 ms of the server's time, two
+thirds of it (``prepare``: the map, the program's load) spent ahead, in idle time. The
+program lives as long as the link's file descriptor, which the server holds with the
+sockets; the namespace going detaches it.
 
 TCP answers leave from 127.0.0.11:53 by themselves (an accepted connection has the
 SYN's addresses); a UDP answer would leave from our port, which a connected resolver
@@ -104,36 +105,64 @@ def _program(map_fd: int, address: str, port: int) -> bytes:
     return b"".join(insns)
 
 
-def steer(netns_path: str | Path, address: str, port: int, udp: socket.socket, tcp: socket.socket) -> int:
-    """Attach the program to the namespace at ``netns_path``; returns the link's fd (close it to detach)."""
-    where = str(netns_path)
+class Program:
+    """A loaded program and its (empty) SOCKMAP, not yet attached: made ahead, in idle time (``prepare``)."""
+
+    def __init__(self, map_fd: int, prog_fd: int) -> None:
+        self.map_fd, self.prog_fd = map_fd, prog_fd
+
+    def close(self) -> None:
+        for fd in (self.map_fd, self.prog_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.map_fd = self.prog_fd = -1
+
+
+def _unsupported(where: str) -> KernelError:
+    return KernelError("steer 127.0.0.11:53", "to the DNS server", where,
+                       f"no bpf(2) system call number known for {platform.machine()}")
+
+
+def prepare(address: str, port: int) -> Program:
+    """A SOCKMAP and the program that reads it (two thirds of an attach's cost), for ``steer``."""
     if _NR_BPF is None:
-        raise KernelError("steer 127.0.0.11:53", "to the DNS server", where,
-                          f"no bpf(2) system call number known for {platform.machine()}")
-    fds: list[int] = []
+        raise _unsupported("any namespace")
+    where = "the host's DNS server"
+    map_fd = _bpf(BPF_MAP_CREATE, struct.pack("<IIIII", BPF_MAP_TYPE_SOCKMAP, 4, 8, 2, 0), "create a SOCKMAP", where)
     try:
-        map_fd = _bpf(BPF_MAP_CREATE, struct.pack("<IIIII", BPF_MAP_TYPE_SOCKMAP, 4, 8, 2, 0), "create a SOCKMAP",
-                      where)
-        fds.append(map_fd)
-        for slot, sock in ((UDP_SLOT, udp), (TCP_SLOT, tcp)):
-            key, value = ctypes.c_uint32(slot), ctypes.c_uint64(sock.fileno())
-            _bpf(BPF_MAP_UPDATE_ELEM, struct.pack("<IIQQQ", map_fd, 0, ctypes.addressof(key), ctypes.addressof(value),
-                                                  0), "put a socket in the SOCKMAP", where)
         code = _program(map_fd, address, port)
         insns, license_ = ctypes.create_string_buffer(code, len(code)), ctypes.create_string_buffer(b"GPL")
         attr = struct.pack("<IIQQIIQII16sII", BPF_PROG_TYPE_SK_LOOKUP, len(code) // 8, ctypes.addressof(insns),
                            ctypes.addressof(license_), 0, 0, 0, 0, 0, b"overlays_dns", 0, BPF_SK_LOOKUP)
-        prog_fd = _bpf(BPF_PROG_LOAD, attr, "load the sk_lookup program", where)
-        fds.append(prog_fd)
+        return Program(map_fd, _bpf(BPF_PROG_LOAD, attr, "load the sk_lookup program", where))
+    except BaseException:
+        os.close(map_fd)
+        raise
+
+
+def steer(netns_path: str | Path, address: str, port: int, udp: socket.socket, tcp: socket.socket,
+          program: Program | None = None) -> int:
+    """Attach a program (``program``, else one made now) to the namespace at ``netns_path``, steering to
+    ``udp`` and ``tcp``; returns the link's fd (close it to detach). ``program`` is used up either way."""
+    where = str(netns_path)
+    if _NR_BPF is None:
+        raise _unsupported(where)
+    program = program or prepare(address, port)
+    try:
+        for slot, sock in ((UDP_SLOT, udp), (TCP_SLOT, tcp)):
+            key, value = ctypes.c_uint32(slot), ctypes.c_uint64(sock.fileno())
+            _bpf(BPF_MAP_UPDATE_ELEM, struct.pack("<IIQQQ", program.map_fd, 0, ctypes.addressof(key),
+                                                  ctypes.addressof(value), 0), "put a socket in the SOCKMAP", where)
         ns_fd = os.open(str(netns_path), os.O_RDONLY | os.O_CLOEXEC)
-        fds.append(ns_fd)
-        return _bpf(BPF_LINK_CREATE, struct.pack("<IIII", prog_fd, ns_fd, BPF_SK_LOOKUP, 0),
-                    "attach the sk_lookup program", where)
+        try:
+            return _bpf(BPF_LINK_CREATE, struct.pack("<IIII", program.prog_fd, ns_fd, BPF_SK_LOOKUP, 0),
+                        "attach the sk_lookup program", where)
+        finally:
+            os.close(ns_fd)
     except OSError as e:
         raise KernelError("steer 127.0.0.11:53", "to the DNS server", where, os.strerror(e.errno or errno.EIO)) from e
     finally:
-        for fd in fds:  # the link holds the program, the program its map, the map our sockets
-            os.close(fd)
+        program.close()  # the link holds the program, the program its map, the map our sockets
 
 
 def udp_reply(raw: socket.socket, source: str, source_port: int, peer: tuple[str, int], data: bytes) -> None:

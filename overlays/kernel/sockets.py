@@ -96,9 +96,13 @@ def steering_refused() -> str | None:
     return _steering[0] if _steering else None
 
 
-def steered_listeners(path: str | Path, address: str, port: int = DNS_PORT) -> Listeners:
-    """Listeners for ``address:port`` inside the namespace at ``path`` that leave ``port`` free (see the note)."""
+def steered_listeners(path: str | Path, address: str, port: int = DNS_PORT,
+                      program: bpf.Program | None = None) -> Listeners:
+    """Listeners for ``address:port`` inside the namespace at ``path`` that leave ``port`` free (see the note);
+    ``program``: one ``bpf.prepare`` made ahead (used up either way)."""
     if _steering or not bpf.available() or ":" in address:
+        if program is not None:
+            program.close()
         return Listeners(*listening_pair(path, address, port))
 
     def make() -> Listeners:
@@ -121,16 +125,37 @@ def steered_listeners(path: str | Path, address: str, port: int = DNS_PORT) -> L
     try:
         made = netns.run_in(path, make)
     except OSError as e:
+        if program is not None:
+            program.close()
         raise KernelError("bind", f"{address} (any port)", _where(path), os.strerror(e.errno or 0)) from e
     try:
-        made.link = bpf.steer(path, address, port, made.udp, made.tcp)
+        made.link = bpf.steer(path, address, port, made.udp, made.tcp, program)
     except KernelError as e:
         made.close()
         if e.errno not in _REFUSED:
             raise
-        _steering.append(str(e))  # this kernel will not: bound sockets from now on
+        refuse_steering(str(e))
         return Listeners(*listening_pair(path, address, port))
     return made
+
+
+def refuse_steering(why: str) -> None:
+    """This kernel will not steer (said once): bound sockets from now on."""
+    if not _steering:
+        _steering.append(why)
+
+
+def prepare_steering(address: str, port: int = DNS_PORT) -> bpf.Program | None:
+    """A program for a later ``steered_listeners``, made ahead; None where steering is refused."""
+    if _steering or not bpf.available() or ":" in address:
+        return None
+    try:
+        return bpf.prepare(address, port)
+    except KernelError as e:
+        if e.errno not in _REFUSED:
+            raise
+        refuse_steering(str(e))
+        return None
 
 
 _REFUSED = {errno.EINVAL, errno.EPERM, errno.EACCES, errno.ENOSYS, errno.EOPNOTSUPP, errno.E2BIG, None}
