@@ -186,6 +186,8 @@ def lab(run: Run, clients: int) -> Iterator[Lab]:
         shutil.rmtree(etc, ignore_errors=True)
         for name in reversed(made):
             netns.delete(name)
+            with contextlib.suppress(FileNotFoundError):  # the link a served sandbox gets (a server that
+                (Path("/etc/netns") / name).unlink()  # was stopped before unregistering leaves it)
 
 
 class Daemons:
@@ -359,6 +361,8 @@ def registers(lab: Lab, state: Path, count: int) -> dict[str, list[int]]:
     finally:
         for name in names:
             netns.delete(name)
+            with contextlib.suppress(FileNotFoundError):
+                (Path("/etc/netns") / name).unlink()
     return out
 
 

@@ -35,6 +35,7 @@ SOCKET_PATH_MAX = 107  # what sockaddr_un takes, less its NUL
 SHORT_DIR = Path("/run/overlays")  # where a socket goes whose path under the state dir would be too long
 TIMEOUT = 5.0  # seconds a call waits for the server: binding takes microseconds, this is for a stuck server
 MAX_MESSAGE = 1 << 20
+MAX_UNWAITED = 32  # calls made with wait=False whose answers may be owed at once
 
 
 class Record(NamedTuple):
@@ -106,7 +107,8 @@ class Client:
     """A connection to the host's DNS server, opened on first use and reopened once if it broke.
 
     A call waits for the server's answer; with ``wait=False`` it returns once sent, and
-    ``wait()`` later collects the answers (in order) and raises the first refusal. The
+    ``wait()`` later collects the answers (in order) and raises the first refusal (every
+    MAX_UNWAITED such calls, a call collects those owed before it returns). The
     engine can so overlap the server's work (binding, and on an idle machine waking up)
     with its own, and still return only once the names are served.
     """
@@ -162,7 +164,9 @@ class Client:
         data = json.dumps(request, separators=(",", ":")).encode()
         self._send(data, fds)
         self._pending += 1
-        return self._collect() if wait else {}
+        # Answers nobody waits for are collected now and then: unread, they would fill the socket's
+        # buffer, and the server drops a client that does not read (it never blocks on one).
+        return self._collect() if wait or self._pending >= MAX_UNWAITED else {}
 
     def _send(self, data: bytes, fds: Sequence[int]) -> None:
         for attempt in (1, 2):
