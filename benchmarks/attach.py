@@ -24,7 +24,7 @@ from benchmarks.harness import Row, Run, Verdict, WorkerFailed, check, median, m
 
 NAME = "attach"
 BASELINE = "raw"
-ORDER = ["overlays", "raw", "packed", "ip", "cni", "netavark"]
+ORDER = ["overlays", "overlays-nodns", "raw", "packed", "ip", "cni", "netavark"]
 PEERS = {"ip", "cni", "netavark"}
 TOOLS = PEERS  # subjects that exec a process per step
 

@@ -28,6 +28,14 @@ with the server binding the sockets (what overlays does) and with the caller mak
 and handing them over (the alternative), and the time from ``register()`` returning to
 the first answer for the new sandbox's name asked from inside it.
 
+Visibility, end to end through the engine and the agent it starts (``visibility``): on a
+host of its own with a bridge network (its agent started on demand, as for any user),
+the time from ``create_sandbox()`` returning (what ``overlays run`` does) to the first
+answer for the new name asked from another sandbox, and whether the name is gone the
+moment ``remove_sandbox()`` returns; across hosts, a lab of two simulated hosts on an
+overlay network (their agents following the shared SQLite store): a sandbox made on h2,
+asked for from a sandbox on h1 until it answers (and after its removal, until it does not).
+
     python -m benchmarks dns [--quick]
 """
 
@@ -61,6 +69,7 @@ LOCAL_NAME, FORWARD_NAME, FORWARD_IP = "web", "www.fwd.test", "192.0.2.8"
 AARDVARK = "/usr/lib/podman/aardvark-dns"
 LOCAL_P99_MS = 1.0
 VISIBLE_MS = 10.0
+VISIBLE_ACROSS_MS = 50.0
 REGISTER_BUDGET_MS = 3.0
 
 
@@ -70,6 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dns-queries", type=int, help="queries per latency figure (default 5000; --quick 500)")
     g.add_argument("--dns-rounds", type=int, help="interleaved rounds over the subjects (default 2; --quick 1)")
     g.add_argument("--dns-registers", type=int, help="fresh namespaces registered (default 100; --quick 20)")
+    g.add_argument("--dns-visible", type=int, help="sandboxes made per visibility figure (default 50; --quick 10)")
 
 
 # -- plumbing ---------------------------------------------------------------------------------
@@ -176,6 +186,8 @@ def lab(run: Run, clients: int) -> Iterator[Lab]:
         shutil.rmtree(etc, ignore_errors=True)
         for name in reversed(made):
             netns.delete(name)
+            with contextlib.suppress(FileNotFoundError):  # the link a served sandbox gets (a server that
+                (Path("/etc/netns") / name).unlink()  # was stopped before unregistering leaves it)
 
 
 class Daemons:
@@ -231,7 +243,8 @@ def start_overlays(lab: Lab, d: Daemons, label: str, client: str, cache: bool) -
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError(f"overlays dns server ({label}) did not start")
-    with dnsctl.Client(state) as c:  # the target's namespace can hold one server's sockets: names only for the other
+    # The target's namespace can hold one server's sockets: the other knows it by name only.
+    with dnsctl.Client(dnsctl.socket_path(state, lab.host)) as c:
         c.register("web", lab.path(lab.target) if cache else None, [dnsctl.Record("front", "web", (TARGET_IP,))])
         c.register(client, lab.path(client), [dnsctl.Record("front", client, (lab.address(client),))])
     return state
@@ -315,7 +328,7 @@ def registers(lab: Lab, state: Path, count: int) -> dict[str, list[int]]:
         for name in names:
             netns.create(name)
             ip("-n", name, "link", "set", "lo", "up")
-        with dnsctl.Client(state) as client:
+        with dnsctl.Client(dnsctl.socket_path(state, lab.host)) as client:
             client.status()  # connected: the engine keeps one connection open
             for i, name in enumerate(names):
                 path, records = lab.path(name), [dnsctl.Record("front", f"r{i}", (f"10.77.1.{i % 250 + 1}",))]
@@ -348,6 +361,8 @@ def registers(lab: Lab, state: Path, count: int) -> dict[str, list[int]]:
     finally:
         for name in names:
             netns.delete(name)
+            with contextlib.suppress(FileNotFoundError):
+                (Path("/etc/netns") / name).unlink()
     return out
 
 
@@ -364,6 +379,101 @@ def first_answer(probe: socket.socket, name: str, since: int) -> int:
     raise RuntimeError(f"{name} was not answered within 5 s of register() returning")
 
 
+# -- visibility through the engine --------------------------------------------------------------
+
+
+def answered(probe: socket.socket, name: str) -> bool:
+    """One query from the probe's namespace: does ``name`` resolve now?"""
+    with contextlib.suppress(OSError):  # timed out, or the server answered nothing yet
+        return bool(answer_of(probe, name))
+    return False
+
+
+def until(probe: socket.socket, name: str, present: bool, since: int, patience: float = 5.0) -> int:
+    """ns from ``since`` until ``name`` resolves (``present``) or stops resolving, asked every 0.2 ms."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        if answered(probe, name) == present:
+            return now_ns() - since
+        time.sleep(0.0002)
+    raise RuntimeError(f"{name} did not {'appear' if present else 'vanish'} within {patience:g} s")
+
+
+def prober(path: Path) -> socket.socket:
+    sock = udp_socket_in(path)
+    sock.settimeout(0.005)
+    sock.connect(("127.0.0.11", 53))
+    return sock
+
+
+def same_host(run: Run, count: int) -> dict[str, list[int]]:
+    """create_sandbox() -> first answer from another sandbox; whether rm leaves the name unanswered at once."""
+    from overlays import EndpointRequest, Engine, NetworkSpec, SandboxSpec
+    from overlays.engine import hostagent
+    from overlays.kernel import process
+
+    out: dict[str, list[int]] = {"visible": [], "gone": [], "start": []}
+    with run.host("dnsv") as host:
+        state = run.scratch(host) / "state"
+        run.add_engine(state, host)
+        (Path("/etc/netns") / host).mkdir(parents=True, exist_ok=True)
+        (Path("/etc/netns") / host / "resolv.conf").write_text("# no upstream: nothing is forwarded\n")
+        engine = Engine(host_netns=host, state_dir=state)
+        try:
+            engine.create_network(NetworkSpec.parse("front", subnet="10.79.0.0/22"))
+            t0 = now_ns()
+            engine.create_sandbox(SandboxSpec.parse("probe", [EndpointRequest.parse("front")]))
+            out["start"].append(now_ns() - t0)  # the first sandbox of the host starts its agent
+            with prober(engine.netns_path("probe")) as probe:
+                for i in range(count):
+                    engine.create_sandbox(SandboxSpec.parse(f"v{i}", [EndpointRequest.parse("front")]))
+                    out["visible"].append(until(probe, f"v{i}", True, now_ns()))
+                    engine.remove_sandbox(f"v{i}")
+                    out["gone"].append(0 if not answered(probe, f"v{i}") else 1)
+        finally:
+            for box in engine.sandboxes():
+                engine.remove_sandbox(box.name, force=True)
+            for net in engine.networks():
+                engine.remove_network(net.name, force=True)
+            left = hostagent.started(engine.ctx)
+            if left is not None:  # it should have gone with the network: never leave it behind
+                process.stop(left.pid, left.start)
+            engine.close()
+            shutil.rmtree(Path("/etc/netns") / host, ignore_errors=True)
+    return out
+
+
+def across_hosts(run: Run, count: int) -> dict[str, list[int]]:
+    """A sandbox made on h2 -> first answer from a sandbox on h1 (and removed -> first non-answer)."""
+    from overlays import EndpointRequest, SandboxSpec
+    from overlays.topology import Lab, resolve
+
+    raw = {"name": run.name("dnsl"), "hosts": ["h1", "h2"],
+           "networks": {"mesh": {"driver": "overlay", "subnet": "10.91.0.0/22"}},
+           "sandboxes": {"probe": {"host": "h1", "networks": ["mesh"]}}}
+    lab = Lab(resolve(raw, "dns-bench"), state_dir=run.scratch(str(raw["name"])))
+    out: dict[str, list[int]] = {"visible": [], "vanished": []}
+    try:
+        lab.up()
+        h2 = lab.engine("h2")
+        with prober(lab.engine("h1").netns_path("probe")) as probe:
+            # Untimed first: h1's agent, started before the network existed, begins to follow the
+            # store within IDLE_LOOK of it (a first name may wait that long, once).
+            h2.create_sandbox(SandboxSpec.parse("warm", [EndpointRequest.parse("mesh")]))
+            until(probe, "warm", True, now_ns())
+            for i in range(count):
+                h2.create_sandbox(SandboxSpec.parse(f"x{i}", [EndpointRequest.parse("mesh")]))
+                out["visible"].append(until(probe, f"x{i}", True, now_ns()))
+                h2.remove_sandbox(f"x{i}")
+                out["vanished"].append(until(probe, f"x{i}", False, now_ns()))
+    finally:
+        for box in lab.engine("h2").sandboxes():
+            lab.engine("h2").remove_sandbox(box.name, force=True)
+        lab.down()
+        lab.close()
+    return out
+
+
 # -- the benchmark ----------------------------------------------------------------------------
 
 
@@ -372,6 +482,7 @@ def run(run: Run, args: argparse.Namespace, log: Any) -> tuple[list[Row], list[V
     count = args.dns_queries or (500 if args.quick else 5000)
     rounds = args.dns_rounds or (1 if args.quick else 2)
     regs = args.dns_registers or (20 if args.quick else 100)
+    visible = args.dns_visible or (10 if args.quick else 50)
     for tool in ("dnsperf", "dnsmasq", AARDVARK):
         if shutil.which(tool) is None:
             raise RuntimeError(f"dns: {tool} is missing (scripts/install-bench-deps installs it)")
@@ -393,7 +504,38 @@ def run(run: Run, args: argparse.Namespace, log: Any) -> tuple[list[Row], list[V
             reg = registers(lb, state, regs)
         finally:
             d.close()
-    return report(subjects, figures, reg, seconds, count, rounds)
+    seen = same_host(run, visible)
+    far = across_hosts(run, visible)
+    log(f"  dns: visible after create p50 {ms(median(seen['visible'])):.2f} ms on the same host, "
+        f"{ms(median(far['visible'])):.1f} ms across hosts")
+    rows, verdicts = report(subjects, figures, reg, seconds, count, rounds)
+    more_rows, more_verdicts = report_visibility(seen, far)
+    return rows + more_rows, verdicts + more_verdicts
+
+
+def report_visibility(seen: dict[str, list[int]], far: dict[str, list[int]]) -> tuple[list[Row], list[Verdict]]:
+    n = len(seen["visible"])
+    rows = [Row(NAME, "overlays", 1, "first_sandbox_with_agent_start", ms(seen["start"][0]), "ms",
+                note="create_sandbox() of a host's first sandbox: starts its agent on demand and waits for it")]
+    for key, figures, what in (
+        ("visible_after_run", seen["visible"], "create_sandbox() returned -> its name answered to another sandbox"),
+        ("visible_across_hosts", far["visible"], "made on h2 -> its name answered on h1 (overlay, SQLite store)"),
+        ("vanished_across_hosts", far["vanished"], "removed on h2 -> its name no longer answered on h1"),
+    ):
+        rows.append(Row(NAME, "overlays", len(figures), f"{key}_p50", ms(median(figures)), "ms", note=what))
+        rows.append(Row(NAME, "overlays", len(figures), f"{key}_p99", ms(percentile(figures, 99)), "ms"))
+    stale = sum(seen["gone"])
+    rows.append(Row(NAME, "overlays", n, "answered_after_rm", float(stale), "count",
+                    note="names still answered right after remove_sandbox() returned (must be 0)"))
+    here, there = ms(percentile(seen["visible"], 99)), ms(percentile(far["visible"], 99))
+    verdicts = [
+        Verdict("a name visible within 10 ms of run returning, same host (p99)", here <= VISIBLE_MS,
+                f"{here:.2f} ms (p50 {ms(median(seen['visible'])):.2f}; n={n})"),
+        Verdict("a name visible within 50 ms across hosts (p99)", there <= VISIBLE_ACROSS_MS,
+                f"{there:.1f} ms (p50 {ms(median(far['visible'])):.1f}; n={len(far['visible'])})"),
+        Verdict("a name gone as soon as rm returns", stale == 0, f"{stale} of {n} still answered"),
+    ]
+    return rows, verdicts
 
 
 def measure(lb: Lab, subjects: list[Subject], seconds: float, count: int, rounds: int,

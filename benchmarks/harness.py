@@ -282,8 +282,11 @@ class Run:
             after = _root_view()
         new_netns = sorted(set(after["netns"]) - set(self.before["netns"]))
         new_links = sorted(set(after["links"]) - set(self.before["links"]))
+        etc = Path("/etc/netns")  # the resolv.conf links the DNS server makes for the sandboxes it serves
         return {
-            "netns": [n for n in new_netns if self.owns(n)],
+            "netns": [n for n in new_netns if self.owns(n)] + [f"/etc/netns/{n}" for n in
+                                                                 (sorted(os.listdir(etc)) if etc.is_dir() else [])
+                                                                 if self.owns(n)],
             "links": [n for n in new_links if self.owns_link(n)],
             "root_firewall_changed": _firewall_digest() != self.firewall_before,
             "not_ours": {"netns": [n for n in new_netns if not self.owns(n)],

@@ -133,12 +133,13 @@ class Base:
 
 class OverlaysSubject(Base):
     name = "overlays"
+    dns = True  # names served by the host's agent, which the first sandbox starts
 
     def __init__(self, host: str, subnet: str, workdir: Path) -> None:
         super().__init__(host, subnet, workdir)
         from overlays import Engine
 
-        self.engine = Engine(host_netns=host, state_dir=workdir / "state")
+        self.engine = Engine(host_netns=host, state_dir=workdir / "state", dns=self.dns)
         self.bridge = ""
 
     def prepare(self) -> None:
@@ -169,7 +170,25 @@ class OverlaysSubject(Base):
             with contextlib.suppress(OverlaysError, OSError):
                 netns.delete(self.sandbox_netns(i))
         self.made.clear()
+        self._stop_agent()
         self.engine.close()
+
+    def _stop_agent(self) -> None:
+        """The agent the first sandbox started: stopped now, not when it notices its host is gone."""
+        from overlays.engine import hostagent
+        from overlays.kernel import process
+
+        left = hostagent.started(self.engine.ctx)
+        if left is not None:
+            process.stop(left.pid, left.start)
+            hostagent.forget_record(self.engine.ctx, left)
+
+
+class OverlaysNoDnsSubject(OverlaysSubject):
+    """The same engine with names turned off (Engine(dns=False)): what the DNS part costs, in the same run."""
+
+    name = "overlays-nodns"
+    dns = False
 
 
 # -- careful raw netlink ------------------------------------------------------
@@ -551,7 +570,8 @@ class NetavarkPortSubject(OnePort, NetavarkSubject):
 
 
 SUBJECTS: dict[str, type[Base]] = {
-    s.name: s for s in (OverlaysSubject, RawSubject, PackedSubject, IpSubject, CniSubject, NetavarkSubject,
+    s.name: s for s in (OverlaysSubject, OverlaysNoDnsSubject, RawSubject, PackedSubject, IpSubject, CniSubject,
+                        NetavarkSubject,
                         OverlaysPortSubject, CniPortmapSubject, NetavarkPortSubject)
 }
 

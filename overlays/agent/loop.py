@@ -1,54 +1,82 @@
-"""``overlays agent``: one per host, the control plane's hands on the kernel.
+"""``overlays agent``: one per host, the control plane's hands on the kernel, and the host's DNS server.
 
-It registers the host (name and underlay address) under a lease it keeps alive,
-moves this host's endpoint registrations onto that lease, and then watches the
-``overlay/`` keys of the shared store: on every change it re-syncs the affected
-networks, so each VXLAN device has exactly one FDB and one neighbour entry per
-remote endpoint and one flood entry per remote host. Syncs read before they
-write and are idempotent, so events seen twice, a missed event (``Compacted``:
-full re-list) or a restart after ``kill -9`` all converge to the same state. A
-full sync also runs periodically to heal drift (an entry someone deleted).
+DNS. The agent runs the host's DNS server (``overlays.dns``) on its main thread, handing
+it the restart list first (every sandbox of this host, see names.py), so the engine's
+registers and unregisters find it; names of sandboxes on other hosts come from the
+overlay registrations below. The engine starts an agent on demand (``on_demand``) when
+a sandbox needs one: that agent exits by itself once the host has been empty for a
+while or its host namespace is gone, and the engine stops it as soon as the host's last
+sandbox and network go (engine.hostagent). An agent a user starts takes over from it.
+
+Overlays. It registers the host (name and underlay address) under a lease it keeps
+alive, moves this host's endpoint registrations onto that lease, and then watches the
+``overlay/`` keys of the shared store (in a thread of its own): on every change it
+re-syncs the affected networks, so each VXLAN device has exactly one FDB and one
+neighbour entry per remote endpoint and one flood entry per remote host, and updates the
+remote names (while the store holds no overlay network at all, it only looks for one
+four times a second, where a watch polls the store 200 times). Syncs read before they
+write and are idempotent, so events seen twice, a missed event (``Compacted``: full
+re-list) or a restart after ``kill -9`` all converge to the same state. A full sync also
+runs periodically to heal drift (an entry someone deleted). A host without an underlay
+address (no default route, no IPv4 address) serves DNS only.
 
 When a host dies its lease expires and the store deletes its registrations;
-every other agent sees the delete events and removes the entries.
+every other agent sees the delete events and removes the entries (and the names).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from overlays.engine import Engine, records
+from overlays.agent.names import RemoteNames, local
+from overlays.dns import DnsServer
+from overlays.engine import Engine, hostagent, records
 from overlays.engine.context import NodeTxn
 from overlays.engine.netdrivers import overlay
-from overlays.errors import NotFound, OverlaysError
+from overlays.errors import OverlaysError
+from overlays.kernel import dnsctl, process
 from overlays.kernel.api import Links
+from overlays.kernel.dnsctl import Record
 from overlays.model.names import vxlan_name
 from overlays.model.state import HostRegistration
 from overlays.store.base import Compacted, LeaseNotFound
 
 Log = Callable[[str], None]
+IDLE_GRACE = 10.0  # seconds an agent started on demand stays with nothing to serve before it exits
+WATCH_TIMEOUT = 0.5
+IDLE_LOOK = 0.25  # seconds between looks for a first overlay network while there is none (a watch polls the store)
 
 
 class Agent:
     def __init__(self, engine: Engine, ttl: float = 10.0, resync_every: float = 30.0,
-                 log: Log | None = None) -> None:
+                 log: Log | None = None, on_demand: bool = False) -> None:
         self.engine = engine
         self.ctx = engine.ctx
         self.ttl = ttl
         self.resync_every = resync_every
         self.log = log or (lambda line: None)
+        self.on_demand = on_demand
         self.lease = 0
         self.vtep = ""
+        self.server: DnsServer | None = None
+        self._stop = threading.Event()
+        self._idle_since: float | None = None
 
     # -- registration -------------------------------------------------------------
 
-    def register(self, host: Links) -> None:
-        """A fresh lease; this host's record and all its endpoint registrations move onto it."""
+    def register(self, host: Links) -> bool:
+        """A fresh lease; this host's record and all its endpoint registrations move onto it.
+
+        False when the host has no underlay address: no overlay networks here, DNS only.
+        """
         underlay = host.underlay()
         if underlay is None:
-            raise NotFound(f"host {self.ctx.node} has no underlay address (no default route, no IPv4 address)")
+            return False
         store, node = self.ctx.store, self.ctx.node
         old = self.engine.registered()
         lease = store.grant_lease(self.ttl)
@@ -63,54 +91,169 @@ class Agent:
             store.revoke_lease(old.lease)  # what a dead predecessor left: nothing of ours now
         self.lease, self.vtep = lease, underlay.ip
         self.log(f"registered {node} at {underlay.ip} ({underlay.ifname}), lease {lease}, {moved} endpoint(s)")
+        return True
 
     # -- syncing ------------------------------------------------------------------
 
     def sync(self, host: Links, names: set[str] | None = None) -> None:
         """Program the named networks (None: all of this host's) from the store; idempotent."""
-        local = self.ctx.transact(overlay.local_networks)
-        for name in sorted(local if names is None else names & set(local)):
-            net = local[name]
+        local_nets = self.ctx.transact(overlay.local_networks)
+        for name in sorted(local_nets if names is None else names & set(local_nets)):
+            net = local_nets[name]
             if host.link(vxlan_name(net.bridge)) is None:
                 continue  # the engine makes the device (and syncs it) when a sandbox joins
             added, removed = overlay.sync_here(self.ctx, host, net, self.vtep)
             if added or removed:
                 self.log(f"{name}: +{added} -{removed} entries")
 
-    def full_sync(self, host: Links) -> int:
+    def full_sync(self, host: Links, remote: RemoteNames | None = None) -> int:
         """Everything from a fresh list; returns the revision to watch after."""
         revision = self.ctx.store.revision()  # first: a change after it is watched, maybe seen twice
         self.sync(host)
+        if remote is not None:
+            remote.full()
         return revision
 
-    # -- the loop -----------------------------------------------------------------
+    # -- the process ----------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
-        """Until ``stop`` is set: keep the lease, follow the store, heal drift."""
+    def stop(self) -> None:
+        """Ask ``run`` to return, from any thread or a signal handler."""
+        self._stop.set()
+        if self.server is not None:
+            self.server.stop()
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Serve DNS and, with an underlay, keep the lease and follow the store, until stopped."""
+        if stop is not None:  # a caller's event: it stops us as stop() does
+            def relay() -> None:
+                stop.wait()
+                self.stop()
+
+            threading.Thread(target=relay, name="agent-stop", daemon=True).start()
+        if not self.on_demand:
+            hostagent.take_over(self.ctx)
+        with self.ctx.open_host() as host:
+            overlays_here = self.register(host)
+        if not overlays_here:
+            self.log(f"host {self.ctx.node} has no underlay address: no overlay networks here, DNS only")
+        self.server = DnsServer(dnsctl.socket_path(self.ctx.state_dir, self.ctx.node), self.ctx.host_netns,
+                                local(self.ctx), log=self.log)
+        watcher = None
+        try:
+            if overlays_here:
+                remote = RemoteNames(self.ctx, self._submit)
+                watcher = threading.Thread(target=self._follow, args=(remote,), name="agent-overlay", daemon=True)
+                watcher.start()
+            if not self._stop.is_set():
+                self.server.run(self._stop, tick=self._tick)
+        finally:
+            self._stop.set()
+            self.server.close()
+            if watcher is not None:
+                watcher.join(timeout=2 * WATCH_TIMEOUT)
+            if self.on_demand:
+                self._leave()
+
+    def _leave(self) -> None:
+        """An agent started on demand goes: its own record; its host's too if nothing is left on the host
+        (one that gives way to a user's agent leaves that agent the lease's endpoints to move)."""
+        with contextlib.suppress(OverlaysError):
+            if self.lease and self.ctx.transact(records.host_idle):
+                self.ctx.store.revoke_lease(self.lease)
+        me = hostagent.Started(os.getpid(), process.start_time(os.getpid()) or 0)
+        hostagent.forget_record(self.ctx, me)
+
+    # -- DNS ------------------------------------------------------------------------
+
+    def _submit(self, key: str, found: tuple[Record, ...] | None) -> None:
+        """From the watch thread: a remote sandbox's names, to the server's thread."""
+        server = self.server
+        if server is None:
+            return
+
+        def apply() -> None:
+            if found is None:
+                server.unregister(key)
+            else:
+                server.register(key, None, found)
+
+        def done(future: Any) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                self.log(f"names of {key}: {future.exception()}")
+
+        server.submit(apply).add_done_callback(done)
+
+    def _tick(self) -> None:
+        """Once a second on the server's thread: does an agent started on demand still have a reason to run?"""
+        if not self.on_demand:
+            return
+        try:
+            if self.ctx.host_netns is not None and not self.ctx.kernel.netns_exists(self.ctx.host_netns):
+                self.log(f"host namespace {self.ctx.host_netns} is gone: stopping")
+                self.stop()
+                return
+            if self.server is not None and self.server.boxes:
+                self._idle_since = None
+                return
+            now = time.monotonic()
+            if self._idle_since is None:
+                self._idle_since = now
+            elif now - self._idle_since >= IDLE_GRACE and self.ctx.transact(records.host_idle):
+                self.log(f"host {self.ctx.node} has no sandbox and no network left: stopping")
+                self.stop()
+        except OverlaysError as e:
+            self.log(f"idle check: {e}")
+
+    # -- overlays -------------------------------------------------------------------
+
+    def _follow(self, remote: RemoteNames) -> None:
+        """The watch thread: keep the lease, follow the store, heal drift (logs and goes on after errors)."""
+        while not self._stop.is_set():
+            try:
+                self._watch(remote)
+            except OverlaysError as e:
+                self.log(f"overlay loop: {e}; again in 1 s")
+                self._stop.wait(1.0)
+
+    def _watch(self, remote: RemoteNames) -> None:
         store = self.ctx.store
         with self.ctx.open_host() as host:
-            self.register(host)
-            revision = self.full_sync(host)
+            revision = self.full_sync(host, remote)
             keepalive_at = time.monotonic() + self.ttl / 3
             resync_at = time.monotonic() + self.resync_every
-            while not stop.is_set():
-                try:
-                    events = store.watch(records.REGISTRATIONS_PREFIX, revision, timeout=min(0.5, self.ttl / 3))
-                except Compacted:
-                    revision = self.full_sync(host)
-                    continue
+            watching = self._overlay_networks()
+            while not self._stop.is_set():
+                if not watching:  # nothing to follow: look again in a second instead of polling the store
+                    self._stop.wait(IDLE_LOOK)
+                    if self._overlay_networks():
+                        watching, revision = True, self.full_sync(host, remote)
+                    events = []
+                else:
+                    try:
+                        events = store.watch(records.REGISTRATIONS_PREFIX, revision,
+                                             timeout=min(WATCH_TIMEOUT, self.ttl / 3))
+                    except Compacted:
+                        revision = self.full_sync(host, remote)
+                        continue
                 if events:
                     revision = events[-1].revision
-                    self.sync(host, {e.key.split("/")[1] for e in events})
+                    touched = {e.key.split("/")[1] for e in events}
+                    self.sync(host, touched)
+                    remote.networks_changed(touched)
                 now = time.monotonic()
                 if now >= keepalive_at:
                     keepalive_at = now + self.ttl / 3
                     if not self._keepalive():
                         self.register(host)
-                        revision = self.full_sync(host)
+                        revision = self.full_sync(host, remote)
                 if now >= resync_at:
                     resync_at = now + self.resync_every
-                    revision = max(revision, self.full_sync(host))
+                    revision = max(revision, self.full_sync(host, remote))
+                    watching = self._overlay_networks()
+
+    def _overlay_networks(self) -> bool:
+        """Whether the store holds any overlay network (the shared root holds no other kind)."""
+        return bool(self.ctx.transact(lambda txn: txn.root.range(records.NETWORKS_PREFIX)))
 
     def _keepalive(self) -> bool:
         try:
@@ -118,5 +261,4 @@ class Agent:
         except (LeaseNotFound, OverlaysError) as e:
             self.log(f"keepalive failed: {e}")
             return False
-
 

@@ -1,10 +1,9 @@
-"""``overlays agent``: run the per-host control-plane agent in the foreground."""
+"""``overlays agent``: run the per-host agent (overlay control plane, DNS server) in the foreground."""
 
 from __future__ import annotations
 
 import argparse
 import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,19 +33,17 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    "(default: 10, 1 to 3600).")
     p.add_argument("--resync", type=_seconds(1, 86400), default=30.0, metavar="SECONDS",
                    help="Seconds between full re-syncs (heals entries removed by hand) (default: 30, 1 to 86400).")
+    p.add_argument("--on-demand", action="store_true", help=argparse.SUPPRESS)  # started by the engine
 
 
 def agent(s: Settings, a: argparse.Namespace) -> None:
-    """Keep this host registered and its overlay FDB/neighbour entries in line with the store."""
+    """Serve this host's DNS names; keep it registered and its overlay FDB/neighbour entries in line.
+
+    The engine starts one by itself when a sandbox needs it (and stops it with the host's last
+    sandbox and network); one started here takes over from that one and stays until stopped.
+    """
     from overlays.agent import Agent
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
     engine = s.engine()
 
     def log(line: str) -> None:
@@ -54,7 +51,14 @@ def agent(s: Settings, a: argparse.Namespace) -> None:
         s.journal(f"overlays agent: {line}")
         echo(f"{time.strftime('%H:%M:%S')} agent {engine.node}: {line}", err=True)
 
-    Agent(engine, ttl=a.ttl, resync_every=a.resync, log=log).run(stop)
+    runner = Agent(engine, ttl=a.ttl, resync_every=a.resync, log=log, on_demand=a.on_demand)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        runner.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    runner.run()
     log("stopped")
 
 

@@ -27,6 +27,8 @@ def _create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vni", type=int, help="VXLAN network identifier of an overlay network (default: a free one).")
     p.add_argument("--parent", metavar="IFACE",
                    help="macvlan: the host interface whose segment sandboxes join (left untouched).")
+    p.add_argument("--dns", metavar="IP", action="append", default=[],
+                   help="Resolver for names that are not the network's own (repeatable; default: the host's).")
 
 
 def create(s: Settings, a: argparse.Namespace) -> None:
@@ -35,7 +37,7 @@ def create(s: Settings, a: argparse.Namespace) -> None:
 
     spec = NetworkSpec.parse(a.name, subnet=a.subnet, gateway=a.gateway, ip_range=a.ip_range, mtu=a.mtu,
                              internal=a.internal, masquerade=a.masquerade, driver=a.driver, vni=a.vni,
-                             parent=a.parent)
+                             parent=a.parent, dns=a.dns)
     with held_signals():
         net = s.engine().create_network(spec)
     if net.vni is not None:

@@ -57,6 +57,8 @@ def network_dict(net: Network, sandboxes_attached: list[str] | None = None) -> d
         data.update(vni=net.vni, gateway=None, internal=None, masquerade=None)
     if net.parent is not None:  # a macvlan: no bridge, no NAT
         data.update(bridge=None, parent=net.parent, masquerade=None)
+    if net.dns:
+        data["dns"] = [str(s) for s in net.dns]
     if sandboxes_attached is not None:
         data["sandboxes"] = sandboxes_attached
     return data

@@ -3,8 +3,9 @@
 Decoding and encoding go through dnslib. Our names (``names.NamesTable``, for the
 asker's scope) get authoritative answers: A and AAAA from the address family, ANY both,
 another type NOERROR with no records; PTR for ``*.in-addr.arpa`` / ``*.ip6.arpa`` of our
-addresses. Anything else is forwarded as it came (the raw bytes, ID and EDNS included),
-unless the scope may not forward: then NXDOMAIN. A UDP answer larger than the asker can
+addresses, and NXDOMAIN for the free addresses of our subnets. Anything else is
+forwarded as it came (the raw bytes, ID and EDNS included), unless the scope may not
+forward: then NXDOMAIN. A UDP answer larger than the asker can
 take is sent truncated (question kept, TC set) so its resolver retries over TCP.
 """
 
@@ -45,6 +46,13 @@ class Forward(NamedTuple):
     servers: tuple[str, ...]
 
 
+class _Unassigned:
+    """The reverse name of an address in one of our subnets that nobody holds: ours, and NXDOMAIN."""
+
+
+UNASSIGNED = _Unassigned()
+
+
 def answer(query: bytes, table: NamesTable, scope: Scope, limit: int | None) -> bytes | Forward | None:
     """What to do with ``query`` from a sandbox of ``scope``; ``limit`` None over TCP. None: drop it.
 
@@ -75,15 +83,15 @@ def answer(query: bytes, table: NamesTable, scope: Scope, limit: int | None) -> 
     if q is None:
         return _bare(request, RCODE.FORMERR)
     reply = request.reply(ra=int(forwarding.allowed), aa=1)
-    if records is None:
-        reply.header.aa = 0
+    if records is None or records is UNASSIGNED:
+        reply.header.aa = int(records is UNASSIGNED)
         reply.header.rcode = RCODE.NXDOMAIN
-    else:
+    elif isinstance(records, list):
         reply.add_answer(*records)
     return _pack(reply, request, limit)
 
 
-def _ours(table: NamesTable, scope: Scope, qname: object, qtype: int, qclass: int) -> list[RR] | None:
+def _ours(table: NamesTable, scope: Scope, qname: object, qtype: int, qclass: int) -> list[RR] | _Unassigned | None:
     """Our records for the question; None: the name is not ours."""
     if qclass not in (CLASS.IN, CLASS_ANY):
         return None
@@ -91,7 +99,7 @@ def _ours(table: NamesTable, scope: Scope, qname: object, qtype: int, qclass: in
     if qtype in (QTYPE.PTR, QTYPE.ANY) and (address := reverse_address(name)) is not None:
         targets = table.reverse(scope, address)
         if targets is None:
-            return None
+            return UNASSIGNED if table.ours(address) else None
         return [RR(qname, QTYPE.PTR, rdata=PTR(t + "."), ttl=TTL) for t in targets]
     addresses = table.lookup(scope, name)
     if addresses is None:

@@ -47,9 +47,10 @@ class Loop:
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(fd)
 
-    def run_once(self, timeout: float, on_error: Callable[[], None]) -> None:
-        """Wait up to ``timeout`` seconds, then call the handler of every ready fd."""
-        for fd, events in self._epoll.poll(timeout):
+    def run_once(self, timeout: float, on_error: Callable[[], None]) -> int:
+        """Wait up to ``timeout`` seconds, then call the handler of every ready fd; returns how many were."""
+        ready = self._epoll.poll(timeout)
+        for fd, events in ready:
             handler = self._handlers.get(fd)
             if handler is None:
                 continue
@@ -57,6 +58,7 @@ class Loop:
                 handler(events)
             except Exception:  # one bad event must not take the host's DNS down
                 on_error()
+        return len(ready)
 
     def close(self) -> None:
         self._handlers.clear()

@@ -10,7 +10,9 @@ forward to the same address.
 A query is answered for a *scope*: the set of networks the asking sandbox is on, so a
 name on ``back`` is never answered to a sandbox that is only on ``front``. A name the
 scope does not know is not ours: it is forwarded, except for a sandbox whose networks
-are all internal (or that has none), which gets NXDOMAIN.
+are all internal (or that has none), which gets NXDOMAIN. Reverse names of addresses
+inside the subnet of any network we serve (``ours``) are ours even when nobody holds
+them: NXDOMAIN, never sent upstream (our private addresses are nobody else's business).
 
 Pure data, no sockets: the server owns one table and changes it from its own thread.
 ``generation`` counts changes, so the answer cache knows when to forget.
@@ -27,6 +29,7 @@ from overlays.errors import InvalidSpec
 from overlays.kernel.dnsctl import Record
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network
 Scope = frozenset[str]
 
 
@@ -49,6 +52,7 @@ class Network:
 
     internal: bool = False
     upstreams: tuple[str, ...] = ()
+    subnet: Subnet | None = None
     names: dict[str, dict[Address, int]] = field(default_factory=lambda: defaultdict(dict))
     reverse: dict[Address, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
 
@@ -82,11 +86,13 @@ class _Entry:
     keys: tuple[str, ...]
     ptr: str
     addresses: tuple[Address, ...]
+    subnet: Subnet | None
 
 
 def _resolve(record: Record) -> _Entry:
     try:
         addresses = tuple(dict.fromkeys(ipaddress.ip_address(a) for a in record.addresses))
+        subnet = ipaddress.ip_network(record.subnet) if record.subnet else None
     except ValueError as e:
         raise InvalidSpec(f"DNS record {record.name} on {record.network}: {e}") from e
     for server in record.upstreams:
@@ -97,7 +103,7 @@ def _resolve(record: Record) -> _Entry:
     net = normal(record.network)
     labels = [normal(n) for n in (record.name, *record.aliases) if normal(n)]
     keys = tuple(dict.fromkeys([*labels, *(f"{n}.{net}" for n in labels)]))
-    return _Entry(net, keys, f"{normal(record.name)}.{net}", addresses)
+    return _Entry(net, keys, f"{normal(record.name)}.{net}", addresses, subnet)
 
 
 class NamesTable:
@@ -119,7 +125,7 @@ class NamesTable:
         self.drop(sandbox)
         for record, entry in zip(records, entries, strict=True):
             net = self.networks.setdefault(entry.network, Network())
-            net.internal, net.upstreams = record.internal, tuple(record.upstreams)
+            net.internal, net.upstreams, net.subnet = record.internal, tuple(record.upstreams), entry.subnet
             for key in entry.keys:
                 net.add(key, entry.addresses, net.names)
             for a in entry.addresses:
@@ -182,6 +188,10 @@ class NamesTable:
             if net is not None and address in net.reverse:
                 names += sorted(net.reverse[address])
         return names or None
+
+    def ours(self, address: Address) -> bool:
+        """Whether ``address`` is inside the subnet of a network we serve (held by someone or not)."""
+        return any(net.subnet is not None and address in net.subnet for net in self.networks.values())
 
     def forwarding(self, scope: Scope) -> Forwarding:
         """Whether (and where) a scope's unknown names are forwarded.

@@ -10,13 +10,25 @@ socket keeps its namespace for life. So:
   the host's port 53 (or on 0.0.0.0:53) clashes with nothing;
 - every kind of network works the same (bridge, internal, overlay, macvlan, or none),
   because the asker's namespace is the socket's;
+- port 53 of the sandbox stays its own: the sockets take a port of the kernel's choosing
+  and a BPF sk_lookup program steers 127.0.0.11:53 to them (kernel/bpf.py), so a DNS
+  server the sandbox runs can bind 0.0.0.0:53 (Docker needs NAT rules for that);
 - the socket a query arrives on says which sandbox asks, so answers are scoped to the
   networks of that sandbox without trusting a source address.
 
 Forwarding happens from the host namespace (``forward``), where the host's own
 resolv.conf applies and a loopback stub resolver can be reached.
 
-The engine registers and unregisters sandboxes over ``<state dir>/dns.sock``
+What a sandbox's processes read: one resolv.conf for all the host's sandboxes, in a
+directory beside the control socket (``<node>.etc/resolv.conf``: nameserver 127.0.0.11,
+the host's search list and options, rewritten when the host's change), which ``overlays
+run``/``exec`` mount over /etc/resolv.conf. For ``ip netns exec`` (iproute2's convention)
+the server makes ``/etc/netns/<netns>`` a link to that directory when it registers a
+sandbox, just *after* answering the register (creating a file system entry costs ~0.2 ms
+here, and only another process's start will look), and removes it when it unregisters.
+A sandbox the server does not serve keeps the host's resolv.conf.
+
+The engine registers and unregisters sandboxes over ``<state dir>/dns/<node>.sock``
 (``overlays.kernel.dnsctl``); a register returns once the sockets are bound and the
 names are in the table. On start the server is given the list of sandboxes to serve (it
 keeps nothing on disk): whoever restarts it (the agent) reads that list from the store.
@@ -49,11 +61,12 @@ from overlays.dns.loop import READ, Loop
 from overlays.dns.names import NamesTable
 from overlays.dns.serving import HostResolvers, LocalSandbox, QueryService
 from overlays.errors import Conflict, InvalidSpec, NotFound, OverlaysError
-from overlays.kernel import dnsctl, netns, resolvconf, sockets
+from overlays.kernel import bpf, dnsctl, mountns, netns, resolvconf, sockets
 from overlays.kernel.dnsctl import Record
 
 Log = Callable[[str], None]
 MAX_FDS = 2  # a register may carry its UDP and TCP sockets
+PROGRAMS_AHEAD = 2  # steering programs made in idle time, for the next registers
 SWEEP_EVERY = 5.0  # seconds between checks that every served namespace still has its name
 
 
@@ -69,7 +82,7 @@ class Registration:
 class DnsServer:
     """Serve the registered sandboxes until stopped; ``run`` in the thread that owns it."""
 
-    def __init__(self, state_dir: Path, host_netns: str | None = None, registrations: Iterable[Registration] = (),
+    def __init__(self, control: Path, host_netns: str | None = None, registrations: Iterable[Registration] = (),
                  log: Log | None = None, cache: bool = True, forward_timeout: float = 2.0,
                  sweep_every: float = SWEEP_EVERY) -> None:
         self.log = log or (lambda line: None)
@@ -86,15 +99,21 @@ class DnsServer:
         _raise_fd_limit()
         self.loop = Loop()
         self.table = NamesTable()
-        self.resolvers = HostResolvers(host_netns, self.log)
+        self.path = Path(control)
+        self.etc = dnsctl.etc_path(self.path)  # what /etc/netns/<netns> links to
+        self.resolvers = HostResolvers(host_netns, self.log, self._write_resolv_conf)
         self.forwarder = Forwarder(self.loop, host_path, forward_timeout, self.log)
         self.service = QueryService(self.loop, self.table, self.forwarder, self.resolvers, cache)
         self.boxes: dict[str, LocalSandbox] = {}
+        self._said_unsteered = False
+        self._later: deque[Callable[[], None]] = deque()  # what can wait until nothing else does (see run)
+        self._deferring = False  # a request is being handled: its link can wait
+        self._programs: list[bpf.Program] = []  # steering programs made ahead
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.loop.register(self._wake_r, READ, lambda events: self._drain_wake())
         self._stopping = False
-        self.path = dnsctl.socket_path(state_dir)
         try:
+            self._write_resolv_conf(self.resolvers.current)
             self.control = _bind_control(self.path)
         except BaseException:
             self._close_loop()
@@ -127,14 +146,13 @@ class DnsServer:
             if old is not None and old.inode == inode and adopted is None:
                 new = old
             else:
-                udp, tcp = adopted or sockets.listening_pair(netns_path, resolvconf.DNS_ADDRESS)
-                new = LocalSandbox(sandbox, str(netns_path), inode, udp, tcp)
+                listeners = sockets.Listeners(*adopted) if adopted else self._listeners(netns_path)
+                new = LocalSandbox(sandbox, str(netns_path), inode, listeners)
         try:
             self.table.set(sandbox, records)
         except BaseException:
             if new is not None and new is not old:
-                new.udp.close()
-                new.tcp.close()
+                new.listeners.close()
             raise
         if new is not old:
             if old is not None:
@@ -142,12 +160,55 @@ class DnsServer:
             if new is not None:
                 self.boxes[sandbox] = new
                 self.service.watch(new)
+        if new is not None:
+            if self._deferring:  # answer first: nobody waits for this one (see the note)
+                self._later.append(lambda: self._link_etc(new))
+            else:
+                self._link_etc(new)
+
+    def _listeners(self, netns_path: str) -> sockets.Listeners:
+        program = self._programs.pop() if self._programs else None
+        made = sockets.steered_listeners(netns_path, resolvconf.DNS_ADDRESS, program=program)
+        self._later.append(self._make_program)
+        refused = sockets.steering_refused()
+        if refused and not self._said_unsteered:
+            self._said_unsteered = True
+            self.log(f"the kernel does not steer 127.0.0.11:53 ({refused}): sockets bound to it instead, "
+                     "so a sandbox's own server cannot bind port 53 on all addresses")
+        return made
 
     def unregister(self, sandbox: str) -> None:
         self.table.drop(sandbox)
         box = self.boxes.pop(sandbox, None)
         if box is not None:
             self.service.forget(box)
+            with contextlib.suppress(OSError):
+                mountns.remove_etc_dir(Path(box.netns).name)
+
+    # -- what the sandboxes' processes read -----------------------------------------------
+
+    def _write_resolv_conf(self, upstreams: resolvconf.Upstreams) -> None:
+        try:
+            mountns.write_file(self.etc, "resolv.conf", resolvconf.sandbox_resolv_conf(upstreams))
+        except OverlaysError as e:
+            self.log(f"the sandboxes' resolv.conf: {e}")
+
+    def _make_program(self) -> None:
+        """Idle work: one steering program ahead, up to PROGRAMS_AHEAD (a register then only attaches it)."""
+        if len(self._programs) < PROGRAMS_AHEAD and not self._stopping:
+            program = sockets.prepare_steering(resolvconf.DNS_ADDRESS)
+            if program is not None:
+                self._programs.append(program)
+
+    def _link_etc(self, box: LocalSandbox) -> None:
+        """``/etc/netns/<netns>`` -> our shared directory (only for a namespace under /run/netns: one of ours)."""
+        path = Path(box.netns)
+        if path.parent != netns.NETNS_DIR or self.boxes.get(box.name) is not box:
+            return  # not ours, or no longer served (unregistered before this idle work came)
+        try:
+            mountns.link_etc_dir(path.name, self.etc)
+        except OverlaysError as e:
+            self.log(f"sandbox {box.name}: its resolv.conf: {e}")
 
     def status(self) -> dict[str, Any]:
         return {"registered": self.table.sandboxes(), "local": sorted(self.boxes), **self.table.counts(),
@@ -156,19 +217,22 @@ class DnsServer:
 
     # -- the loop -----------------------------------------------------------------------
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Serve until ``stop`` is set or ``stop()`` is called (from any thread)."""
+    def run(self, stop: threading.Event | None = None, tick: Callable[[], None] | None = None) -> None:
+        """Serve until ``stop`` is set or ``stop()`` is called (from any thread); ``tick`` runs once a second."""
         idle_check = time.monotonic() + 1.0
         sweep_at = time.monotonic() + self.sweep_every
         while not self._stopping and not (stop is not None and stop.is_set()):
             deadline = self.forwarder.next_deadline()
             timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-            self.loop.run_once(timeout, self._log_error)
+            if self.loop.run_once(0.0 if self._later else timeout, self._log_error) == 0 and self._later:
+                self._idle_work()
             now = time.monotonic()
             self.forwarder.expire(now)
             if now >= idle_check:
                 idle_check = now + 1.0
                 self.service.close_idle(now)
+                if tick is not None:
+                    tick()
             if now >= sweep_at:
                 sweep_at = now + self.sweep_every
                 self.sweep()
@@ -193,6 +257,13 @@ class DnsServer:
             self.log(f"namespace gone, no longer served: {', '.join(gone)}")
         return gone
 
+    def _idle_work(self) -> None:
+        """One piece of the work that waits until no query or request does (a link, a program ahead)."""
+        try:
+            self._later.popleft()()
+        except Exception:
+            self._log_error()
+
     def submit(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run ``fn`` on the server's thread (the table and sockets are that thread's alone)."""
         future: Future[Any] = Future()
@@ -214,6 +285,12 @@ class DnsServer:
         """Close every socket, the control socket and its file."""
         while self._jobs:
             self._jobs.popleft()[1].cancel()
+        self._stopping = True
+        while self._later:  # the links of sandboxes registered last: made now (no more programs ahead)
+            self._idle_work()
+        for program in self._programs:
+            program.close()
+        self._programs.clear()
         for name in list(self.boxes):
             self.service.forget(self.boxes.pop(name))
         self.forwarder.close()
@@ -265,7 +342,11 @@ class DnsServer:
                 os.close(fd)
             self._drop_control(conn)
             return
-        reply = self._handle(data, fds)
+        self._deferring = True
+        try:
+            reply = self._handle(data, fds)
+        finally:
+            self._deferring = False
         try:
             conn.send(json.dumps(reply, separators=(",", ":")).encode())
         except OSError:  # a client that does not read its answers: drop it
@@ -303,7 +384,7 @@ class DnsServer:
                 return {"ok": True}
             if op == "unregister":
                 self.unregister(_sandbox_of(request))
-                return {"ok": True}
+                return {"ok": True, "served_here": len(self.boxes)}
             if op == "status":
                 return {"ok": True, **self.status()}
             raise InvalidSpec(f"unknown DNS control operation {op!r}")

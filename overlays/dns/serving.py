@@ -2,7 +2,9 @@
 
 The socket a query arrives on names the sandbox that asks (it lives in that sandbox's
 namespace and nowhere else), and so the scope of its answer: no source address is
-trusted or even looked at.
+trusted or even looked at. The sockets are steered ones where the kernel allows (port
+53 of the sandbox stays free, see kernel/bpf.py): their UDP answers leave through the
+sandbox's raw socket, from 127.0.0.11:53.
 
 Answer cache. What to do with a query depends only on its bytes after the ID and on
 the asker's scope (and the table), so it is kept, keyed by both: our answer, reused with
@@ -25,12 +27,14 @@ from overlays.dns import answers
 from overlays.dns.forward import Forwarder
 from overlays.dns.loop import READ, WRITE, Loop
 from overlays.dns.names import NamesTable, Scope
-from overlays.kernel import resolvconf
+from overlays.kernel import bpf, resolvconf
 from overlays.kernel.netns import Identity
+from overlays.kernel.sockets import Listeners
 
 CACHE_MAX = 8192
 TCP_IDLE = 10.0  # seconds an idle TCP connection from a sandbox stays open (RFC 7766 suggests some seconds)
 TCP_MAX = 512  # connections from sandboxes at once; the oldest idle one goes when a new one comes
+DNS_PORT = 53
 RECV_BATCH = 64  # datagrams read from one socket per wake-up, so one busy sandbox cannot starve the others
 
 
@@ -41,9 +45,16 @@ class LocalSandbox:
     name: str
     netns: str
     inode: Identity  # which namespace it was, when its sockets were made
-    udp: socket.socket
-    tcp: socket.socket
+    listeners: Listeners
     conns: set[TcpConn] = field(default_factory=set)
+
+    @property
+    def udp(self) -> socket.socket:
+        return self.listeners.udp
+
+    @property
+    def tcp(self) -> socket.socket:
+        return self.listeners.tcp
 
 
 @dataclass(eq=False)
@@ -59,11 +70,16 @@ class TcpConn:
 
 
 class HostResolvers:
-    """The host's upstream resolvers, re-read when its resolv.conf changes (checked once a second)."""
+    """The host's upstream resolvers, re-read when its resolv.conf changes (checked once a second).
 
-    def __init__(self, host_netns: str | None, log: Callable[[str], None]) -> None:
+    ``changed`` is called with the new ones after each re-read (the sandboxes' resolv.conf follows).
+    """
+
+    def __init__(self, host_netns: str | None, log: Callable[[str], None],
+                 changed: Callable[[resolvconf.Upstreams], None] | None = None) -> None:
         self.host_netns = host_netns
         self.log = log
+        self.changed = changed
         self._checked = 0.0
         self._stamp: tuple[float, ...] = ()
         self.current = resolvconf.host_upstreams(host_netns)
@@ -84,6 +100,8 @@ class HostResolvers:
                 self.current = resolvconf.host_upstreams(self.host_netns)
                 self.log(f"upstream resolvers: {', '.join(self.current.servers) or 'none'} "
                          f"(from {self.current.source})")
+                if self.changed is not None:
+                    self.changed(self.current)
         return self.current.servers
 
 
@@ -120,7 +138,7 @@ class QueryService:
             self._close_conn(conn)
         for sock in (box.udp, box.tcp):
             self.loop.unregister(sock)
-            sock.close()
+        box.listeners.close()
 
     # -- answering --------------------------------------------------------------------
 
@@ -150,7 +168,7 @@ class QueryService:
             self.forwarder.forward(data, known.servers or self.resolvers.servers(), reply, tcp=tcp)
 
     def _on_udp(self, box: LocalSandbox) -> None:
-        sock = box.udp
+        sock, raw = box.udp, box.listeners.raw
         for _ in range(RECV_BATCH):
             try:
                 data, peer = sock.recvfrom(4096)
@@ -160,7 +178,10 @@ class QueryService:
                 return  # the socket was closed by an unregister in this same round
 
             def reply(out: bytes, peer: tuple[str, int] = peer) -> None:
-                sock.sendto(out, peer)
+                if raw is not None:  # steered: from 127.0.0.11:53, where the asker sent its query
+                    bpf.udp_reply(raw, resolvconf.DNS_ADDRESS, DNS_PORT, peer, out)
+                else:
+                    sock.sendto(out, peer)
 
             try:
                 self.respond(box, data, False, reply)

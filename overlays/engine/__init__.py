@@ -9,13 +9,13 @@ stay fast by importing views only.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from overlays.engine import views
-from overlays.engine.context import Context, instance_id
+from overlays.engine.context import Context, instance_id, warn_on_stderr
 from overlays.errors import InvalidSpec, NotPermitted, StoreError
 from overlays.model.names import clean_name, validate_name
 
@@ -89,6 +89,11 @@ class HostView(NamedTuple):
 class Engine:
     """Networks and sandboxes of one host (a network namespace), with state in one store.
 
+    Sandboxes get DNS names (their name, hostname and aliases, per network) from the host's
+    DNS server, which runs in the host's agent and is started on demand (``dns=False``, or
+    OVERLAYS_DNS=0, turns that off); ``warn`` gets the lines that say why names are not
+    served when that part fails (default: stderr), for it never fails an operation.
+
     >>> with Engine(host_netns="lab1", state_dir="/tmp/lab1") as engine:
     ...     engine.create_network(NetworkSpec.parse("front", subnet="10.10.0.0/24"))
     """
@@ -103,19 +108,23 @@ class Engine:
         check_root: bool = True,
         store_url: str | None = None,
         node: str | None = None,
+        dns: bool = True,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         state = Path(state_dir or os.environ.get("OVERLAYS_STATE_DIR") or DEFAULT_STATE_DIR)
         node = validate_name("node", node or os.environ.get("OVERLAYS_NODE") or default_node(host_netns))
-        store_url = None if store else (store_url or os.environ.get("OVERLAYS_STORE") or None)
+        url = store_url or os.environ.get("OVERLAYS_STORE") or ""
         self.ctx = Context(
-            store=store or _open_store(store_url, state),
+            store=store or _open_store(url, state),
             kernel=kernel or _linux(),
             state_dir=state,
             host_netns=host_netns,
             instance=instance_id(state, host_netns),
             node=node,
             check_root=check_root,
-            store_url=store_url,
+            dns=dns and os.environ.get("OVERLAYS_DNS", "1") != "0",
+            store_url=None if store is not None else url,
+            warn=warn or warn_on_stderr,
         )
 
     @property
@@ -161,6 +170,8 @@ class Engine:
         return self.ctx.store
 
     def close(self) -> None:
+        if self.ctx.dns_client is not None:
+            self.ctx.dns_client.close()
         self.ctx.store.close()
 
     def __enter__(self) -> Engine:
@@ -234,7 +245,8 @@ class Engine:
         return views.sandbox(self.ctx, name)
 
     def remove_sandbox(self, name: str, force: bool = False, wait: bool = True) -> None:
-        """Remove a sandbox; ``wait=False`` returns before the kernel has freed its veth."""
+        """Remove a sandbox; ``wait=False`` returns before the kernel has freed its veth (and before the DNS
+        server has confirmed that its names are gone: a moment later)."""
         from overlays.engine import sandboxes
 
         sandboxes.remove(self.ctx, name, force, wait)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from overlays.errors import NotFound, NotPermitted, StoreError
-from overlays.kernel.api import Kernel, Links
+from overlays.kernel.api import Dns, Kernel, Links
 from overlays.model.names import short_hash
 from overlays.store.base import Store, Txn, Value, transact
 
@@ -56,6 +57,10 @@ def instance_id(state_dir: Path, host_netns: str | None) -> str:
     return short_hash(str(state_dir.resolve()), host_netns or "", length=6)
 
 
+def warn_on_stderr(line: str) -> None:
+    print(f"overlays: warning: {line}", file=sys.stderr, flush=True)
+
+
 @dataclass
 class Context:
     store: Store
@@ -65,7 +70,13 @@ class Context:
     instance: str
     node: str = "local"
     check_root: bool = True
-    store_url: str | None = None  # how another process opens the same store (None: the state dir's own, or none)
+    # The host's DNS server (see hostdns): on unless turned off; reached through a client made on
+    # first use. ``store_url`` is how another process (an agent started on demand, a fault timer) opens the
+    # same store ("" : the state dir's own SQLite file; None: a store handed in, which no other process can share).
+    dns: bool = True
+    store_url: str | None = ""
+    warn: Callable[[str], None] = warn_on_stderr
+    dns_client: Dns | None = field(default=None, repr=False)
 
     def transact(self, fn: Callable[[NodeTxn], T]) -> T:
         """Run ``fn`` in a store transaction scoped to this host (retried on conflict)."""

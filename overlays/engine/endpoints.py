@@ -6,7 +6,8 @@ endpoint as *pending*, naming each kernel object it is about to make; (2) after 
 driver has made the kernel match (pushing an undo step after each change), the
 endpoint is marked *ready*. Any failure runs the undo steps and releases the record,
 so nothing is left half-built. A detach marks the endpoint *removing* first, then
-releases it once its kernel objects are gone.
+releases it once its kernel objects are gone. Both tell the host's DNS server the
+sandbox's names anew (hostdns) before their last commit, and wait for it after.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from overlays.engine import firewall, ports, records
+from overlays.engine import firewall, hostdns, ports, records
 from overlays.engine.context import Context, NodeTxn
 from overlays.engine.netdrivers import driver_for, driver_named
 from overlays.errors import Conflict, NotFound
@@ -30,9 +31,9 @@ Networks = Mapping[str, Network]
 
 
 def allocate(txn: NodeTxn, ctx: Context, network: Network, sandbox: str, request: EndpointRequest,
-             ifname: str) -> Endpoint:
+             ifname: str, hostname: str | None = None) -> Endpoint:
     """Inside a store transaction: take an address and record the endpoint as pending."""
-    return driver_for(network).allocate(txn, ctx, network, sandbox, request, ifname)
+    return driver_for(network).allocate(txn, ctx, network, sandbox, request, ifname, hostname)
 
 
 def drop_records(txn: NodeTxn, ctx: Context, eps: Iterable[Endpoint]) -> None:
@@ -91,15 +92,19 @@ def connect(ctx: Context, sandbox: str, request: EndpointRequest) -> Endpoint:
         if box.endpoint(network) is not None:
             raise Conflict(f"sandbox {sandbox} is already connected to network {network}")
         (ifname,) = ifnames(sandbox, [request], (e.ifname for e in box.endpoints))
-        ep = allocate(txn, ctx, nets[network], sandbox, request, ifname)
+        ep = allocate(txn, ctx, nets[network], sandbox, request, ifname, box.hostname)
         txn.put(records.sandbox_key(sandbox), box.to_record())  # a concurrent rm of the sandbox now conflicts
         return box, ep, nets
 
     with ctx.open_host() as host:
+        named = hostdns.prepare(ctx)
         box, ep, nets = ctx.transact(record)
         undo = Undo()
         undo.push(f"release endpoint {sandbox}/{network}", release, ctx, [ep], nets)
         try:
+            if named:  # now: the server works while we wire and commit
+                undo.push(f"give {sandbox} its names back", _renamed, ctx, box, nets)
+                named = hostdns.announce(ctx, _with(box, ep), nets)
             path = ctx.kernel.netns_path(box.netns)
             with ctx.kernel.open_path(box.netns, path) as inside:
                 wire(ctx, host, inside, path, [ep], nets, undo)
@@ -111,7 +116,15 @@ def connect(ctx: Context, sandbox: str, request: EndpointRequest) -> Endpoint:
         except BaseException:
             undo.rollback()
             raise
+    if named:
+        hostdns.settle(ctx)
     return replace(ep, state="ready")
+
+
+def _renamed(ctx: Context, box: Sandbox, nets: Networks) -> None:
+    """Undo step: the server knows the sandbox by the names it had before."""
+    if hostdns.announce(ctx, box, nets, start=False):
+        hostdns.settle(ctx)
 
 
 def _with(box: Sandbox, ep: Endpoint) -> Sandbox:
@@ -150,7 +163,10 @@ def disconnect(ctx: Context, network: str, sandbox: str) -> None:
         finally:
             if inside is not None:
                 inside.close()
+    named = inside_exists and hostdns.announce(ctx, remaining, nets, start=False)  # its names there are gone
     release(ctx, [ep], nets)
+    if named:
+        hostdns.settle(ctx)
 
 
 def _routable(box: Sandbox, nets: Networks) -> list[Endpoint]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from overlays.engine import records, views
+from overlays.engine import hostagent, records, views
 from overlays.engine.context import Context, NodeTxn
 from overlays.engine.netdrivers import driver_for, driver_named, mark_ready
 from overlays.errors import Conflict, OverlaysError
@@ -69,7 +69,13 @@ def remove(ctx: Context, name: str, force: bool = False) -> None:
         failures += _try(lambda user=user: endpoints.disconnect(ctx, name, user))  # type: ignore[misc]
     with ctx.open_host() as host:
         failures += _try(lambda: driver.teardown(ctx, host, network))
-    _forget(ctx, network)
+    on_demand = hostagent.started(ctx) is not None
+
+    def forget(txn: NodeTxn) -> bool:
+        driver.forget(txn, ctx, network)
+        return on_demand and records.host_idle(txn)  # the host's last network and no sandbox: its agent goes
+
+    hostagent.stop_if_idle(ctx, ctx.transact(forget))
     if failures:
         raise OverlaysError(f"network {name} removed, but cleanup reported: " + "; ".join(failures))
 

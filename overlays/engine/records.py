@@ -43,8 +43,12 @@ def network_key(name: str) -> str:
     return f"networks/{name}"
 
 
+SANDBOXES_PREFIX = "sandboxes/"
+NETWORKS_PREFIX = "networks/"
+
+
 def sandbox_key(name: str) -> str:
-    return f"sandboxes/{name}"
+    return f"{SANDBOXES_PREFIX}{name}"
 
 
 def endpoint_key(sandbox: str, network: str) -> str:
@@ -176,6 +180,11 @@ def list_sandboxes(txn: Txn) -> list[Sandbox]:
         Sandbox.from_record(v, tuple(sorted(by_sandbox.get(v["name"], []), key=lambda e: e.ifname)))
         for v in txn.range("sandboxes/").values()
     ]
+
+
+def host_idle(txn: NodeTxn) -> bool:
+    """Whether this host has no sandbox and no network of its own left (overlay networks are every host's)."""
+    return not txn.range(SANDBOXES_PREFIX) and not txn.range(NETWORKS_PREFIX)
 
 
 def bump_network_generation(txn: Txn) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from overlays.engine import endpoints, records
+from overlays.engine import endpoints, hostdns, records
 from overlays.engine.context import Context, NodeTxn
 from overlays.engine.netdrivers import driver_for, mark_ready
 from overlays.model.state import Network, Sandbox
@@ -76,7 +76,7 @@ def repair_network(ctx: Context, name: str) -> None:
 
 def repair_sandbox(ctx: Context, name: str) -> None:
     """Finish what an interrupted operation began (a disconnect), recreate a missing namespace, re-wire every
-    endpoint (idempotently), mark the whole ready, and put its faults back."""
+    endpoint (idempotently), mark the whole ready, serve its names again and put its faults back."""
     from overlays.engine import faults
 
     box, nets, _ = _sandbox(ctx, name)
@@ -87,6 +87,8 @@ def repair_sandbox(ctx: Context, name: str) -> None:
     _rewire(ctx, box, nets, down)
     if box.state != "ready" or any(e.state != "ready" for e in box.endpoints):
         ctx.transact(lambda txn: _ready(txn, box))
+    if hostdns.prepare(ctx) and hostdns.announce(ctx, box, nets):  # a new namespace needs new sockets
+        hostdns.settle(ctx)
     faults.remake(ctx, {name})
 
 

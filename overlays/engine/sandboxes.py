@@ -4,7 +4,8 @@
 transaction reads its networks and records the sandbox and all its endpoints as
 pending, the kernel is made to match with an undo step per change, and one more
 transaction marks it ready. ``remove`` is one transaction, and best-effort: it keeps
-going past failures and reports them.
+going past failures and reports them. The host's DNS server learns a sandbox's names as
+the last commit is made, and forgets them before its namespace goes (see hostdns).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from overlays.drivers.firewall import Publish
-from overlays.engine import endpoints, firewall, ports, records, views
+from overlays.engine import endpoints, firewall, hostagent, hostdns, ports, records, views
 from overlays.engine.context import Context, NodeTxn
 from overlays.engine.endpoints import Networks
 from overlays.engine.netdrivers import driver_named
@@ -40,7 +41,7 @@ def _record(ctx: Context, box: Sandbox, spec: SandboxSpec, check: Callable[[Node
             check(txn)
         nets = records.networks_named(txn, [r.network for r in spec.networks])
         names = endpoints.ifnames(box.name, spec.networks)
-        eps = [endpoints.allocate(txn, ctx, nets[r.network], box.name, r, name)
+        eps = [endpoints.allocate(txn, ctx, nets[r.network], box.name, r, name, box.hostname)
                for r, name in zip(spec.networks, names, strict=True)]
         if not box.ports:
             return eps, nets, []
@@ -130,6 +131,7 @@ def _build(ctx: Context, box: Sandbox, spec: SandboxSpec, make_netns: Callable[[
            check: Callable[[NodeTxn], None] | None = None) -> Sandbox:
     """The endpoint protocol for a whole sandbox: record it pending, make the kernel match, mark it ready."""
     with ctx.open_host() as host:
+        named = hostdns.prepare(ctx)  # the host's DNS server runs (started now if none does)
         ports.check_host_ips(host, spec.ports)
         eps, nets, publishes = _record(ctx, box, spec, check)
         undo = Undo()
@@ -139,15 +141,27 @@ def _build(ctx: Context, box: Sandbox, spec: SandboxSpec, make_netns: Callable[[
             undo.push(f"release netns {box.netns}", ctx.kernel.delete_netns, box.netns)  # adopted: our name only
             with ctx.kernel.open_path(box.netns, path) as inside:
                 inside.ensure_up("lo")
+                if named:  # now: the server binds its sockets while we wire the sandbox and commit
+                    undo.push(f"unregister the names of {box.name}", _unnamed, ctx, box)
+                    named = hostdns.announce(ctx, replace(box, endpoints=tuple(eps)), nets)
                 for ep in eps:  # e.g. the veth of an earlier sandbox of this name, not yet freed (rm without a wait)
                     driver_named(ep.driver).clear_leftovers(ctx, host, ep)
                 endpoints.wire(ctx, host, inside, path, eps, nets, undo)
             undo.push(f"unpublish the ports of {box.name}", firewall.unpublish, ctx, publishes)
             firewall.publish(ctx, publishes)
-            return _mark_ready(ctx, box, eps)
+            ready = _mark_ready(ctx, box, eps)
         except BaseException:
             undo.rollback()
             raise
+    if named:
+        hostdns.settle(ctx)  # the names are served: the server bound its sockets while we committed
+    return ready
+
+
+def _unnamed(ctx: Context, box: Sandbox) -> None:
+    """Undo step: the server forgets the names (and the resolv.conf link) of a sandbox that is not to be."""
+    hostdns.withdraw(ctx, box.name, wait=True)
+    hostdns.remove_etc(ctx, box.netns)
 
 
 def _forget_now(ctx: Context, box: Sandbox, nets: Networks) -> None:
@@ -169,10 +183,11 @@ def remove_many(ctx: Context, names: Sequence[str], force: bool = False, wait: b
     Deleting a namespace takes about a millisecond, but the kernel removes its veths
     some tens of milliseconds later; waiting once for a whole batch, instead of once per
     sandbox, is what makes tearing down a large topology fast. ``wait=False`` leaves the
-    veths to the kernel altogether (a caller removing many one by one waits once at the end).
+    veths to the kernel altogether (a caller removing many one by one waits once at the end),
+    and the DNS server's answer to the next call: its names go a moment after it returns.
     """
 
-    def remove(txn: NodeTxn) -> tuple[list[str], list[Sandbox], Networks]:
+    def remove(txn: NodeTxn) -> tuple[list[str], list[Sandbox], Networks, bool]:
         boxes = [records.get_sandbox(txn, name) for name in names]
         for box in boxes:
             if not force and box.pid and not box.adopted and process.alive(box.pid, box.pid_start):
@@ -181,15 +196,20 @@ def remove_many(ctx: Context, names: Sequence[str], force: bool = False, wait: b
         failures: list[str] = []
         for box in boxes:
             failures += [f"sandbox {box.name}: {f}" for f in best_effort(_teardown_steps(ctx, box, nets))]
+        # The server has let the namespaces go, so their veths can go too (without ``wait``, both later).
+        answer = hostdns.settle(ctx) if wait else {}
         if wait:
             failures += best_effort([("wait for veths", lambda: _wait_veths_gone(ctx, boxes))])
         for box in boxes:
             _forget(txn, ctx, box)
-        return failures, boxes, nets
+        # The last sandbox the server served here: was it the host's last sandbox and network too?
+        idle = hostdns.nothing_left(answer) and hostagent.started(ctx) is not None and records.host_idle(txn)
+        return failures, boxes, nets, idle
 
-    failures, boxes, nets = ctx.transact(remove)
+    failures, boxes, nets, idle = ctx.transact(remove)
     failures += best_effort([("after the last endpoints", lambda: endpoints.left(
         ctx, [e for b in boxes for e in b.endpoints], nets))])
+    hostagent.stop_if_idle(ctx, idle)
     if failures:
         raise OverlaysError("removed with errors: " + "; ".join(failures))
 
@@ -202,7 +222,9 @@ def _teardown_steps(ctx: Context, box: Sandbox, nets: Networks) -> list[tuple[st
         steps.append(("unpublish ports", lambda: firewall.unpublish(ctx, ports.published(box, nets))))
     if box.adopted:
         steps.append(("remove endpoints", lambda: _remove_adopted_endpoints(ctx, box)))
+    steps.append(("unregister its names", lambda: hostdns.withdraw(ctx, box.name)))  # its sockets hold the netns
     steps.append((f"delete netns {box.netns}", lambda: ctx.kernel.delete_netns(box.netns)))
+    steps.append((f"remove /etc/netns/{box.netns}", lambda: hostdns.remove_etc(ctx, box.netns)))
     return steps
 
 
@@ -248,11 +270,18 @@ def _record_process(ctx: Context, box: Sandbox, pid: int, argv: Sequence[str]) -
     ctx.transact(lambda txn: txn.put(records.sandbox_key(box.name), running.to_record()))
 
 
+def _binds(ctx: Context, box: Sandbox) -> list[tuple[str, str]]:
+    """What a process in the sandbox sees over /etc: its resolv.conf (the host's server runs, started if need
+    be); /etc/netns/<netns> if there is one, else the files the server gives all (it links them there soon)."""
+    named = ctx.dns and hostdns.prepare(ctx)
+    return ctx.kernel.etc_binds(box.netns, ctx.kernel.dns_etc(ctx.state_dir, ctx.node) if named else None)
+
+
 def start(ctx: Context, name: str, argv: Sequence[str]) -> int:
     """Start ``argv`` in the background (output to the sandbox's log); recorded so ``rm`` can stop it."""
     box = _startable(ctx, name, argv)
     log = ctx.log_dir() / f"{name}.log"
-    pid = process.spawn_detached(ctx.kernel.netns_path(box.netns), argv, box.hostname, log)
+    pid = process.spawn_detached(ctx.kernel.netns_path(box.netns), argv, box.hostname, log, _binds(ctx, box))
     _record_process(ctx, box, pid, argv)
     return pid
 
@@ -260,7 +289,7 @@ def start(ctx: Context, name: str, argv: Sequence[str]) -> int:
 def start_foreground(ctx: Context, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
     """Start ``argv`` in the sandbox attached to our terminal; the caller waits for it."""
     box = _startable(ctx, name, argv)
-    proc = process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname)
+    proc = process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname, binds=_binds(ctx, box))
     _record_process(ctx, box, proc.pid, argv)
     return proc
 
@@ -271,4 +300,4 @@ def execute(ctx: Context, name: str, argv: Sequence[str]) -> int:
         raise InvalidSpec(f"exec {name}: no command given")
     box = get(ctx, name)
     ctx.require_root()
-    return process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname).wait()
+    return process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname, binds=_binds(ctx, box)).wait()

@@ -2,11 +2,12 @@
 
 One server per host (``overlays.dns``, run by the agent) answers inside every sandbox's
 namespace. The engine tells it about a sandbox over a unix socket under the state dir
-(``dns.sock``), synchronously: ``register`` returns once the server has bound the
-sandbox's sockets (UDP and TCP on 127.0.0.11:53 inside its namespace) and put its names
-in the table, so a name resolves as soon as ``run`` returns and is gone once ``rm``
-returns. A register replaces everything the server held for that sandbox (a connect or
-a disconnect sends the full new list); both calls are idempotent, so a retry is safe.
+(``dns/<node>.sock``: several hosts may share one state dir), synchronously:
+``register`` returns once the server has bound the sandbox's sockets (UDP and TCP on
+127.0.0.11:53 inside its namespace) and put its names in the table, so a name resolves
+as soon as ``run`` returns and is gone once ``rm`` returns. A register replaces
+everything the server held for that sandbox (a connect or a disconnect sends the full
+new list); both calls are idempotent, so a retry is safe.
 
 Wire format: one JSON object per SOCK_SEQPACKET message, answered by one JSON object,
 ``{"ok": true, ...}`` or ``{"ok": false, "kind": "InvalidSpec", "error": "..."}``.
@@ -29,18 +30,23 @@ from typing import Any, NamedTuple
 from overlays import errors
 from overlays.errors import KernelError, NotFound, OverlaysError
 
-SOCKET_NAME = "dns.sock"
+SOCKET_DIR = "dns"
+SOCKET_PATH_MAX = 107  # what sockaddr_un takes, less its NUL
+SHORT_DIR = Path("/run/overlays")  # where a socket goes whose path under the state dir would be too long
 TIMEOUT = 5.0  # seconds a call waits for the server: binding takes microseconds, this is for a stuck server
 MAX_MESSAGE = 1 << 20
+MAX_UNWAITED = 32  # calls made with wait=False whose answers may be owed at once
 
 
 class Record(NamedTuple):
     """A sandbox's names on one network: its name, its aliases (hostname included) and addresses there.
 
-    ``internal`` and ``upstreams`` describe the network (``--internal``: no forwarding;
-    ``--dns``: forward there instead of to the host's resolvers); every record of a network
-    carries the same values. Remote sandboxes (overlay networks, other hosts) are registered
-    the same way with no namespace: names only.
+    ``internal``, ``upstreams`` and ``subnet`` describe the network (``--internal``: no
+    forwarding; ``--dns``: forward there instead of to the host's resolvers; ``subnet``: its
+    addresses are ours alone, so a reverse query for one nobody holds is answered NXDOMAIN
+    instead of forwarded; "" for a network that shares its segment, such as macvlan's); every
+    record of a network carries the same values. Remote sandboxes (overlay networks, other
+    hosts) are registered the same way with no namespace: names only.
     """
 
     network: str
@@ -49,10 +55,14 @@ class Record(NamedTuple):
     aliases: tuple[str, ...] = ()
     internal: bool = False
     upstreams: tuple[str, ...] = ()
+    subnet: str = ""
 
     def to_wire(self) -> dict[str, Any]:
-        return {"network": self.network, "name": self.name, "addresses": list(self.addresses),
+        wire = {"network": self.network, "name": self.name, "addresses": list(self.addresses),
                 "aliases": list(self.aliases), "internal": self.internal, "upstreams": list(self.upstreams)}
+        if self.subnet:
+            wire["subnet"] = self.subnet
+        return wire
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> Record:
@@ -62,15 +72,28 @@ class Record(NamedTuple):
                 raise errors.InvalidSpec(f"DNS record {raw.get('name')!r}: {key} must be a list of strings")
             return tuple(value)
 
-        network, name = raw.get("network"), raw.get("name")
+        network, name, subnet = raw.get("network"), raw.get("name"), raw.get("subnet", "")
         if not isinstance(network, str) or not isinstance(name, str) or not network or not name:
             raise errors.InvalidSpec(f"DNS record {raw!r}: needs a network and a name")
+        if not isinstance(subnet, str):
+            raise errors.InvalidSpec(f"DNS record {name!r}: subnet must be a string")
         return cls(network, name, names("addresses"), names("aliases"), bool(raw.get("internal", False)),
-                   names("upstreams"))
+                   names("upstreams"), subnet)
 
 
-def socket_path(state_dir: Path) -> Path:
-    return Path(state_dir) / SOCKET_NAME
+def etc_path(control: Path) -> Path:
+    """The directory of the files a server's sandboxes see over /etc (resolv.conf), beside its socket."""
+    return control.with_name(control.stem + ".etc")
+
+
+def socket_path(state_dir: Path, node: str) -> Path:
+    """Where the DNS server of host ``node`` listens: under the state dir, else (too long) under /run."""
+    path = Path(state_dir) / SOCKET_DIR / f"{node}.sock"
+    if len(str(path).encode()) <= SOCKET_PATH_MAX:
+        return path
+    from overlays.model.names import short_hash
+
+    return SHORT_DIR / f"dns-{short_hash(str(Path(state_dir).resolve()), node, length=16)}.sock"
 
 
 def _raise_remote(reply: dict[str, Any]) -> None:
@@ -84,13 +107,14 @@ class Client:
     """A connection to the host's DNS server, opened on first use and reopened once if it broke.
 
     A call waits for the server's answer; with ``wait=False`` it returns once sent, and
-    ``wait()`` later collects the answers (in order) and raises the first refusal. The
+    ``wait()`` later collects the answers (in order) and raises the first refusal (every
+    MAX_UNWAITED such calls, a call collects those owed before it returns). The
     engine can so overlap the server's work (binding, and on an idle machine waking up)
     with its own, and still return only once the names are served.
     """
 
-    def __init__(self, state_dir: Path, timeout: float = TIMEOUT) -> None:
-        self.path = socket_path(state_dir)
+    def __init__(self, path: Path, timeout: float = TIMEOUT) -> None:
+        self.path = Path(path)
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._pending = 0
@@ -107,26 +131,42 @@ class Client:
                    "records": [r.to_wire() for r in records]}
         self._request(request, [s.fileno() for s in sockets], wait)
 
-    def unregister(self, sandbox: str, wait: bool = True) -> None:
-        """The sandbox's names and sockets are gone (nothing to do if it had none)."""
-        self._request({"op": "unregister", "sandbox": sandbox}, (), wait)
+    def unregister(self, sandbox: str, wait: bool = True) -> dict[str, Any]:
+        """The sandbox's names and sockets are gone (nothing to do if it had none).
+
+        The answer says how many sandboxes of this host the server still serves (``served_here``).
+        """
+        return self._request({"op": "unregister", "sandbox": sandbox}, (), wait)
 
     def status(self) -> dict[str, Any]:
         return self.call({"op": "status"})
+
+    def running(self) -> bool:
+        """Whether a server answers on the socket (connects if need be; sends nothing)."""
+        try:
+            self._connected()
+        except NotFound:
+            return False
+        return True
 
     def call(self, request: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
         """Send ``request`` and return the server's answer (after those of earlier unwaited calls)."""
         return self._request(request, fds, True)
 
-    def wait(self) -> None:
-        """Collect the answers of the calls made with ``wait=False``; raise the first refusal."""
-        self._collect()
+    def wait(self) -> dict[str, Any]:
+        """Collect the answers of the calls made with ``wait=False``; raise the first refusal.
+
+        Returns the last answer ({} if none was owed).
+        """
+        return self._collect()
 
     def _request(self, request: dict[str, Any], fds: Sequence[int], wait: bool) -> dict[str, Any]:
         data = json.dumps(request, separators=(",", ":")).encode()
         self._send(data, fds)
         self._pending += 1
-        return self._collect() if wait else {}
+        # Answers nobody waits for are collected now and then: unread, they would fill the socket's
+        # buffer, and the server drops a client that does not read (it never blocks on one).
+        return self._collect() if wait or self._pending >= MAX_UNWAITED else {}
 
     def _send(self, data: bytes, fds: Sequence[int]) -> None:
         for attempt in (1, 2):
@@ -198,13 +238,13 @@ class Client:
         self.close()
 
 
-def register(state_dir: Path, sandbox: str, netns_path: str | Path | None, records: Iterable[Record]) -> None:
+def register(path: Path, sandbox: str, netns_path: str | Path | None, records: Iterable[Record]) -> None:
     """One-shot ``Client.register``: connect, register, close."""
-    with Client(state_dir) as client:
+    with Client(path) as client:
         client.register(sandbox, netns_path, records)
 
 
-def unregister(state_dir: Path, sandbox: str) -> None:
+def unregister(path: Path, sandbox: str) -> None:
     """One-shot ``Client.unregister``."""
-    with Client(state_dir) as client:
+    with Client(path) as client:
         client.unregister(sandbox)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from overlays.kernel import netns, sysctl
-from overlays.kernel.api import Links
+from overlays.kernel.api import Dns, Links
 
 if TYPE_CHECKING:
     from overlays.kernel.nft import TableContents
@@ -101,3 +101,23 @@ class LinuxKernel:
         from overlays.kernel import tc
 
         return tc.has_qdisc(kind)
+
+    def dns(self, state_dir: Path, node: str) -> Dns:
+        from overlays.kernel import dnsctl
+
+        return dnsctl.Client(dnsctl.socket_path(state_dir, node))
+
+    def remove_etc(self, netns_name: str) -> None:
+        from overlays.kernel import mountns
+
+        mountns.remove_etc_dir(netns_name)
+
+    def etc_binds(self, netns_name: str, shared: Path | None = None) -> list[tuple[str, str]]:
+        from overlays.kernel import mountns
+
+        return mountns.etc_binds(netns_name) or (mountns.dir_binds(shared) if shared is not None else [])
+
+    def dns_etc(self, state_dir: Path, node: str) -> Path:
+        from overlays.kernel import dnsctl
+
+        return dnsctl.etc_path(dnsctl.socket_path(state_dir, node))

@@ -3,6 +3,10 @@
 A PID alone can be reused after its process exits, so we record the process's
 start time (field 22 of /proc/PID/stat) beside it and only ever signal a PID
 whose start time still matches: ``overlays rm`` never kills a stranger.
+
+A process started in a sandbox may be given ``binds``: files shown over their ``/etc``
+counterparts in a mount namespace of its own (the sandbox's resolv.conf, see
+``mountns``), as ``ip netns exec`` shows ``/etc/netns/NAME/*``.
 """
 
 from __future__ import annotations
@@ -38,22 +42,19 @@ def alive(pid: int | None, started: int | None) -> bool:
     return pid is not None and started is not None and start_time(pid) == started
 
 
-def _entering(netns_path: Path, hostname: str | None) -> Callable[[], None]:
-    """What the child runs between fork and exec: join the sandbox, set its hostname.
+Bind = tuple[str, str]  # (source, target)
+
+
+def _entering(netns_path: Path, hostname: str | None, binds: Sequence[Bind]) -> Callable[[], None]:
+    """What the child runs between fork and exec: join the sandbox, set its hostname, mount its files.
 
     Everything it needs is imported here, in the parent: importing in a forked child can
     deadlock, and commands that only read state (``ps``) should not load ctypes and netns.
     """
-    from overlays.kernel import netns
+    from overlays.kernel import mountns
 
-    libc = netns.libc()
-
-    def enter() -> None:
-        netns.setns(netns_path)
-        if hostname and libc.unshare(netns.CLONE_NEWUTS) == 0:
-            libc.sethostname(hostname.encode(), len(hostname))
-
-    return enter
+    mountns.check_binds(binds)
+    return mountns.entering(netns_path, binds, hostname)
 
 
 def spawn(
@@ -62,15 +63,17 @@ def spawn(
     hostname: str | None = None,
     log: Path | None = None,
     detach: bool = False,
+    binds: Sequence[Bind] = (),
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` inside the namespace; detached ones get their own session and a log file."""
     import subprocess  # ~3 ms: only commands that start processes pay for it
 
+    enter = _entering(netns_path, hostname, binds)
     out = open(log, "ab") if log else None  # noqa: SIM115 (closed below, the child keeps its copy)
     try:
         return subprocess.Popen(
             list(argv),
-            preexec_fn=_entering(netns_path, hostname),
+            preexec_fn=enter,
             stdin=subprocess.DEVNULL if detach else None,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
@@ -80,15 +83,18 @@ def spawn(
         raise NotFound(f"command {argv[0]!r} not found") from e
     except PermissionError as e:
         raise InvalidSpec(f"command {argv[0]!r} is not executable") from e
+    except subprocess.SubprocessError as e:  # the child could not enter the sandbox or mount its files
+        raise InvalidSpec(f"command {argv[0]!r} cannot start in the sandbox: {e}") from e
     finally:
         if out:
             out.close()
 
 
-def spawn_detached(netns_path: Path, argv: Sequence[str], hostname: str | None, log: Path) -> int:
+def spawn_detached(netns_path: Path, argv: Sequence[str], hostname: str | None, log: Path,
+                   binds: Sequence[Bind] = ()) -> int:
     """Start ``argv`` as a daemon in the namespace (double fork): it is never our child, so it
     outlives us without a zombie or a wait; an exec failure is reported here, as with Popen."""
-    enter = _entering(netns_path, hostname)
+    enter = _entering(netns_path, hostname, binds)
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -117,6 +123,8 @@ def _daemon_child(enter: Callable[[], None], argv: Sequence[str], out: int, repo
         if pid:
             os.write(report, f"{pid}\n".encode())
             os._exit(0)
+        # A daemon starts with no signal blocked: a command may start it while it holds SIGTERM back.
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(out, 1)

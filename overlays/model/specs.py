@@ -92,6 +92,7 @@ class NetworkSpec:
     masquerade: bool = True  # False: routed mode, sandbox addresses leave the host as they are
     vni: int | None = None  # overlays: None picks a free one
     parent: str | None = None  # macvlan: the host interface whose segment sandboxes join
+    dns: tuple[IPAddress, ...] = ()  # upstream resolvers for names not ours (none: the host's)
 
     @classmethod
     def parse(
@@ -106,6 +107,7 @@ class NetworkSpec:
         driver: str = "bridge",
         vni: int | None = None,
         parent: str | None = None,
+        dns: Sequence[str] = (),
     ) -> NetworkSpec:
         validate_name("network", name)
         if driver not in DRIVERS:
@@ -125,7 +127,9 @@ class NetworkSpec:
             check_mtu(f"network {name}", mtu)
         elif driver == "bridge":
             mtu = DEFAULT_MTU
-        spec = cls(name, net, gw, rng, mtu, driver, internal=internal, masquerade=masquerade, vni=vni, parent=parent)
+        servers = _dns_servers(name, dns, internal)
+        spec = cls(name, net, gw, rng, mtu, driver, internal=internal, masquerade=masquerade, vni=vni, parent=parent,
+                   dns=servers)
         if net is not None:
             spec.check_subnet(net)
         return spec
@@ -227,6 +231,19 @@ class SandboxSpec:
         if published and not nets:
             raise InvalidSpec(f"sandbox {name}: publishing a port needs a network (--network)")
         return cls(name, nets, hostname, published)
+
+
+def _dns_servers(name: str, servers: Sequence[str], internal: bool) -> tuple[IPAddress, ...]:
+    """``--dns``: upstream resolver addresses (IPv4 or IPv6); an internal network forwards nothing."""
+    if servers and internal:
+        raise InvalidSpec(f"network {name}: --dns does not apply to an internal network (it forwards no name)")
+    found: list[IPAddress] = []
+    for text in servers:
+        try:
+            found.append(ipaddress.ip_address(text))
+        except ValueError as e:
+            raise InvalidSpec(f"network {name}: DNS server {text!r} is not an IP address") from e
+    return tuple(dict.fromkeys(found))
 
 
 def _check_parent(name: str, driver: str, parent: str | None, internal: bool, masquerade: bool) -> None:

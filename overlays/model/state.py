@@ -34,9 +34,11 @@ class Network:
     vni: int | None = None  # overlay networks: the VXLAN network identifier, the same on every host
     parent: str | None = None  # macvlan networks: the host interface whose segment sandboxes join
     state: str = "ready"  # "pending" from its record until its kernel objects exist
+    dns: tuple[IPAddress, ...] = ()  # where its sandboxes' other names are forwarded (none: the host's resolvers)
 
     def to_record(self) -> dict[str, Any]:
         return {
+            **({"dns": [str(s) for s in self.dns]} if self.dns else {}),
             "name": self.name,
             "driver": self.driver,
             "subnet": str(self.subnet),
@@ -68,6 +70,7 @@ class Network:
             vni=r.get("vni"),
             parent=r.get("parent"),
             state=r.get("state", "ready"),
+            dns=tuple(ipaddress.ip_address(s) for s in r.get("dns") or ()),
         )
 
 
@@ -207,7 +210,11 @@ class HostRegistration:
 
 @dataclass(frozen=True)
 class EndpointRegistration:
-    """An overlay endpoint announced to every host: where its MAC lives, under its host's lease."""
+    """An overlay endpoint announced to every host: where its MAC lives, under its host's lease.
+
+    ``aliases`` and ``hostname`` are its DNS names besides the sandbox's (records written
+    before names were served lack them).
+    """
 
     network: str
     node: str
@@ -215,12 +222,15 @@ class EndpointRegistration:
     ip: str
     mac: str
     vtep: str
+    aliases: tuple[str, ...] = ()
+    hostname: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         return {"network": self.network, "node": self.node, "sandbox": self.sandbox, "ip": self.ip,
-                "mac": self.mac, "vtep": self.vtep}
+                "mac": self.mac, "vtep": self.vtep, "aliases": list(self.aliases), "hostname": self.hostname}
 
     @classmethod
     def from_record(cls, r: dict[str, Any], network: str = "") -> EndpointRegistration:
         return cls(network=r.get("network", network), node=r["node"], sandbox=r["sandbox"], ip=r["ip"],
-                   mac=r["mac"], vtep=r["vtep"])
+                   mac=r["mac"], vtep=r["vtep"], aliases=tuple(r.get("aliases") or ()),
+                   hostname=r.get("hostname") or None)

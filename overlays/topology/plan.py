@@ -95,7 +95,8 @@ def network_print(decl: NetworkDecl) -> str:
     return json.dumps({"subnet": str(s.subnet) if s.subnet else None, "gateway": str(s.gateway) if s.gateway else None,
                        "ip_range": str(s.ip_range) if s.ip_range else None, "mtu": s.mtu, "internal": s.internal,
                        "masquerade": s.masquerade, "driver": s.driver, "vni": s.vni,
-                       **({"parent": s.parent} if s.parent else {})},  # only when set: older prints stay equal
+                       **({"parent": s.parent} if s.parent else {}),  # only when set: older prints stay equal
+                       **({"dns": [str(d) for d in s.dns]} if s.dns else {})},
                       sort_keys=True)
 
 

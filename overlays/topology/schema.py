@@ -33,6 +33,8 @@ NETWORK = {
         "internal": {"type": "boolean", "default": False, "description": "no route out, no published ports"},
         "masquerade": {"type": "boolean", "default": True, "description": "false: routed, addresses leave as-is"},
         "hosts": {"type": "array", "items": NAME, "description": "hosts that have this network (default: all)"},
+        "dns": {"type": "array", "items": {"type": "string", "description": "an IP address"},
+                "description": "resolvers for names that are not the network's own (default: the host's)"},
     },
 }
 

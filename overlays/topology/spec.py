@@ -150,7 +150,8 @@ def _join(path: str, key: str | int) -> str:
 
 
 TOP_KEYS = {"name", "hosts", "fabric", "outside", "networks", "sandboxes", "faults"}
-NETWORK_KEYS = {"subnet", "gateway", "ip_range", "mtu", "internal", "masquerade", "hosts", "driver", "vni", "parent"}
+NETWORK_KEYS = {"subnet", "gateway", "ip_range", "mtu", "internal", "masquerade", "hosts", "driver", "vni", "parent",
+                "dns"}
 SANDBOX_KEYS = {"host", "networks", "ports", "command", "hostname"}
 ENDPOINT_KEYS = {"ip", "mac", "aliases"}
 
@@ -294,9 +295,16 @@ def _networks(r: _Reader, raw: dict[str, Any], hosts: tuple[str, ...]) -> tuple[
             driver=driver,
             vni=r.typed(net.get("vni"), _join(path, "vni"), int, "a number"),
             parent=r.typed(net.get("parent"), _join(path, "parent"), str, "an interface name"),
+            dns=_strings(r, net.get("dns"), _join(path, "dns"), "IP address string"),
         )
         decls.append(NetworkDecl(spec, _on_hosts(r, net.get("hosts"), _join(path, "hosts"), hosts)))
     return tuple(decls)
+
+
+def _strings(r: _Reader, raw: Any, path: str, label: str) -> list[str]:
+    """A list of strings (``dns: [192.0.2.53]``), each checked where it stands."""
+    items = r.typed(raw, path, list, f"a list of {label}s") or []
+    return [r.typed(item, _join(path, i), str, f"an {label}") for i, item in enumerate(items)]
 
 
 def _on_hosts(r: _Reader, raw: Any, path: str, hosts: tuple[str, ...]) -> tuple[str, ...]:

@@ -13,13 +13,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from overlays import Engine
-from overlays.kernel import netns
+from overlays.engine import hostagent
+from overlays.kernel import mountns, netns, process
 
 if os.geteuid() != 0:
     pytest.skip("integration tests need root", allow_module_level=True)
@@ -91,11 +93,17 @@ def engine(host: str, state_dir: Path) -> Iterator[Engine]:
 
 
 def teardown(eng: Engine) -> None:
+    """Remove what the engine made; the agent it started on demand must be gone with the last of it."""
     for box in eng.sandboxes():
         eng.remove_sandbox(box.name, force=True)
     for net in eng.networks():
         eng.remove_network(net.name, force=True)
+    left = hostagent.started(eng.ctx)
     eng.close()
+    if left is not None:
+        process.stop(left.pid, left.start)
+        raise AssertionError(f"the agent of host {eng.node} (pid {left.pid}) still ran after its last sandbox "
+                             "and network were removed")
 
 
 class Cli:
@@ -123,6 +131,11 @@ def cli(host: str, state_dir: Path) -> Iterator[Cli]:
     teardown(eng)
 
 
+def _agents() -> list[str]:
+    return subprocess.run(["pgrep", "-f", f"--node ({SESSION}|ovl-{SESSION}|[^ ]*{SESSION}).* agent"],
+                          capture_output=True, text=True).stdout.split()
+
+
 def ours_left() -> list[str]:
     """Namespaces of this session (test-made or engine-made) that still exist."""
     if not netns.NETNS_DIR.exists():
@@ -137,8 +150,12 @@ def ours_left() -> list[str]:
 def nothing_leaks() -> Iterator[None]:
     """After the whole session: no namespace and no agent of ours may remain."""
     yield
-    agents = subprocess.run(["pgrep", "-f", f"--node ({SESSION}|ovl-{SESSION}).* agent"], capture_output=True,
-                            text=True).stdout.split()
+    agents = _agents()
+    for _ in range(50):  # an agent whose host namespace went stops by itself within a second or so
+        if not agents:
+            break
+        time.sleep(0.1)
+        agents = _agents()
     timers = subprocess.run(["pgrep", "-f", f"overlays.engine.faulttimer .*--node {SESSION}"], capture_output=True,
                             text=True).stdout.split()
     for pid in agents + timers:
@@ -149,3 +166,8 @@ def nothing_leaks() -> Iterator[None]:
     for name in left:
         subprocess.run(["ip", "netns", "del", name], check=False)
     assert not left, f"namespaces left behind: {left}"
+    etc = sorted(n for n in (os.listdir(mountns.ETC_NETNS) if mountns.ETC_NETNS.exists() else ())
+                 if n.startswith(SESSION) or any(n.startswith(f"ov-{i}-") for i in _instances))
+    for name in etc:
+        mountns.remove_etc_dir(name)
+    assert not etc, f"/etc/netns entries left behind: {etc}"

@@ -91,9 +91,13 @@ class Lab:
     daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
     etc_dirs: list[str] = field(default_factory=list)
 
+    @property
+    def control(self) -> Path:
+        return dnsctl.socket_path(self.state_dir, self.host)
+
     def serve(self, registrations: list[Registration] | None = None, forward_timeout: float = 2.0,
               sweep_every: float = 5.0) -> DnsServer:
-        server = DnsServer(self.state_dir, self.host, registrations or [], forward_timeout=forward_timeout,
+        server = DnsServer(self.control, self.host, registrations or [], forward_timeout=forward_timeout,
                            sweep_every=sweep_every)
         thread = threading.Thread(target=server.run, name="dns-test", daemon=True)
         thread.start()
@@ -109,7 +113,9 @@ class Lab:
                 self.servers.remove(pair)
 
     def sandbox(self, label: str) -> str:
-        return self.make_netns(label)
+        name = self.make_netns(label)
+        self.etc_dirs.append(name)  # the server links its resolv.conf there while it serves it
+        return name
 
     def etc(self, netns_name: str, filename: str, text: str) -> Path:
         self.etc_dirs.append(netns_name)
@@ -202,7 +208,8 @@ def test_outside_names_are_forwarded_to_the_hosts_upstream_over_udp_and_tcp(lab:
 def test_getent_resolves_through_the_mount_namespace_helper_and_ip_netns_exec(lab: Lab) -> None:
     a, b, _ = front_and_back(lab)
     before = Path("/etc/resolv.conf").read_bytes()
-    lab.etc(a, "resolv.conf", "nameserver 127.0.0.11\noptions ndots:0\n")
+    link = mountns.etc_dir(a)
+    assert link.is_symlink() and (link / "resolv.conf").read_text().count("nameserver 127.0.0.11") == 1
     proc = mountns.spawn(netns.path_of(a), ["getent", "hosts", "db", "outside.test"], mountns.etc_binds(a),
                          stdout=subprocess.PIPE)
     out, _ = proc.communicate(timeout=20)
@@ -212,7 +219,9 @@ def test_getent_resolves_through_the_mount_namespace_helper_and_ip_netns_exec(la
     assert sh(a, "getent", "hosts", "10.2.0.3").stdout.split() == ["10.2.0.3", "c.back"]
     assert Path("/etc/resolv.conf").read_bytes() == before
     assert "/etc/resolv.conf" not in Path("/proc/self/mountinfo").read_text()  # nothing leaked into our mounts
-    assert sh(b, "getent", "hosts", "db", check=False).returncode != 0  # b has no /etc/netns file: host's DNS
+    lab.servers[0][0].submit(lambda: lab.servers[0][0].unregister("b")).result(5)
+    assert not mountns.etc_dir(b).exists()  # not served any more: its processes see the host's resolv.conf
+    assert sh(b, "getent", "hosts", "web", check=False).returncode != 0
 
 
 def test_internal_networks_do_not_forward(lab: Lab) -> None:
@@ -243,7 +252,7 @@ def test_a_dns_server_on_the_hosts_port_53_breaks_nothing_and_a_loopback_stub_is
 def test_names_appear_when_register_returns_and_vanish_when_unregister_returns(lab: Lab) -> None:
     lab.serve()
     a, b = lab.sandbox("a"), lab.sandbox("b")
-    with dnsctl.Client(lab.state_dir) as client:
+    with dnsctl.Client(lab.control) as client:
         client.register("b", netns.path_of(b), [Record("front", "b", ("10.1.0.3",))])
         client.register("a", netns.path_of(a), [Record("front", "a", ("10.1.0.2",), ("web",))])
         assert addresses(ask(b, "web")) == ["10.1.0.2"]
@@ -264,7 +273,7 @@ def test_sockets_handed_over_by_the_caller_are_served(lab: Lab) -> None:
     lab.serve()
     a = lab.sandbox("a")
     udp, tcp = sockets.listening_pair(netns.path_of(a), "127.0.0.11")
-    with dnsctl.Client(lab.state_dir) as client, udp, tcp:
+    with dnsctl.Client(lab.control) as client, udp, tcp:
         client.register("a", netns.path_of(a), [Record("front", "a", ("10.1.0.2",))], sockets=(udp, tcp))
     assert addresses(ask(a, "a")) == ["10.1.0.2"]  # our copies are closed: the server's serve
     assert addresses(ask(a, "a", tcp=True)) == ["10.1.0.2"]
@@ -284,7 +293,7 @@ def test_a_restarted_server_serves_the_sandboxes_it_is_given(lab: Lab) -> None:
 def test_bad_requests_change_nothing(lab: Lab) -> None:
     server = lab.serve()
     a = lab.sandbox("a")
-    with dnsctl.Client(lab.state_dir) as client:
+    with dnsctl.Client(lab.control) as client:
         client.register("a", netns.path_of(a), [Record("front", "a", ("10.1.0.2",))])
         with pytest.raises(NotFound, match=r"sandbox z: network namespace .* does not exist"):
             client.register("z", "/run/netns/ot-dns-no-such-ns", [])
@@ -295,7 +304,7 @@ def test_bad_requests_change_nothing(lab: Lab) -> None:
         assert addresses(ask(a, "a")) == ["10.1.0.2"]
         assert server.status()["registered"] == ["a"]
     with pytest.raises(Conflict, match="already runs"):
-        DnsServer(lab.state_dir, lab.host)
+        DnsServer(lab.control, lab.host)
 
 
 def test_a_failing_upstream_is_skipped_and_a_slow_one_blocks_no_one(lab: Lab) -> None:
@@ -337,7 +346,7 @@ def test_a_namespace_deleted_without_unregister_is_let_go(lab: Lab) -> None:
     doomed = unique("x")
     subprocess.run(["ip", "netns", "add", doomed], check=True)
     try:
-        with dnsctl.Client(lab.state_dir) as client:
+        with dnsctl.Client(lab.control) as client:
             client.register("k", netns.path_of(kept), [Record("n", "k", ("10.1.0.2",))])
             client.register("x", netns.path_of(doomed), [Record("n", "x", ("10.1.0.3",))])
             assert client.status()["local"] == ["k", "x"]
@@ -371,7 +380,7 @@ def test_the_hosts_resolv_conf_is_read_again_when_it_changes(lab: Lab) -> None:
 def test_calls_that_do_not_wait_are_collected_in_order_and_a_restart_is_survived(lab: Lab) -> None:
     server = lab.serve()
     a, b = lab.sandbox("a"), lab.sandbox("b")
-    with dnsctl.Client(lab.state_dir) as client:
+    with dnsctl.Client(lab.control) as client:
         client.register("a", netns.path_of(a), [Record("n", "a", ("10.1.0.2",))], wait=False)
         client.register("z", "/run/netns/ot-dns-no-such-ns", [], wait=False)
         client.register("b", netns.path_of(b), [Record("n", "b", ("10.1.0.3",))], wait=False)

@@ -8,10 +8,13 @@ namespace removes the peer, as Linux does.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from overlays.errors import Conflict, KernelError, NotFound
+from overlays.kernel.dnsctl import Record
 from overlays.kernel.nft import TableContents
 from overlays.kernel.rtnl_types import Link, Underlay
 from overlays.kernel.tc import OURS, TC_H_ROOT, Qdisc, Shape
@@ -34,6 +37,45 @@ class FakeNs:
     redirects: dict[str, str] = field(default_factory=dict)  # device -> the ifb its ingress goes through
 
 
+class FakeDns:
+    """The host's DNS server as the engine sees it: what each sandbox is registered with, per host;
+    like the real one, it gives a sandbox it serves an /etc/netns resolv.conf and takes it back."""
+
+    def __init__(self, served: dict[str, tuple[str | None, tuple[Record, ...]]],
+                 etc: dict[str, dict[str, str]]) -> None:
+        self.served = served
+        self.etc = etc
+        self.calls: list[str] = []
+        self.last: dict[str, Any] = {}
+
+    def running(self) -> bool:
+        return True
+
+    def register(self, sandbox: str, netns_path: str | Path | None, records: Iterable[Record], *,
+                 wait: bool = True) -> None:
+        self.calls.append(f"register {sandbox}")
+        self.served[sandbox] = (None if netns_path is None else str(netns_path), tuple(records))
+        if netns_path is not None:
+            self.etc[Path(netns_path).name] = {"resolv.conf": "nameserver 127.0.0.11\noptions ndots:0\n"}
+
+    def unregister(self, sandbox: str, wait: bool = True) -> dict[str, Any]:
+        self.calls.append(f"unregister {sandbox}")
+        path, _ = self.served.pop(sandbox, (None, ()))
+        if path is not None:
+            self.etc.pop(Path(path).name, None)
+        self.last = {"ok": True, "served_here": len(self.status()["local"])}
+        return self.last
+
+    def wait(self) -> dict[str, Any]:
+        return self.last
+
+    def status(self) -> dict[str, Any]:
+        return {"ok": True, "local": sorted(k for k, (path, _) in self.served.items() if path is not None)}
+
+    def close(self) -> None:
+        pass
+
+
 class FakeKernel:
     def __init__(self, *host_namespaces: str, netem: bool = False) -> None:
         self.netem = netem
@@ -49,6 +91,8 @@ class FakeKernel:
         self.foreign_forward_drops: dict[str | None, list[tuple[str, str, str]]] = {}  # tables not ours
         self.nft_elements: dict[tuple[str | None, str], set[tuple[str, str]]] = {}  # (netns, table) -> elements
         self.nft_rules: dict[tuple[str | None, str], dict[str, tuple[str | None, ...]]] = {}
+        self.dns_served: dict[str, dict[str, tuple[str | None, tuple[Record, ...]]]] = {}  # node -> sandbox -> ...
+        self.etc: dict[str, dict[str, str]] = {}  # /etc/netns/<ns>/<file>
 
     def snapshot(self) -> dict[str | None, tuple[object, ...]]:
         """Everything observable, to compare before and after an operation."""
@@ -181,6 +225,18 @@ class FakeKernel:
 
     def has_qdisc(self, kind: str) -> bool:
         return kind != "netem" or self.netem
+
+    def dns(self, state_dir: Path, node: str) -> FakeDns:
+        return FakeDns(self.dns_served.setdefault(node, {}), self.etc)
+
+    def remove_etc(self, netns: str) -> None:
+        self.etc.pop(netns, None)
+
+    def etc_binds(self, netns: str, shared: Path | None = None) -> list[tuple[str, str]]:
+        return [(f"/etc/netns/{netns}/{f}", f"/etc/{f}") for f in sorted(self.etc.get(netns, {}))]
+
+    def dns_etc(self, state_dir: Path, node: str) -> Path:
+        return state_dir / "dns" / f"{node}.etc"
 
 
 class FakeLinks:

@@ -74,6 +74,9 @@ def test_etc_netns_files_are_written_whole_and_bound_like_ip_netns_exec(tmp_path
     mountns.write_etc_file("ov-x-web", "resolv.conf", "nameserver 127.0.0.11\noptions ndots:0\n", root)
     assert path.read_text().endswith("ndots:0\n")
     assert sorted(p.name for p in path.parent.iterdir()) == ["resolv.conf"]  # no temporary left
+    assert mountns.etc_binds("ov-x-web", root, etc) == []  # no /etc/resolv.conf to show it over: left out
+    etc.mkdir()
+    (etc / "resolv.conf").write_text("nameserver 192.0.2.1\n")
     assert mountns.etc_binds("ov-x-web", root, etc) == [(str(path), str(etc / "resolv.conf"))]
     assert mountns.etc_binds("ov-x-other", root, etc) == []
     mountns.remove_etc_dir("ov-x-web", root)

@@ -78,8 +78,9 @@ class NetworkDriver:
         return sorted(e.sandbox for e in records.all_endpoints(txn) if e.network == network.name)
 
     def allocate(self, txn: NodeTxn, ctx: Context, network: Network, sandbox: str, request: EndpointRequest,
-                 ifname: str) -> Endpoint:
-        """Take an address on ``network`` for ``sandbox`` and record the endpoint as pending."""
+                 ifname: str, hostname: str | None = None) -> Endpoint:
+        """Take an address on ``network`` for ``sandbox`` (whose ``hostname`` is a DNS name too) and record
+        the endpoint as pending."""
         if txn.get(records.endpoint_key(sandbox, network.name)) is not None:
             raise Conflict(f"sandbox {sandbox} is already connected to network {network.name}")
         scope, owner = self.scope(txn), self.owner(ctx, sandbox)
@@ -237,4 +238,4 @@ def new_network(spec: NetworkSpec, subnet: IPNetwork, mtu: int, bridge: str = ""
     gateway = spec.gateway or ipam.default_gateway(subnet)
     return Network(name=spec.name, driver=spec.driver, subnet=subnet, gateway=gateway, ip_range=spec.ip_range,
                    mtu=mtu, bridge=bridge, created=time.time(), internal=spec.internal, masquerade=spec.masquerade,
-                   vni=vni, parent=parent, state="pending")
+                   vni=vni, parent=parent, state="pending", dns=spec.dns)

@@ -89,10 +89,11 @@ class OverlayDriver(NetworkDriver):
         return veth_names(sandbox, network.name, ctx.instance)
 
     def allocate(self, txn: NodeTxn, ctx: Context, network: Network, sandbox: str, request: EndpointRequest,
-                 ifname: str) -> Endpoint:
-        ep = super().allocate(txn, ctx, network, sandbox, request, ifname)
+                 ifname: str, hostname: str | None = None) -> Endpoint:
+        ep = super().allocate(txn, ctx, network, sandbox, request, ifname, hostname)
         host = live_host(txn.root, ctx.node)
-        registration = EndpointRegistration(network.name, ctx.node, sandbox, str(ep.ip), ep.mac, host.underlay)
+        registration = EndpointRegistration(network.name, ctx.node, sandbox, str(ep.ip), ep.mac, host.underlay,
+                                            ep.aliases, hostname)
         txn.root.put(records.registration_key(network.name, ctx.node, sandbox), registration.to_record(),
                      lease=host.lease)
         return ep
@@ -198,10 +199,14 @@ def local_networks(txn: NodeTxn) -> dict[str, Network]:
 def reregister(txn: NodeTxn, node: str, vtep: str, lease: int) -> int:
     """This host's endpoint registrations, written again under a new lease and VTEP; returns how many."""
     local = local_networks(txn)
+    if not local:
+        return 0
+    hostnames = {v["name"]: v.get("hostname") for v in txn.range(records.SANDBOXES_PREFIX).values()}
     moved = 0
     for ep in records.all_endpoints(txn):
         if ep.network in local:
-            registration = EndpointRegistration(ep.network, node, ep.sandbox, str(ep.ip), ep.mac, vtep)
+            registration = EndpointRegistration(ep.network, node, ep.sandbox, str(ep.ip), ep.mac, vtep, ep.aliases,
+                                                hostnames.get(ep.sandbox))
             txn.root.put(records.registration_key(ep.network, node, ep.sandbox), registration.to_record(),
                          lease=lease)
             moved += 1
