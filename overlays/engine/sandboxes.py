@@ -22,7 +22,7 @@ from overlays.engine.context import Context, NodeTxn
 from overlays.engine.endpoints import Networks
 from overlays.engine.netdrivers import driver_named
 from overlays.errors import Conflict, InvalidSpec, NotFound, OverlaysError
-from overlays.kernel import process
+from overlays.kernel import process, procs
 from overlays.model.names import netns_name
 from overlays.model.ports import PortMapping
 from overlays.model.specs import EndpointRequest, SandboxSpec
@@ -216,8 +216,8 @@ def remove_many(ctx: Context, names: Sequence[str], force: bool = False, wait: b
 
 def _teardown_steps(ctx: Context, box: Sandbox, nets: Networks) -> list[tuple[str, Callable[[], object]]]:
     steps: list[tuple[str, Callable[[], object]]] = []
-    if box.pid and not box.adopted:
-        steps.append((f"stop pid {box.pid}", lambda: process.stop(box.pid or 0, box.pid_start)))
+    if box.command and not box.adopted:  # the recorded process, and any other it or a killed start left
+        steps.append(("stop its processes", lambda: _stop_processes(ctx, box)))
     if box.ports:
         steps.append(("unpublish ports", lambda: firewall.unpublish(ctx, ports.published(box, nets))))
     if box.adopted:
@@ -226,6 +226,12 @@ def _teardown_steps(ctx: Context, box: Sandbox, nets: Networks) -> list[tuple[st
     steps.append((f"delete netns {box.netns}", lambda: ctx.kernel.delete_netns(box.netns)))
     steps.append((f"remove /etc/netns/{box.netns}", lambda: hostdns.remove_etc(ctx, box.netns)))
     return steps
+
+
+def _stop_processes(ctx: Context, box: Sandbox) -> None:
+    recorded = [(box.pid, box.pid_start)] if box.pid else []
+    process.stop_all(recorded)
+    process.stop_all(procs.of_sandbox(ctx.instance, box.name))  # its children, or one never recorded
 
 
 def _remove_adopted_endpoints(ctx: Context, box: Sandbox) -> None:
@@ -257,17 +263,44 @@ get, list_all, status = views.sandbox, views.sandboxes, views.status
 
 
 def _startable(ctx: Context, name: str, argv: Sequence[str]) -> Sandbox:
+    """The sandbox, its command recorded before it starts (no pid yet): a crash between the start and the
+    recording leaves a record that says a command may run, so ``rm`` and the next start look for it."""
     if not argv:
         raise InvalidSpec(f"sandbox {name}: no command given")
-    box = get(ctx, name)
-    if box.pid and process.alive(box.pid, box.pid_start):
-        raise Conflict(f"sandbox {name} already runs pid {box.pid}")
+
+    def intend(txn: NodeTxn) -> tuple[Sandbox, bool]:
+        box = records.get_sandbox(txn, name)
+        if box.pid and process.alive(box.pid, box.pid_start):
+            raise Conflict(f"sandbox {name} already runs pid {box.pid}")
+        txn.put(records.sandbox_key(name), replace(box, pid=None, pid_start=None, command=tuple(argv)).to_record())
+        return box, bool(box.command)
+
+    box, ran_before = ctx.transact(intend)
+    if ran_before:  # what a killed start left running unrecorded would hold its ports: it goes first
+        process.stop_all(procs.of_sandbox(ctx.instance, name))
     return box
 
 
 def _record_process(ctx: Context, box: Sandbox, pid: int, argv: Sequence[str]) -> None:
-    running = replace(box, pid=pid, pid_start=process.start_time(pid), command=tuple(argv))
-    ctx.transact(lambda txn: txn.put(records.sandbox_key(box.name), running.to_record()))
+    """Record the started process, unless the sandbox went meanwhile (an ``rm -f`` racing this start)
+    or another start got there first: then the process goes, never running unrecorded."""
+    started = process.start_time(pid)
+
+    def record(txn: NodeTxn) -> str | None:
+        raw = txn.get(records.sandbox_key(box.name))
+        now = Sandbox.from_record(raw) if raw is not None else None
+        if now is None or now.netns != box.netns or now.created != box.created:
+            return f"sandbox {box.name} was removed while its command started"
+        if now.pid and process.alive(now.pid, now.pid_start):
+            return f"sandbox {box.name} already runs pid {now.pid}"
+        running = replace(now, pid=pid, pid_start=started, command=tuple(argv))
+        txn.put(records.sandbox_key(box.name), running.to_record())
+        return None
+
+    refused = ctx.transact(record)
+    if refused:
+        process.stop(pid, started, grace=1.0)
+        raise Conflict(refused)
 
 
 def _binds(ctx: Context, box: Sandbox) -> list[tuple[str, str]]:
@@ -281,7 +314,8 @@ def start(ctx: Context, name: str, argv: Sequence[str]) -> int:
     """Start ``argv`` in the background (output to the sandbox's log); recorded so ``rm`` can stop it."""
     box = _startable(ctx, name, argv)
     log = ctx.log_dir() / f"{name}.log"
-    pid = process.spawn_detached(ctx.kernel.netns_path(box.netns), argv, box.hostname, log, _binds(ctx, box))
+    pid = process.spawn_detached(ctx.kernel.netns_path(box.netns), argv, box.hostname, log, _binds(ctx, box),
+                                 procs.environment(ctx.instance, name))
     _record_process(ctx, box, pid, argv)
     return pid
 
@@ -289,7 +323,8 @@ def start(ctx: Context, name: str, argv: Sequence[str]) -> int:
 def start_foreground(ctx: Context, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
     """Start ``argv`` in the sandbox attached to our terminal; the caller waits for it."""
     box = _startable(ctx, name, argv)
-    proc = process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname, binds=_binds(ctx, box))
+    proc = process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname, binds=_binds(ctx, box),
+                         env=procs.environment(ctx.instance, name))
     _record_process(ctx, box, proc.pid, argv)
     return proc
 
@@ -300,4 +335,5 @@ def execute(ctx: Context, name: str, argv: Sequence[str]) -> int:
         raise InvalidSpec(f"exec {name}: no command given")
     box = get(ctx, name)
     ctx.require_root()
-    return process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname, binds=_binds(ctx, box)).wait()
+    return process.spawn(ctx.kernel.netns_path(box.netns), argv, box.hostname, binds=_binds(ctx, box),
+                         env=procs.environment(ctx.instance, name)).wait()

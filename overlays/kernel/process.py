@@ -15,7 +15,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +46,8 @@ Bind = tuple[str, str]  # (source, target)
 
 
 def _entering(netns_path: Path, hostname: str | None, binds: Sequence[Bind]) -> Callable[[], None]:
-    """What the child runs between fork and exec: join the sandbox, set its hostname, mount its files.
+    """What the child runs between fork and exec: fresh signals, join the sandbox, set its hostname, mount
+    its files.
 
     Everything it needs is imported here, in the parent: importing in a forked child can
     deadlock, and commands that only read state (``ps``) should not load ctypes and netns.
@@ -54,7 +55,36 @@ def _entering(netns_path: Path, hostname: str | None, binds: Sequence[Bind]) -> 
     from overlays.kernel import mountns
 
     mountns.check_binds(binds)
-    return mountns.entering(netns_path, binds, hostname)
+    enter = mountns.entering(netns_path, binds, hostname)
+    fresh = _fresh_signals()
+
+    def child() -> None:
+        fresh()
+        enter()
+
+    return child
+
+
+def _fresh_signals() -> Callable[[], None]:
+    """What makes a child's signals those a new program expects: none blocked, none ignored.
+
+    exec keeps both the mask and ignored dispositions. A command that holds SIGTERM back while it
+    works, or ignores SIGINT while it waits for its child (``exec``, a foreground ``run``), would pass
+    that on: ``rm`` would wait out its grace and SIGKILL, Ctrl-C would not reach the command, and
+    Python's own SIGPIPE/SIGXFSZ ignores would follow a daemon.
+    """
+    from overlays.kernel import netns
+
+    libc = netns.libc()
+    ignored = [s for s in signal.valid_signals()
+               if s not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(s) == signal.SIG_IGN]
+
+    def fresh() -> None:
+        for sig in ignored:
+            libc.signal(int(sig), None)  # SIG_DFL (signal.signal only works in the main thread)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+    return fresh
 
 
 def spawn(
@@ -64,6 +94,7 @@ def spawn(
     log: Path | None = None,
     detach: bool = False,
     binds: Sequence[Bind] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` inside the namespace; detached ones get their own session and a log file."""
     import subprocess  # ~3 ms: only commands that start processes pay for it
@@ -78,6 +109,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             start_new_session=detach,
+            env=env,
         )
     except FileNotFoundError as e:
         raise NotFound(f"command {argv[0]!r} not found") from e
@@ -91,16 +123,17 @@ def spawn(
 
 
 def spawn_detached(netns_path: Path, argv: Sequence[str], hostname: str | None, log: Path,
-                   binds: Sequence[Bind] = ()) -> int:
+                   binds: Sequence[Bind] = (), env: Mapping[str, str] | None = None) -> int:
     """Start ``argv`` as a daemon in the namespace (double fork): it is never our child, so it
     outlives us without a zombie or a wait; an exec failure is reported here, as with Popen."""
     enter = _entering(netns_path, hostname, binds)
+    environ = dict(os.environ if env is None else env)
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     try:
         middle = os.fork()
         if middle == 0:  # pragma: no cover (runs in the child)
-            _daemon_child(enter, argv, out, report_w)
+            _daemon_child(enter, argv, out, report_w, environ)
         os.close(report_w)
         os.waitpid(middle, 0)
         message = b""
@@ -115,7 +148,8 @@ def spawn_detached(netns_path: Path, argv: Sequence[str], hostname: str | None, 
     return int(pid_part)
 
 
-def _daemon_child(enter: Callable[[], None], argv: Sequence[str], out: int, report: int) -> None:
+def _daemon_child(enter: Callable[[], None], argv: Sequence[str], out: int, report: int,
+                  env: dict[str, str]) -> None:
     """First child: new session, fork the daemon, report its PID, exit. Never returns."""
     try:
         os.setsid()
@@ -123,14 +157,12 @@ def _daemon_child(enter: Callable[[], None], argv: Sequence[str], out: int, repo
         if pid:
             os.write(report, f"{pid}\n".encode())
             os._exit(0)
-        # A daemon starts with no signal blocked: a command may start it while it holds SIGTERM back.
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
         enter()
-        os.execvp(argv[0], list(argv))
+        os.execvpe(argv[0], list(argv), env)
     except OSError as e:
         os.write(report, f"{e.errno}".encode())
     finally:
@@ -149,21 +181,32 @@ def _raise_spawn_error(argv: Sequence[str], errno_: int) -> None:
 
 def stop(pid: int, started: int | None, grace: float = 3.0) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds; only if the PID is still our process."""
-    if not alive(pid, started):
-        return
-    _signal(pid, signal.SIGTERM)
+    stop_all([(pid, started)], grace)
+
+
+def stop_all(processes: Sequence[tuple[int, int | None]], grace: float = 3.0) -> None:
+    """``stop`` for several processes at once: one grace period for all of them."""
+    left = [(pid, started) for pid, started in processes if alive(pid, started)]
+    for pid, _ in left:
+        _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not alive(pid, started):
-            return
-        time.sleep(0.01)
-    _signal(pid, signal.SIGKILL)
+    while left and time.monotonic() < deadline:
+        left = _still_alive(left)
+        if left:
+            time.sleep(0.01)
+    for pid, _ in left:
+        _signal(pid, signal.SIGKILL)
     for _ in range(200):
-        _reap(pid)
-        if not alive(pid, started):
+        left = _still_alive(left)
+        if not left:
             return
         time.sleep(0.005)
+
+
+def _still_alive(processes: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
+    for pid, _ in processes:
+        _reap(pid)
+    return [(pid, started) for pid, started in processes if alive(pid, started)]
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -50,3 +50,15 @@ def tagged(instance: str) -> dict[int, str]:
                 found[pid] = entry[len(prefix):].decode(errors="replace")
                 break
     return found
+
+
+def of_sandbox(instance: str, sandbox: str) -> list[tuple[int, int | None]]:
+    """(pid, start time) of every running process overlays started for that sandbox, recorded or not."""
+    from overlays.kernel import process
+
+    return [(pid, process.start_time(pid)) for pid, name in tagged(instance).items() if name == sandbox]
+
+
+def environment(instance: str, sandbox: str) -> dict[str, str]:
+    """The environment a process started in the sandbox gets: ours, with its tag."""
+    return {**os.environ, TAG: tag(instance, sandbox)}
