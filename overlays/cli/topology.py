@@ -96,6 +96,9 @@ def check(s: Settings, a: argparse.Namespace) -> int:
         failed = report.failures()
         echo(f"{len(report.probes) - len(failed)}/{len(report.probes)} expectations met")
         for p in failed:
+            if p.kind == "missing":
+                echo(f"FAIL: {p.detail}")
+                continue
             want = "reach" if p.expect else "not reach"
             echo(f"FAIL: {p.source} should {want} {p.target} ({p.address}) {p.detail}".rstrip())
     return 0 if report.passed else 1

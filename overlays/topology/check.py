@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Probe:
-    kind: str  # "reach", "isolated", "cut" (by a partition of the file), "port"
+    kind: str  # "reach", "isolated", "cut" (by a partition of the file), "port", "missing" (its namespace)
     source: str
     target: str
     address: str
@@ -78,11 +78,14 @@ class Report:
 
 def ping(netns_path: str, address: str, count: int = 1) -> bool:
     """Whether a ping from the namespace at ``netns_path`` is answered (any of ``count``, 0.2 s apart)."""
-    done = subprocess.run(
-        ["ping", "-c", str(count), "-i", "0.2", "-W", "1", "-q", address],
-        preexec_fn=netns.entering(netns_path),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10 + count,
-    )
+    try:
+        done = subprocess.run(
+            ["ping", "-c", str(count), "-i", "0.2", "-W", "1", "-q", address],
+            preexec_fn=netns.entering(netns_path),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10 + count,
+        )
+    except (subprocess.SubprocessError, OSError):  # the namespace went while we probed: not answered
+        return False
     return done.returncode == 0
 
 
@@ -105,12 +108,27 @@ def _connect(netns_path: str | None, address: str, port: int, patience: float = 
     return netns.run_in(netns_path, attempt)
 
 
+def _hosts_exist(lab: Lab) -> None:
+    """OverlaysError, one line, if a host of the lab has lost its namespace: nothing there can be probed."""
+    from overlays.errors import NotFound
+
+    for host in lab.topology.host_names():
+        if not lab.engine(host).host_exists():
+            raise NotFound(f"host {host} of topology {lab.name}: its namespace {lab.host_netns(host)} is gone "
+                           f"(overlays up -f FILE makes it again)")
+
+
 def _plan_probes(lab: Lab) -> list[tuple[Probe, Any]]:
+    _hosts_exist(lab)
     boxes = {s.spec.name: (s, lab.sandbox(s.spec.name)) for s in lab.topology.sandboxes}
     cut, lossy = _declared_faults(lab)
     probes: list[tuple[Probe, Any]] = []
     for a, (decl_a, box_a) in boxes.items():
         path_a = str(lab.engine(decl_a.host).netns_path(a))
+        if not netns.exists(box_a.netns):
+            gone = f"sandbox {a}: its namespace {box_a.netns} is gone (overlays up -f FILE makes it again)"
+            probes.append((Probe("missing", a, a, box_a.netns, True, detail=gone), lambda d=gone: (False, d)))
+            continue
         for b, (decl_b, box_b) in boxes.items():
             if a == b:
                 continue

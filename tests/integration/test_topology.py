@@ -256,3 +256,29 @@ def test_up_sees_and_repairs_a_firewall_someone_meddled_with(meddling: str, host
     finally:
         lab.down()
         lab.close()
+
+
+def test_check_of_a_lab_whose_namespaces_are_gone_says_so_in_one_line(cli: Cli, state_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    from overlays.engine.context import instance_id
+    from overlays.model.names import netns_name
+
+    raw = example("two-host-lab.yaml")
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cli("up", "-f", str(path), check=True)
+    try:
+        gone = netns_name("client1", instance_id(state_dir, f"ovl-{raw['name']}-h1"))
+        subprocess.run(["ip", "netns", "del", gone], check=True)
+        done = cli("check", "-f", str(path))
+        assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
+        assert f"FAIL: sandbox client1: its namespace {gone} is gone" in done.stdout, done.stdout
+        subprocess.run(["ip", "netns", "del", f"ovl-{raw['name']}-h2"], check=True)
+        done = cli("check", "-f", str(path))
+        assert done.returncode == 1 and done.stdout == "", done.stdout
+        assert done.stderr.strip().splitlines() == [
+            f"overlays: error: host h2 of topology {raw['name']}: its namespace ovl-{raw['name']}-h2 is gone "
+            "(overlays up -f FILE makes it again)"], done.stderr
+    finally:
+        cli("down", "-f", str(path), check=True)
+    assert leftovers(raw["name"]) == []
