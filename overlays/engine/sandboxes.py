@@ -218,7 +218,7 @@ def _teardown_steps(ctx: Context, box: Sandbox, nets: Networks) -> list[tuple[st
     steps: list[tuple[str, Callable[[], object]]] = []
     if box.command and not box.adopted:  # the recorded process, and any other it or a killed start left
         steps.append(("stop its processes", lambda: _stop_processes(ctx, box)))
-    if box.ports:
+    if box.ports and ctx.host_exists():  # else our table went with the host's namespace
         steps.append(("unpublish ports", lambda: firewall.unpublish(ctx, ports.published(box, nets))))
     if box.adopted:
         steps.append(("remove endpoints", lambda: _remove_adopted_endpoints(ctx, box)))

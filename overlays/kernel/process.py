@@ -65,23 +65,38 @@ def _entering(netns_path: Path, hostname: str | None, binds: Sequence[Bind]) -> 
     return child
 
 
+# rt_sigaction(2) by number: glibc's sigaction refuses the two real-time signals it keeps for itself
+# (32 and 33), yet a parent may have left them ignored, and exec keeps that.
+_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}
+_KERNEL_SIGSET_BYTES = 8
+
+
 def _fresh_signals() -> Callable[[], None]:
     """What makes a child's signals those a new program expects: none blocked, none ignored.
 
     exec keeps both the mask and ignored dispositions. A command that holds SIGTERM back while it
     works, or ignores SIGINT while it waits for its child (``exec``, a foreground ``run``), would pass
     that on: ``rm`` would wait out its grace and SIGKILL, Ctrl-C would not reach the command, and
-    Python's own SIGPIPE/SIGXFSZ ignores would follow a daemon.
+    Python's own SIGPIPE/SIGXFSZ ignores would follow a daemon. Everything is prepared here, in the
+    parent: the child only makes system calls.
     """
+    import ctypes
+    import platform
+
     from overlays.kernel import netns
 
     libc = netns.libc()
-    ignored = [s for s in signal.valid_signals()
-               if s not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(s) == signal.SIG_IGN]
+    number = _RT_SIGACTION.get(platform.machine())
+    signals = [s for s in range(1, signal.SIGRTMAX + 1) if s not in (signal.SIGKILL, signal.SIGSTOP)]
+    default = ctypes.create_string_buffer(64)  # a kernel struct sigaction, all zero: SIG_DFL, nothing masked
 
     def fresh() -> None:
-        for sig in ignored:
-            libc.signal(int(sig), None)  # SIG_DFL (signal.signal only works in the main thread)
+        # Every disposition to the default: exec would reset the handled ones anyway, not the ignored.
+        for sig in signals:
+            if number is None:  # an unknown machine: what glibc lets us reach
+                libc.signal(sig, None)
+            else:
+                libc.syscall(number, sig, default, None, _KERNEL_SIGSET_BYTES)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
     return fresh

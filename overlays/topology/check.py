@@ -108,22 +108,22 @@ def _connect(netns_path: str | None, address: str, port: int, patience: float = 
     return netns.run_in(netns_path, attempt)
 
 
-def _hosts_exist(lab: Lab) -> None:
-    """OverlaysError, one line, if a host of the lab has lost its namespace: nothing there can be probed."""
-    from overlays.errors import NotFound
-
-    for host in lab.topology.host_names():
-        if not lab.engine(host).host_exists():
-            raise NotFound(f"host {host} of topology {lab.name}: its namespace {lab.host_netns(host)} is gone "
-                           f"(overlays up -f FILE makes it again)")
+def _gone_hosts(lab: Lab) -> list[tuple[str, str]]:
+    """Hosts of the lab whose namespace is gone, each with the FAIL line that says so."""
+    return [(host, f"host {host} of topology {lab.name}: its namespace {lab.host_netns(host)} is gone "
+                   f"(overlays up -f FILE makes it again)")
+            for host in lab.topology.host_names() if not lab.engine(host).host_exists()]
 
 
 def _plan_probes(lab: Lab) -> list[tuple[Probe, Any]]:
-    _hosts_exist(lab)
+    gone_hosts = _gone_hosts(lab)
+    probes: list[tuple[Probe, Any]] = [(Probe("missing", host, host, str(lab.host_netns(host)), True, detail=d),
+                                        lambda d=d: (False, d)) for host, d in gone_hosts]
     boxes = {s.spec.name: (s, lab.sandbox(s.spec.name)) for s in lab.topology.sandboxes}
     cut, lossy = _declared_faults(lab)
-    probes: list[tuple[Probe, Any]] = []
     for a, (decl_a, box_a) in boxes.items():
+        if decl_a.host in dict(gone_hosts):
+            continue  # nothing there probes: its host's line says why (what it should reach, fails)
         path_a = str(lab.engine(decl_a.host).netns_path(a))
         if not netns.exists(box_a.netns):
             gone = f"sandbox {a}: its namespace {box_a.netns} is gone (overlays up -f FILE makes it again)"
@@ -150,7 +150,7 @@ def _plan_probes(lab: Lab) -> list[tuple[Probe, Any]]:
     outside = lab.outside_netns()
     for decl, box in boxes.values():
         for m in box.ports:
-            if m.protocol != "tcp":
+            if m.protocol != "tcp" or decl.host in dict(gone_hosts):
                 continue
             if m.host_ip is not None and m.host_ip.is_loopback:
                 where, addr = lab.host_netns(decl.host), str(m.host_ip)

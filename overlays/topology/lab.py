@@ -308,9 +308,8 @@ class Lab:
         return failures
 
     def _clear_host(self, host: str) -> list[str]:
-        """Every sandbox on a lab host (the host is the lab's own), in one batch."""
-        if not self.infra.host_exists(host):
-            return []
+        """Every sandbox on a lab host (the host is the lab's own), in one batch; also when the host's namespace
+        is gone: its sandboxes' namespaces and processes are not (only their veths went with it)."""
         eng = self.engine(host)
         return self._remove_batch(eng, [box.name for box in eng.sandboxes()], host)
 
