@@ -11,16 +11,21 @@ Expectations, derived from the file alone:
   do not reach each other: their ping must fail ("xx" in the matrix); a sandbox the
   file gives loss is pinged five times, and one answer is enough.
 All probes run at once (each ping in the prober's namespace), so a check of a
-few dozen sandboxes takes about a second.
+few dozen sandboxes takes a few seconds; in batches when the kernel's one ARP table
+(shared by every namespace) has no room for all the pairs' entries, the lab's own
+neighbour caches emptied between them (else a probe fails for want of an entry).
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from overlays.kernel import netns
@@ -190,11 +195,53 @@ def _subnets(box: Any) -> list[Any]:
     return [ipaddress.ip_network(f"{e.ip}/{e.prefixlen}", strict=False) for e in box.endpoints]
 
 
+# The kernel's ARP table is one for all namespaces: past gc_thresh3 entries it refuses new ones
+# ("neighbor table overflow") and a ping fails as if cut. All pairs of N sandboxes need about 2N^2
+# entries (each side learns the other): 30 sandboxes already overflow the default 1024.
+_ARP_STATS = Path("/proc/net/stat/arp_cache")
+_ARP_LIMIT = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+
+
+def _arp_room() -> int | None:
+    """How many more entries the kernel's ARP table takes now (None: not readable from here)."""
+    try:
+        entries = int(_ARP_STATS.read_text().splitlines()[1].split()[0], 16)
+        return int(_ARP_LIMIT.read_text()) - entries
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _forget_neighbours(lab: Lab) -> None:
+    """Empty the neighbour caches of the lab's sandboxes (ours; they relearn at once) to make room."""
+    for decl in lab.topology.sandboxes:
+        path = lab.engine(decl.host).netns_path(decl.spec.name)
+        if path.exists():
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                subprocess.run(["ip", "neigh", "flush", "all"], preexec_fn=netns.entering(str(path)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+
+
+def _batches(lab: Lab, planned: list[tuple[Probe, Any]]) -> Iterator[list[tuple[Probe, Any]]]:
+    """The probes in batches the ARP table has room for (one batch when it has room for all)."""
+    room = _arp_room()
+    if room is None or 2 * len(planned) <= room:
+        yield planned
+        return
+    start = 0
+    while start < len(planned):
+        _forget_neighbours(lab)
+        size = max(32, ((_arp_room() or 0) - 64) // 2)  # a margin for what else the machine learns meanwhile
+        yield planned[start:start + size]
+        start += size
+
+
 def run(lab: Lab) -> Report:
     planned = _plan_probes(lab)
     report = Report([s.spec.name for s in lab.topology.sandboxes])
+    results: list[Any] = []
     with ThreadPoolExecutor(max_workers=32) as pool:
-        results = list(pool.map(lambda item: item[1](), planned))
+        for batch in _batches(lab, planned):
+            results += pool.map(lambda item: item[1](), batch)
     for (probe, _), result in zip(planned, results, strict=True):
         answered, detail = result if isinstance(result, tuple) else (result, probe.detail)
         report.probes.append(Probe(probe.kind, probe.source, probe.target, probe.address, probe.expect,

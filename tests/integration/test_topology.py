@@ -283,3 +283,20 @@ def test_check_of_a_lab_whose_namespaces_are_gone_says_so_in_one_line(cli: Cli, 
     assert leftovers(raw["name"]) == []
     api = netns_name("api", instance_id(state_dir, f"ovl-{raw['name']}-h2"))
     assert not (NETNS_DIR / api).exists(), "down removes the sandboxes of a host whose namespace went"
+
+
+def test_check_of_thirty_sandboxes_is_not_fooled_by_the_kernels_arp_table_limit(host: str, state_dir: Path) -> None:
+    """All pairs of 30 sandboxes need ~1,740 neighbour entries; the kernel's one table refuses past gc_thresh3."""
+    limit = int(Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3").read_text())
+    if limit >= 2 * 30 * 29:
+        pytest.skip(f"this machine's ARP table takes {limit} entries: 30 sandboxes cannot overflow it")
+    raw = {"name": unique("arp"), "networks": {"flat": {"subnet": "10.77.0.0/24"}},
+           "sandboxes": {f"a{i:02d}": {"networks": ["flat"]} for i in range(30)}}
+    lab = lab_for(raw, host, state_dir)
+    try:
+        lab.up()
+        for _ in range(2):  # the first fills the table from empty caches, the second from full ones
+            report = lab.check()
+            assert report.passed, report.matrix()
+    finally:
+        lab.down()
