@@ -8,7 +8,7 @@ APT_PACKAGES := iproute2 nftables iputils-ping procps python3-venv curl etcd-ser
 # plugins (/usr/lib/cni: loopback for ctr, the benchmark's baselines) and a static busybox for images.
 APT_PACKAGES += podman runc conmon containerd containernetworking-plugins busybox-static util-linux
 
-.PHONY: demo test lint unit integration setup clean bench bench-quick compile
+.PHONY: demo test lint unit integration setup clean bench bench-quick compile chaos
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ bench: compile
 bench-quick: compile
 	./scripts/install-bench-deps
 	$(PY) -m benchmarks all --quick
+
+# SIGKILL overlays 100 times at random instants, recover, audit the kernel (see benchmarks/chaos.py).
+chaos: compile
+	$(PY) -m benchmarks.chaos
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
