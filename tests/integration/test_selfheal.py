@@ -15,8 +15,10 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,9 @@ import pytest
 from overlays import Engine
 from overlays.engine import hostagent
 from overlays.engine.context import instance_id
+from overlays.kernel import nftwatch
+from overlays.kernel.netns import path_of
+from overlays.kernel.nft import WRITER
 
 from . import conftest
 from .conftest import Cli, sh
@@ -33,6 +38,7 @@ from .test_firewall import HOST_OUT, OUTSIDE, ask, serve_argv, wait_answer
 
 PREFIX = f"fh{os.getpid() % 0xFFFF:04x}"
 RESTORE_WITHIN = 1.0  # seconds: what the issue asks
+REPEATS = 5  # each meddling, one after the other
 PATIENCE = 3.0  # seconds we wait before calling it a failure (the measure is asserted, not the wait)
 FOREIGN = """table ip fh_foreign {
 	set blocked {
@@ -138,6 +144,45 @@ def agent_runs(cli: Cli, host: str) -> None:
         eng.close()
 
 
+class Stamps:
+    """Every nftables commit in a namespace with the time it arrived (a listener of our own, on a thread)."""
+
+    def __init__(self, netns: str) -> None:
+        self.changes = nftwatch.Changes(path_of(netns))
+        self.seen: list[tuple[float, nftwatch.Commit]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def _listen(self) -> None:
+        while not self.stop.is_set():
+            got = self.changes.read(0.05)
+            now = time.monotonic()
+            self.seen += [(now, c) for c in got or []]
+
+    def reaction(self, table: str, since: float) -> float:
+        """From the first foreign commit on our table after ``since`` to the first of ours after it."""
+        key = (nftwatch.FAMILIES["inet"], table)
+        meddled = min(t for t, c in self.seen if t >= since and key in c.tables and c.process != WRITER)
+        return min(t for t, c in self.seen if t >= meddled and key in c.tables and c.process == WRITER) - meddled
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=2)
+        self.changes.close()
+
+
+def figures(seconds: list[float]) -> str:
+    return f"median {statistics.median(seconds) * 1000:.0f} ms, max {max(seconds) * 1000:.0f} ms"
+
+
+@pytest.fixture
+def stamps(fh_host: str) -> Iterator[Stamps]:
+    found = Stamps(fh_host)
+    yield found
+    found.close()
+
+
 MEDDLINGS = {
     "flush ruleset": lambda host, table: sh(host, "nft", "flush ruleset"),
     "delete table": lambda host, table: sh(host, "nft", f"delete table inet {table}"),
@@ -149,21 +194,28 @@ MEDDLINGS = {
 
 @pytest.mark.parametrize("meddling", list(MEDDLINGS))
 def test_our_table_comes_back_within_a_second_and_the_port_answers(
-        fh_cli: Cli, fh_host: str, outside: str, web: str, meddling: str) -> None:
+        fh_cli: Cli, fh_host: str, outside: str, web: str, stamps: Stamps, meddling: str) -> None:
     agent_runs(fh_cli, fh_host)
     ours, theirs = listing(fh_host, "inet", web), listing(fh_host, "ip", "fh_foreign")
     assert ours is not None and theirs == FOREIGN
-    started = time.monotonic()  # before the meddling command starts: its own start-up counts against us
-    MEDDLINGS[meddling](fh_host, web)
-    took = restored_in(fh_host, web, ours, started)
-    print(f"\n{meddling}: our table restored in {took * 1000:.0f} ms (polled every 10 ms through nft)")
-    assert took <= RESTORE_WITHIN
-    assert ask(outside, HOST_OUT, 8080) == f"web {OUTSIDE}", "the published port answers, no user action"
-    after = listing(fh_host, "ip", "fh_foreign")
-    if meddling == "flush ruleset":
-        assert after is None, "a table that is not ours is never put back"
-    else:
-        assert after == theirs, "the foreign table is untouched, byte for byte"
+    seen, reactions = [], []
+    for _ in range(REPEATS):
+        if listing(fh_host, "ip", "fh_foreign") is None:
+            _nft_file(fh_host, FOREIGN)  # what the flush before took
+        started = time.monotonic()  # before the meddling command starts: its own start-up counts against us
+        MEDDLINGS[meddling](fh_host, web)
+        seen.append(restored_in(fh_host, web, ours, started))
+        time.sleep(0.05)  # our commit's notification reaches our listener too
+        reactions.append(stamps.reaction(web, started))
+        assert ask(outside, HOST_OUT, 8080) == f"web {OUTSIDE}", "the published port answers, no user action"
+        after = listing(fh_host, "ip", "fh_foreign")
+        if meddling == "flush ruleset":
+            assert after is None, "a table that is not ours is never put back"
+        else:
+            assert after == theirs, "the foreign table is untouched, byte for byte"
+    print(f"\n{meddling} x{REPEATS}: restored as seen through nft (polled every 10 ms) {figures(seen)}; "
+          f"the agent's commit followed the meddling one by {figures(reactions)}")
+    assert max(seen) <= RESTORE_WITHIN
     assert fh_cli("doctor").returncode == 0, "and the host is healthy"
 
 
