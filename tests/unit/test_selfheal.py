@@ -123,7 +123,7 @@ def test_a_burst_is_one_repair(engine: tuple[Engine, FakeKernel], healer: Firewa
     assert healer.repairs == 1
 
 
-@pytest.mark.parametrize("who", ["ours", "foreign table only"])
+@pytest.mark.parametrize("who", ["ours", "foreign table only", "a store change, no repair before"])
 def test_what_does_not_concern_us_is_not_looked_at(engine: tuple[Engine, FakeKernel], healer: FirewallHealer,
                                                    monkeypatch: pytest.MonkeyPatch, who: str) -> None:
     eng, kernel = engine
@@ -133,8 +133,10 @@ def test_what_does_not_concern_us_is_not_looked_at(engine: tuple[Engine, FakeKer
     table = fw.table_name(eng.ctx.instance)
     if who == "ours":  # a write of overlays (a command's, doctor's, the agent's own) is named WRITER
         kernel.nft_delete_table(HOST, "inet", table)
-    else:
+    elif who == "foreign table only":
         kernel.announce(HOST, ["filter"], process="nft")
+    else:  # the store is not polled: only a recent repair makes its changes worth a look
+        eng.ctx.transact(lambda txn: txn.put("unrelated", {"changed": True}))
     time.sleep(0.3)
     assert looks == []
 
@@ -146,3 +148,20 @@ def test_lost_notifications_make_it_look(engine: tuple[Engine, FakeKernel], heal
     kernel.nft_tables[HOST].pop(table)  # gone, and the notification of it lost (ENOBUFS)
     kernel.nft_listeners[-1].push(None)
     until(lambda: table in kernel.nft_tables.get(HOST, {}))
+
+
+def test_after_a_repair_a_change_of_the_records_is_followed(engine: tuple[Engine, FakeKernel],
+                                                            healer: FirewallHealer) -> None:
+    """A repair made while a command was between its nft step and its commit (an rm that unpublished but has
+    not yet forgotten the sandbox) re-adds what is going: the store's next change makes the healer look again."""
+    eng, kernel = engine
+    listening(kernel)
+    table = fw.table_name(eng.ctx.instance)
+    kernel.nft_delete_table(HOST, "inet", table, process="nft")
+    until(lambda: healer.repairs == 1)
+    # what such a repair leaves: an element for a sandbox whose record goes only now (no notification: ours)
+    kernel._nft_apply(HOST, f"add element inet {table} publish_any_tcp {{ 9999 : 10.1.0.77 . 80 }}")
+    assert ("publish_any_tcp", "9999") in kernel.nft_tables[HOST][table]
+    eng.ctx.transact(lambda txn: txn.put("unrelated", {"changed": True}))
+    until(lambda: ("publish_any_tcp", "9999") not in kernel.nft_tables[HOST][table])
+    assert healer.repairs == 2
