@@ -74,29 +74,32 @@ class FirewallHealer:
 
     def run(self) -> None:
         """Listen, heal, and listen again after a failure, until stopped (errors are logged, never raised)."""
-        failing = ""
+        said = ""  # the last reason we could not listen: said once, not every second
+        look_first = False  # a look (or a repair) failed: the next socket looks at once
         while not self.stop.is_set():
             try:
                 changes = self.ctx.kernel.nft_changes(self.ctx.host_netns)
             except OverlaysError as e:
-                if str(e) != failing:
-                    failing = str(e)
+                if str(e) != said:
+                    said = str(e)
                     self.log(f"firewall self-heal: cannot listen ({e}); trying again every {REOPEN:g} s")
                 self.stop.wait(REOPEN)
                 continue
-            failing = ""
+            said = ""
             try:
-                self.serve(changes)
+                self.serve(changes, look_first)
+                look_first = False
             except (OverlaysError, OSError) as e:
                 self.log(f"firewall self-heal: {e}; listening again in {REOPEN:g} s")
+                look_first = True
                 self.stop.wait(REOPEN)
             finally:
                 changes.close()
 
-    def serve(self, changes: NftChanges) -> None:
+    def serve(self, changes: NftChanges, look_first: bool = False) -> None:
         """One socket's life: until stopped, or until its namespace is no longer the host's."""
         first: float | None = None  # when the pending burst began
-        due: float | None = None  # when to look at the table
+        due: float | None = self.clock() if look_first else None  # when to look at the table
         while not self.stop.is_set():
             if not changes.current():
                 return  # it would keep a deleted namespace alive; run() listens in whatever is there now

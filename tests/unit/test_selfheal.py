@@ -17,6 +17,7 @@ import pytest
 from overlays import Engine
 from overlays.agent.selfheal import FirewallHealer
 from overlays.drivers import firewall as fw
+from overlays.errors import KernelError
 from overlays.kernel import nftwatch
 from overlays.kernel.nftwatch import Commit
 from overlays.kernel.nl import attr, attr_str
@@ -165,3 +166,22 @@ def test_after_a_repair_a_change_of_the_records_is_followed(engine: tuple[Engine
     eng.ctx.transact(lambda txn: txn.put("unrelated", {"changed": True}))
     until(lambda: ("publish_any_tcp", "9999") not in kernel.nft_tables[HOST][table])
     assert healer.repairs == 2
+
+
+def test_a_repair_that_failed_is_tried_again(engine: tuple[Engine, FakeKernel], healer: FirewallHealer,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    eng, kernel = engine
+    listening(kernel)
+    table = fw.table_name(eng.ctx.instance)
+    apply, failures = kernel.nft_apply, []
+
+    def fails_once(netns: str | None, script: str) -> None:
+        if not failures:
+            failures.append(script)
+            raise KernelError("apply", "nftables ruleset", netns, "Device or resource busy")
+        apply(netns, script)
+
+    monkeypatch.setattr(kernel, "nft_apply", fails_once)
+    kernel.nft_delete_table(HOST, "inet", table, process="nft")
+    until(lambda: table in kernel.nft_tables.get(HOST, {}), timeout=WAIT + 1.0)  # REOPEN (1 s) later
+    assert len(failures) == 1 and healer.repairs == 1
