@@ -20,6 +20,11 @@ re-list) or a restart after ``kill -9`` all converge to the same state. A full s
 runs periodically to heal drift (an entry someone deleted). A host without an underlay
 address (no default route, no IPv4 address) serves DNS only.
 
+Firewall. A thread of its own keeps our nft table as the records want it, woken by
+nftables' change notifications, not by polling (selfheal.py): a ``nft flush ruleset``, a
+deleted table or element, a firewall daemon's reload is undone within a few tens of ms.
+This serves a host without overlay networks too (a single host on the default store).
+
 When a host dies its lease expires and the store deletes its registrations;
 every other agent sees the delete events and removes the entries (and the names).
 """
@@ -34,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from overlays.agent.names import RemoteNames, local
+from overlays.agent.selfheal import FirewallHealer
 from overlays.dns import DnsServer
 from overlays.engine import Engine, hostagent, records
 from overlays.engine.context import NodeTxn
@@ -64,6 +70,7 @@ class Agent:
         self.lease = 0
         self.vtep = ""
         self.server: DnsServer | None = None
+        self.healer: FirewallHealer | None = None
         self._stop = threading.Event()
         self._idle_since: float | None = None
 
@@ -121,6 +128,9 @@ class Agent:
         self._stop.set()
         if self.server is not None:
             self.server.stop()
+        healer = self.healer
+        if healer is not None:
+            healer.wake()
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Serve DNS and, with an underlay, keep the lease and follow the store, until stopped."""
@@ -139,6 +149,9 @@ class Agent:
         self.server = DnsServer(dnsctl.socket_path(self.ctx.state_dir, self.ctx.node), self.ctx.host_netns,
                                 local(self.ctx), log=self.log)
         watcher = None
+        healer = self.healer = FirewallHealer(self.ctx, self._stop, self.log)
+        healing = threading.Thread(target=healer.run, name="agent-firewall", daemon=True)
+        healing.start()
         try:
             if overlays_here:
                 remote = RemoteNames(self.ctx, self._submit)
@@ -151,6 +164,10 @@ class Agent:
             self.server.close()
             if watcher is not None:
                 watcher.join(timeout=2 * WATCH_TIMEOUT)
+            healing.join(timeout=2 * WATCH_TIMEOUT)
+            if not healing.is_alive():  # else it may still read the pipe: the process's exit closes it
+                self.healer = None
+                healer.close()
             if self.on_demand:
                 self._leave()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from overlays.kernel import netns, sysctl
-from overlays.kernel.api import Dns, Links
+from overlays.kernel.api import Dns, Links, NftChanges
 
 if TYPE_CHECKING:
     from overlays.kernel.nft import TableContents
@@ -91,6 +91,16 @@ class LinuxKernel:
         from overlays.kernel import nft
 
         return nft.forward_drops(self._path(netns_name), netns_name)
+
+    def nft_changes(self, netns_name: str | None) -> NftChanges:
+        """A socket told of every nftables transaction committed in the namespace (KernelError if none opens)."""
+        from overlays.errors import KernelError
+        from overlays.kernel import nftwatch
+
+        try:
+            return nftwatch.Changes(self._path(netns_name))
+        except OSError as e:
+            raise KernelError("watch", "nftables ruleset", netns_name, e.strerror or str(e)) from e
 
     def netns_names(self) -> list[str]:
         """Every namespace mounted under /run/netns, by name."""

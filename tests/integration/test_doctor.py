@@ -36,6 +36,21 @@ def web(cli: Cli, host: str) -> dict[str, Any]:
     return dict(json.loads(cli("inspect", "web", "--json", check=True).stdout))
 
 
+def stop_agent(host: str, state_dir: Path) -> None:
+    """Stop the agent the engine started for the host (for a test of what doctor sees without one)."""
+    from overlays.engine import hostagent
+    from overlays.kernel import process
+
+    eng = Engine(host_netns=host, state_dir=state_dir)
+    try:
+        agent = hostagent.started(eng.ctx)
+        assert agent is not None, "run started the host's agent"
+        process.stop(agent.pid, agent.start)
+        hostagent.forget_record(eng.ctx, agent)
+    finally:
+        eng.close()
+
+
 def fixed(cli: Cli, expect: str) -> None:
     """doctor finds ``expect``, exits 1; --fix repairs it all and exits 0; a second look finds nothing."""
     code, found = doctor(cli)
@@ -67,6 +82,7 @@ def test_drift_inside_a_sandbox_and_on_the_bridge(cli: Cli, host: str, web: dict
 def test_our_nft_table_meddled_with(cli: Cli, host: str, web: dict[str, Any], state_dir: Path, meddling: str) -> None:
     from overlays.engine.context import instance_id
 
+    stop_agent(host, state_dir)  # else its self-heal puts the table back before doctor looks (test_selfheal.py)
     table = f"overlays_{instance_id(state_dir, host)}"
     sh(host, "nft", meddling.format(t=table))
     fixed(cli, "nft")

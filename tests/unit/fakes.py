@@ -8,6 +8,7 @@ namespace removes the peer, as Linux does.
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any
 
 from overlays.errors import Conflict, KernelError, NotFound
 from overlays.kernel.dnsctl import Record
-from overlays.kernel.nft import TableContents
+from overlays.kernel.nft import WRITER, TableContents
+from overlays.kernel.nftwatch import FAMILIES, Commit
 from overlays.kernel.rtnl_types import Link, Underlay
 from overlays.kernel.tc import OURS, TC_H_ROOT, Qdisc, Shape
 from overlays.store import Store
@@ -76,6 +78,41 @@ class FakeDns:
         pass
 
 
+class FakeChanges:
+    """nftables' notifications of one fake namespace: what ``FakeKernel.announce`` queued."""
+
+    def __init__(self, netns: str | None) -> None:
+        self.netns = netns
+        self.queued: list[Commit] = []
+        self.lost = False
+        self.closed = False
+        self.ready = threading.Condition()
+
+    def push(self, commit: Commit | None) -> None:
+        with self.ready:
+            if commit is None:
+                self.lost = True
+            else:
+                self.queued.append(commit)
+            self.ready.notify_all()
+
+    def read(self, timeout: float, wake: int | None = None) -> list[Commit] | None:
+        with self.ready:
+            if not self.queued and not self.lost:
+                self.ready.wait(timeout)
+            got, self.queued = self.queued, []
+            if self.lost:
+                self.lost = False
+                return None
+            return got
+
+    def current(self) -> bool:
+        return not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class FakeKernel:
     def __init__(self, *host_namespaces: str, netem: bool = False) -> None:
         self.netem = netem
@@ -93,6 +130,7 @@ class FakeKernel:
         self.nft_rules: dict[tuple[str | None, str], dict[str, tuple[str | None, ...]]] = {}
         self.dns_served: dict[str, dict[str, tuple[str | None, tuple[Record, ...]]]] = {}  # node -> sandbox -> ...
         self.etc: dict[str, dict[str, str]] = {}  # /etc/netns/<ns>/<file>
+        self.nft_listeners: list[FakeChanges] = []
 
     def snapshot(self) -> dict[str | None, tuple[object, ...]]:
         """Everything observable, to compare before and after an operation."""
@@ -165,8 +203,25 @@ class FakeKernel:
     def set_sysctl(self, netns: str | None, key: str, value: str, missing_ok: bool = False) -> None:
         self.sysctls[(netns, key)] = value
 
+    def nft_changes(self, netns: str | None) -> FakeChanges:
+        listener = FakeChanges(netns)
+        self.nft_listeners.append(listener)
+        return listener
+
+    def announce(self, netns: str | None, tables: Iterable[str], process: str | None = WRITER) -> None:
+        """A transaction touching ``tables`` (inet) was committed by ``process``: listeners are told."""
+        commit = Commit(frozenset((FAMILIES["inet"], t) for t in tables), 1, process)
+        for listener in self.nft_listeners:
+            if listener.netns == netns and not listener.closed:
+                listener.push(commit)
+
     def nft_apply(self, netns: str | None, script: str) -> None:
         """Keeps the tables and the keys of their set and map elements: enough to see what is left behind."""
+        self._nft_apply(netns, script)
+        self.announce(netns, {line.split(" ")[3] for line in script.splitlines() if line.startswith(("add", "delete"))
+                              and len(line.split(" ")) > 3})
+
+    def _nft_apply(self, netns: str | None, script: str) -> None:
         self.nft_scripts.append((netns, script))
         tables = self.nft_tables.setdefault(netns, {})
         for line in script.splitlines():
@@ -199,10 +254,12 @@ class FakeKernel:
                     tables[words[3]] -= keys
                     whole -= {(n, e) for n, e in whole if (n, e.split(" : ")[0]) in keys}
 
-    def nft_delete_table(self, netns: str | None, family: str, table: str) -> None:
-        self.nft_tables.get(netns, {}).pop(table, None)
+    def nft_delete_table(self, netns: str | None, family: str, table: str, process: str | None = WRITER) -> None:
+        existed = self.nft_tables.get(netns, {}).pop(table, None) is not None
         self.nft_elements.pop((netns, table), None)
         self.nft_rules.pop((netns, table), None)
+        if existed:
+            self.announce(netns, [table], process)
 
     def nft_list_table(self, netns: str | None, family: str, table: str) -> dict[str, object] | None:
         elements = self.nft_tables.get(netns, {}).get(table)
