@@ -15,7 +15,8 @@ Findings come in three kinds, each with the repair ``--fix`` applies:
   command), and claims no record holds (addresses, interface names, MACs, ports): removed;
 * what overlays cannot repair, only name: another table's forward hook that drops what our
   bridges forward (iptables' FORWARD policy DROP, as Docker sets it), and an overlay network
-  with endpoints here but no agent to program it.
+  with endpoints here but no agent to program it when none can be started for it (a store handed
+  in, names turned off); otherwise a missing agent is started, as the next ``run`` would.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 from overlays.drivers.bridge import BRIDGE_NF_SYSCTLS
 from overlays.drivers.firewall import table_name
-from overlays.engine import firewall, records, repair
+from overlays.engine import firewall, hostagent, hostdns, records, repair
 from overlays.engine.context import Context, NodeTxn
 from overlays.engine.netdrivers import driver_for, driver_named
 from overlays.errors import OverlaysError
@@ -59,7 +60,7 @@ def examine(ctx: Context) -> list[Finding]:
     """Everything inconsistent on this host, read-only."""
     state = ctx.transact(_read)
     found: list[Finding] = []
-    for check in (_networks, _sandboxes, _firewall, _orphans, _stale_claims, _overlays, _foreign_drops):
+    for check in (_networks, _sandboxes, _firewall, _orphans, _stale_claims, _agent, _foreign_drops):
         try:
             found += check(ctx, state)
         except OverlaysError as e:  # one check that cannot look must not hide the others
@@ -201,8 +202,15 @@ def _is_sandbox_owner(owner: str, node: str) -> bool:
 # -- what only a person can change, and an agent that should run -----------------------------------------------------
 
 
-def _overlays(ctx: Context, state: _State) -> list[Finding]:
+def _agent(ctx: Context, state: _State) -> list[Finding]:
+    """The host's agent serves names, heals our firewall and programs overlays: one should run while sandboxes do."""
     local = {e.network for b in state.sandboxes for e in b.endpoints if driver_named(e.driver).needs_agent}
+    dns = hostdns.control(ctx)
+    if dns is not None and state.sandboxes and ctx.store_url is not None and not dns.running():
+        lost = "names are not served, our nft table does not heal itself" + (
+            f", overlay network(s) {', '.join(sorted(local))} are not programmed" if local else "")
+        return [Finding(f"no agent runs for host {ctx.node}, which has sandboxes: {lost}",
+                        "start the host's agent, as the next run would", lambda: hostagent.ensure_running(ctx, dns))]
     if not local or ctx.transact(lambda txn: records.find_host(txn.root, ctx.node)) is not None:
         return []
     return [Finding(f"overlay network(s) {', '.join(sorted(local))} have sandboxes here but no agent runs for host "

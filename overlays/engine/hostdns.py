@@ -62,7 +62,8 @@ def remote_records(found: Iterable[EndpointRegistration], nets: Networks) -> lis
     return [_record(nets[r.network], r.sandbox, r.ip, r.aliases, r.hostname) for r in found if r.network in nets]
 
 
-def _client(ctx: Context) -> Dns | None:
+def control(ctx: Context) -> Dns | None:
+    """The host's DNS control client (None: names are off for this engine)."""
     if not ctx.dns:
         return None
     if ctx.dns_client is None:
@@ -79,7 +80,7 @@ def prepare(ctx: Context) -> bool:
 
     False (and a warning) if it cannot: the operation goes on without names.
     """
-    client = _client(ctx)
+    client = control(ctx)
     if client is None:
         return False
     try:
@@ -95,7 +96,7 @@ def announce(ctx: Context, box: Sandbox, nets: Networks, start: bool = True) -> 
 
     A server that went away since ``prepare`` is started again (with ``start``) and asked once more.
     """
-    client = _client(ctx)
+    client = control(ctx)
     if client is None:
         return False
     records = records_of(box, nets)
@@ -132,7 +133,7 @@ def settle(ctx: Context) -> dict[str, Any]:
 
 def withdraw(ctx: Context, sandbox: str, wait: bool = False) -> None:
     """Unregister the sandbox's names and let its namespace go (only if a server runs: none starts)."""
-    client = _client(ctx)
+    client = control(ctx)
     if client is None:
         return
     try:

@@ -118,6 +118,21 @@ def test_what_a_crash_leaves_is_finished_or_removed(cli: Cli, host: str, web: di
         eng.close()
 
 
+def test_a_host_with_sandboxes_and_no_agent_gets_one_again(cli: Cli, host: str, web: dict[str, Any],
+                                                          state_dir: Path) -> None:
+    from overlays.engine import hostagent
+
+    stop_agent(host, state_dir)  # as a kill -9 of it would leave the host
+    fixed(cli, "no agent runs for host")
+    eng = Engine(host_netns=host, state_dir=state_dir)
+    try:
+        agent = hostagent.started(eng.ctx)
+        assert agent is not None and agent.alive(), "doctor --fix started the host's agent"
+    finally:
+        eng.close()
+    assert "10.44.0.2" in cli("exec", "web", "--", "getent", "hosts", "web", check=True).stdout
+
+
 def test_a_process_we_started_that_no_record_names_is_stopped(cli: Cli, host: str, web: dict[str, Any],
                                                               state_dir: Path) -> None:
     from overlays.engine.context import instance_id
