@@ -92,6 +92,18 @@ def engine(host: str, state_dir: Path) -> Iterator[Engine]:
         teardown(eng)
 
 
+def stop_agent(host: str, state_dir: Path) -> None:
+    """Stop the agent the engine started for the host (a test of a host without one, or that replays by hand)."""
+    eng = Engine(host_netns=host, state_dir=state_dir)
+    try:
+        agent = hostagent.started(eng.ctx)
+        assert agent is not None, "run started the host's agent"
+        process.stop(agent.pid, agent.start)
+        hostagent.forget_record(eng.ctx, agent)
+    finally:
+        eng.close()
+
+
 def teardown(eng: Engine) -> None:
     """Remove what the engine made; the agent it started on demand must be gone with the last of it."""
     for box in eng.sandboxes():

@@ -16,7 +16,7 @@ import pytest
 from overlays import Engine
 from overlays.engine import records
 
-from .conftest import Cli, can_ping, ip_json, sh
+from .conftest import Cli, can_ping, ip_json, sh, stop_agent
 
 
 def doctor(cli: Cli, *args: str) -> tuple[int, list[dict[str, Any]]]:
@@ -34,21 +34,6 @@ def web(cli: Cli, host: str) -> dict[str, Any]:
     cli("run", "--name", "web", "--network", "front", "-p", "8080:80", check=True)
     assert doctor(cli) == (0, []), "a healthy host"
     return dict(json.loads(cli("inspect", "web", "--json", check=True).stdout))
-
-
-def stop_agent(host: str, state_dir: Path) -> None:
-    """Stop the agent the engine started for the host (for a test of what doctor sees without one)."""
-    from overlays.engine import hostagent
-    from overlays.kernel import process
-
-    eng = Engine(host_netns=host, state_dir=state_dir)
-    try:
-        agent = hostagent.started(eng.ctx)
-        assert agent is not None, "run started the host's agent"
-        process.stop(agent.pid, agent.start)
-        hostagent.forget_record(eng.ctx, agent)
-    finally:
-        eng.close()
 
 
 def fixed(cli: Cli, expect: str) -> None:

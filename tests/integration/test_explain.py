@@ -21,7 +21,7 @@ import pytest
 
 from overlays import Engine
 
-from .conftest import Cli, unique
+from .conftest import Cli, stop_agent, unique
 from .kernel_state import netns_names, snapshot
 
 SETTLE = 5.0  # seconds the kernel may take to free a deleted namespace's veths
@@ -83,6 +83,7 @@ def test_explained_steps_replayed_by_hand_build_the_same_kernel_state(cli: Cli, 
     assert "ip netns add" in printed[2] and "veth peer name eth0" in printed[2] and "publish_any_tcp" in printed[2]
     assert "ip netns del" in printed[6]
 
+    stop_agent(host, state_dir)  # else it follows its host to the fresh namespace and heals our table there
     remove_namespaces([*netns_names(prefixes), host])
     fresh_namespace(host)
     try:
