@@ -102,7 +102,7 @@ class Agent:
             net = local_nets[name]
             if host.link(vxlan_name(net.bridge)) is None:
                 continue  # the engine makes the device (and syncs it) when a sandbox joins
-            added, removed = overlay.sync_here(self.ctx, host, net, self.vtep)
+            added, removed = overlay.sync_here(self.ctx, host, net, self.vtep, announce=True)
             if added or removed:
                 self.log(f"{name}: +{added} -{removed} entries")
 

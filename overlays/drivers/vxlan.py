@@ -30,6 +30,14 @@ flannel (``backend/vxlan/vxlan.go``) and Docker's overlay driver:
   So bridge, VXLAN device and sandbox veths all get the same reduced MTU, and a
   too-big DF packet fails loudly at the sandbox ("message too long").
 
+**Late entries are announced.** An endpoint is usable on its own host before the
+other hosts' agents have programmed it (a few ms later, through the store's watch).
+A sandbox elsewhere that asks for it in between gets no answer from its VXLAN device,
+and Linux would ask again only after ``retrans_time`` (1 s). So the agent, when it
+writes a neighbour entry, also announces it into the bridge with one gratuitous ARP
+reply (kernel/arp.py): the sandboxes still waiting resolve at once, the others ignore
+it, and the device drops it (it never crosses hosts).
+
 ``sync`` makes the device's tables exactly match a list of remote endpoints,
 reading before writing, so the agent can call it on every change and on a timer.
 """
@@ -110,12 +118,15 @@ def in_sync(host: Links, net: Network, instance: str, local_vtep: str, remotes: 
     return host.fdb(device) == want_fdb and host.neighbours(device) == want_neigh
 
 
-def sync(host: Links, net: Network, instance: str, local_vtep: str, remotes: Iterable[Remote]) -> tuple[int, int]:
+def sync(host: Links, net: Network, instance: str, local_vtep: str, remotes: Iterable[Remote],
+         announce: bool = False) -> tuple[int, int]:
     """Make the device's static FDB and neighbour entries exactly those of ``remotes``; return (added, removed).
 
     Endpoints on ``local_vtep`` (this host) are skipped: the bridge reaches them directly.
     Only differences are written, additions first (so a moved MAC is re-pointed in place,
-    without a gap), then stale entries are removed.
+    without a gap), then stale entries are removed. With ``announce``, each neighbour
+    entry written is also announced into the bridge (one gratuitous ARP reply), for the
+    sandboxes that asked before it existed (see "Late entries" above).
     """
     device = vxlan_name(net.bridge)
     want_fdb, want_neigh = _wanted(local_vtep, remotes)
@@ -128,6 +139,8 @@ def sync(host: Links, net: Network, instance: str, local_vtep: str, remotes: Ite
         if have_neigh.get(ip) != mac:
             host.ensure_neigh(device, ip, mac)
             added += 1
+            if announce:
+                host.announce(net.bridge, ip, mac)
     for mac, vtep in sorted(have_fdb - want_fdb):
         host.delete_fdb(device, mac, vtep)
         removed += 1

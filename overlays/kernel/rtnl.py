@@ -22,12 +22,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overlays.errors import Conflict, KernelError
-from overlays.kernel import netns, nl, tc
+from overlays.kernel import arp, netns, nl, tc
 from overlays.kernel.nl import IFADDR, IFINFO, NDMSG, RTMSG, NetlinkError, attr, attr_ip, attr_mac, attr_str, attr_u32
 from overlays.kernel.rtnl_types import Hop, Link, Underlay
+
+if TYPE_CHECKING:
+    import socket
 
 IFF_UP = 1
 IFF_LOOPBACK = 8
@@ -121,6 +124,7 @@ class Rtnl:
         self.path = path
         self._nl = nl.Channel(netns.netlink_socket(path))
         self._ipr: Any = None
+        self._packet: socket.socket | None = None  # for ARP announcements, made on first use
         # Link indices by name, as read through this handle (it lives for one operation): a stale
         # index only makes the kernel answer ENODEV, and delete_link forgets the name.
         self._indices: dict[str, int] = {}
@@ -138,6 +142,9 @@ class Rtnl:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._packet is not None:
+            self._packet.close()
+            self._packet = None
 
     def __enter__(self) -> Rtnl:
         return self
@@ -586,6 +593,17 @@ class Rtnl:
         index = self._need(name).index
         with self._step("set neighbour", f"{ip} lladdr {mac} on {name}"):
             self._pyroute2(lambda ipr: ipr.neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT))
+
+    def announce(self, name: str, ip: str, mac: str) -> None:
+        """One gratuitous ARP reply on ``name``: ``ip`` is at ``mac`` (see arp.py for who takes it)."""
+        source = self._need(name).mac
+        with self._step("announce", f"{ip} at {mac} on {name}"):
+            try:
+                if self._packet is None:
+                    self._packet = netns.run_in(self.path, arp.packet_socket)
+                arp.send(self._packet, name, arp.announcement(ip, mac, source))
+            except OSError as e:
+                raise NetlinkError(e.errno or errno.EIO, str(e)) from e
 
     # -- links down, and traffic control (faults: see tc.py) ---------------
 

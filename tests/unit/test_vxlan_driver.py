@@ -155,3 +155,13 @@ def test_underlay_prefers_the_default_route(host: FakeLinks) -> None:
     host.ensure_address("u1", "192.0.2.1", 24)
     host.ensure_default_route("192.0.2.254")
     assert host.underlay() == Underlay("u1", "192.0.2.1", 9000)
+
+
+def test_sync_announces_the_neighbours_it_writes_when_asked(host: FakeLinks, net: Network) -> None:
+    vxlan.sync(host, net, INSTANCE, LOCAL, [A])  # the engine's sync of a new device: nobody asking yet
+    assert host.ns.announced == []
+    vxlan.sync(host, net, INSTANCE, LOCAL, [A, B, C, MINE], announce=True)
+    # Into the bridge, where the sandboxes are; the entry already there and this host's own are not announced.
+    assert host.ns.announced == [(net.bridge, B.ip, B.mac), (net.bridge, C.ip, C.mac)]
+    vxlan.sync(host, net, INSTANCE, LOCAL, [A, B, C, MINE], announce=True)
+    assert len(host.ns.announced) == 2
