@@ -218,6 +218,7 @@ class Agent:
     def _watch(self, remote: RemoteNames) -> None:
         store = self.ctx.store
         with self.ctx.open_host() as host:
+            host.prepare_overlay_writes()  # else the first endpoint to program waits for pyroute2's import
             revision = self.full_sync(host, remote)
             keepalive_at = time.monotonic() + self.ttl / 3
             resync_at = time.monotonic() + self.resync_every

@@ -159,15 +159,30 @@ class Rtnl:
         except NetlinkError as e:
             raise kernel_error(operation, obj, self.netns, e) from e
 
-    def _pyroute2(self, call: Callable[[Any], object]) -> None:
-        """One request through pyroute2's IPRoute (made on first use), its errors as ``nl.NetlinkError``."""
+    def prepare_overlay_writes(self) -> None:
+        """Load now what FDB and neighbour writes and announcements need (pyroute2: ~200 ms to import).
+
+        The agent calls it once on the handle it keeps, so its first write for a new endpoint
+        costs what the others do."""
+        # A first neighbour request also loads its codec (~5 ms): a dump of lo's (none) does it.
+        self._pyroute2(lambda ipr: list(ipr.neigh("dump", ifindex=1)))
+        with self._step("open a packet socket for", "ARP announcements"):
+            self._packet_socket()
+
+    def _iproute(self) -> Any:
         from pyroute2 import IPRoute  # the heavy import: only the overlay control plane gets here
-        from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
 
         if self._ipr is None:
             self._ipr = IPRoute(fileno=netns.netlink_socket(self.path).detach())
+        return self._ipr
+
+    def _pyroute2(self, call: Callable[[Any], object]) -> None:
+        """One request through pyroute2's IPRoute (made on first use), its errors as ``nl.NetlinkError``."""
+        from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
+
+        ipr = self._iproute()
         try:
-            call(self._ipr)
+            call(ipr)
         except Pyroute2Error as e:
             raise NetlinkError(e.code or errno.EIO, str(e)) from e
 
@@ -599,11 +614,18 @@ class Rtnl:
         source = self._need(name).mac
         with self._step("announce", f"{ip} at {mac} on {name}"):
             try:
-                if self._packet is None:
-                    self._packet = netns.run_in(self.path, arp.packet_socket)
-                arp.send(self._packet, name, arp.announcement(ip, mac, source))
+                arp.send(self._packet_socket(), name, arp.announcement(ip, mac, source))
             except OSError as e:
                 raise NetlinkError(e.errno or errno.EIO, str(e)) from e
+
+    def _packet_socket(self) -> socket.socket:
+        """This handle's packet socket, made in its namespace on first use (an OSError as NetlinkError)."""
+        if self._packet is None:
+            try:
+                self._packet = netns.run_in(self.path, arp.packet_socket)
+            except OSError as e:
+                raise NetlinkError(e.errno or errno.EIO, str(e)) from e
+        return self._packet
 
     # -- links down, and traffic control (faults: see tc.py) ---------------
 

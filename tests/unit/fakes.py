@@ -394,6 +394,9 @@ class FakeLinks:
     def delete_neigh(self, name: str, ip: str) -> None:
         self.ns.neighs.get(name, {}).pop(ip, None)
 
+    def prepare_overlay_writes(self) -> None:
+        pass
+
     def announce(self, name: str, ip: str, mac: str) -> None:
         self._need(name)
         self.ns.announced.append((name, ip, mac.lower()))
