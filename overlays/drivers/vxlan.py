@@ -111,6 +111,30 @@ def _wanted(local_vtep: str, remotes: Iterable[Remote]) -> tuple[set[tuple[str, 
     return fdb, neighbours
 
 
+def add_remote(host: Links, net: Network, local_vtep: str, remote: Remote, announce: bool = False) -> int:
+    """One remote endpoint's entries, added to what the device has; returns how many were written.
+
+    The agent's fast path for a new registration: no store read, nothing removed (``sync``,
+    which the agent runs soon after, removes what an added entry replaced). A neighbour
+    entry written is announced, as ``sync`` does.
+    """
+    if remote.vtep == local_vtep:
+        return 0
+    device, mac = vxlan_name(net.bridge), remote.mac.lower()
+    have_fdb = host.fdb(device)
+    written = 0
+    for entry in ((mac, remote.vtep), (FLOOD_MAC, remote.vtep)):
+        if entry not in have_fdb:
+            host.ensure_fdb(device, *entry)
+            written += 1
+    if host.neighbours(device).get(remote.ip) != mac:
+        host.ensure_neigh(device, remote.ip, mac)
+        written += 1
+        if announce:
+            host.announce(net.bridge, remote.ip, mac)
+    return written
+
+
 def in_sync(host: Links, net: Network, instance: str, local_vtep: str, remotes: Iterable[Remote]) -> bool:
     """Read-only: whether the device's entries are exactly those ``remotes`` call for."""
     device = vxlan_name(net.bridge)

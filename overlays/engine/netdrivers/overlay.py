@@ -193,6 +193,15 @@ def sync_here(ctx: Context, host: Links, network: Network, vtep: str, announce: 
         return vxlan.sync(host, network, ctx.instance, vtep, found, announce)
 
 
+def add_here(ctx: Context, host: Links, network: Network, vtep: str, found: EndpointRegistration) -> int:
+    """The agent's fast path: one new registration's entries on this host's device, announced, no store read.
+
+    Under the same lock as ``sync_here``; the full sync that follows in the agent settles the rest.
+    """
+    with ctx.lock("overlay"):
+        return vxlan.add_remote(host, network, vtep, vxlan.Remote(found.ip, found.mac, found.vtep), announce=True)
+
+
 def local_networks(txn: NodeTxn) -> dict[str, Network]:
     """The overlay networks that have an endpoint on this host."""
     names = {ep.network for ep in records.all_endpoints(txn) if ep.driver == OverlayDriver.name}
