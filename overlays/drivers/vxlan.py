@@ -16,7 +16,8 @@ flannel (``backend/vxlan/vxlan.go``) and Docker's overlay driver:
   underlay (clouds have none), and L2/L3 miss notifications (flannel's first
   design) put a userspace round trip on the first packet to every peer and
   lose packets whenever the daemon is slow or restarting. Static entries are in
-  place before the first packet and survive the agent being down.
+  place before the first packet to an endpoint known for a while, and survive the
+  agent being down; for an endpoint only just made, see "Late entries" below.
 * **ARP answered locally (``proxy``).** With proxy on, the VXLAN device answers
   ARP requests from its neighbour table itself and never sends them over the
   wire, so resolution costs no round trip and no flooding to every host.
@@ -33,10 +34,14 @@ flannel (``backend/vxlan/vxlan.go``) and Docker's overlay driver:
 **Late entries are announced.** An endpoint is usable on its own host before the
 other hosts' agents have programmed it (a few ms later, through the store's watch).
 A sandbox elsewhere that asks for it in between gets no answer from its VXLAN device,
-and Linux would ask again only after ``retrans_time`` (1 s). So the agent, when it
+and Linux would ask again only after ``retrans_time`` (1 s): that was the p99 of
+overlay convergence, and with etcd on 3 hosts its median. So the agent, when it
 writes a neighbour entry, also announces it into the bridge with one gratuitous ARP
 reply (kernel/arp.py): the sandboxes still waiting resolve at once, the others ignore
-it, and the device drops it (it never crosses hosts).
+it, and the device drops it (it never crosses hosts). Shorter ARP retries in every
+sandbox would also have hidden the gap, at the price of ARP every few ms for any
+address that does not answer, copied by the bridge to every port; an L3-miss
+callback would still leave the asker waiting for its own retry.
 
 ``sync`` makes the device's tables exactly match a list of remote endpoints,
 reading before writing, so the agent can call it on every change and on a timer.
