@@ -116,28 +116,25 @@ def _wanted(local_vtep: str, remotes: Iterable[Remote]) -> tuple[set[tuple[str, 
     return fdb, neighbours
 
 
-def add_remote(host: Links, net: Network, local_vtep: str, remote: Remote, announce: bool = False) -> int:
-    """One remote endpoint's entries, added to what the device has; returns how many were written.
+def add_remote(host: Links, net: Network, local_vtep: str, remote: Remote, announce: bool = False) -> bool:
+    """One remote endpoint's entries, added to what the device has; False for an endpoint of this host.
 
     The agent's fast path for a new registration: no store read, nothing removed (``sync``,
-    which the agent runs soon after, removes what an added entry replaced). A neighbour
-    entry written is announced, as ``sync`` does.
+    which the agent runs soon after, removes what an added entry replaced), and no read of
+    the device either: its tables are dumped whole (5 ms for 400 FDB entries, against 0.4 ms
+    a write), and each write is idempotent in the kernel (a unicast MAC and a neighbour are
+    replaced, a flood entry is appended once per VTEP). With ``announce`` the neighbour is
+    announced, as ``sync`` does for the entries it writes.
     """
     if remote.vtep == local_vtep:
-        return 0
+        return False
     device, mac = vxlan_name(net.bridge), remote.mac.lower()
-    have_fdb = host.fdb(device)
-    written = 0
-    for entry in ((mac, remote.vtep), (FLOOD_MAC, remote.vtep)):
-        if entry not in have_fdb:
-            host.ensure_fdb(device, *entry)
-            written += 1
-    if host.neighbours(device).get(remote.ip) != mac:
-        host.ensure_neigh(device, remote.ip, mac)
-        written += 1
-        if announce:
-            host.announce(net.bridge, remote.ip, mac)
-    return written
+    host.ensure_fdb(device, mac, remote.vtep)
+    host.ensure_fdb(device, FLOOD_MAC, remote.vtep)
+    host.ensure_neigh(device, remote.ip, mac)
+    if announce:
+        host.announce(net.bridge, remote.ip, mac)
+    return True
 
 
 def in_sync(host: Links, net: Network, instance: str, local_vtep: str, remotes: Iterable[Remote]) -> bool:

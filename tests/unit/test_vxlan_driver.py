@@ -170,11 +170,12 @@ def test_sync_announces_the_neighbours_it_writes_when_asked(host: FakeLinks, net
 def test_add_remote_adds_one_endpoint_and_removes_nothing(host: FakeLinks, net: Network) -> None:
     vxlan.sync(host, net, INSTANCE, LOCAL, [A, C])
     moved = Remote(A.ip, A.mac, "10.201.0.9")
-    assert vxlan.add_remote(host, net, LOCAL, moved, announce=True) == 2  # MAC re-pointed, flood entry for .9
-    assert (A.mac.lower(), "10.201.0.9") in host.fdb(DEV) and (ZERO, "10.201.0.2") in host.fdb(DEV)  # not removed
-    assert host.ns.announced == []  # the neighbour entry was right already
-    assert vxlan.add_remote(host, net, LOCAL, B, announce=True) == 2  # its host's flood entry is there
-    assert host.ns.announced == [(net.bridge, B.ip, B.mac)]
-    assert vxlan.add_remote(host, net, LOCAL, B, announce=True) == 0
-    assert vxlan.add_remote(host, net, LOCAL, MINE, announce=True) == 0
+    rec = Recording(host)
+    assert vxlan.add_remote(rec, net, LOCAL, moved, announce=True)
+    assert all(c.startswith("ensure_") for c in rec.changes)  # nothing removed
+    assert (A.mac.lower(), "10.201.0.9") in host.fdb(DEV) and (ZERO, "10.201.0.9") in host.fdb(DEV)
+    assert (ZERO, "10.201.0.2") in host.fdb(DEV)  # left to sync
+    assert vxlan.add_remote(host, net, LOCAL, B, announce=True)
+    assert host.ns.announced == [(net.bridge, A.ip, A.mac.lower()), (net.bridge, B.ip, B.mac)]
+    assert not vxlan.add_remote(host, net, LOCAL, MINE, announce=True)
     assert vxlan.sync(host, net, INSTANCE, LOCAL, [moved, B, C]) == (0, 0)  # what the registrations say, exactly

@@ -193,7 +193,7 @@ def sync_here(ctx: Context, host: Links, network: Network, vtep: str, announce: 
         return vxlan.sync(host, network, ctx.instance, vtep, found, announce)
 
 
-def add_here(ctx: Context, host: Links, network: Network, vtep: str, found: EndpointRegistration) -> int:
+def add_here(ctx: Context, host: Links, network: Network, vtep: str, found: EndpointRegistration) -> bool:
     """The agent's fast path: one new registration's entries on this host's device, announced, no store read.
 
     Under the same lock as ``sync_here``; the full sync that follows in the agent settles the rest.
