@@ -7,8 +7,11 @@ and the namespace. Only the kernel layer speaks netlink.
 
 Links, addresses, routes and neighbour reads go through ``nl.Channel``: messages
 packed with ``struct`` (see nl.py for why), so attaching a sandbox never imports
-pyroute2. The rare VXLAN, FDB and neighbour writes of the overlay control plane use
-pyroute2's ``IPRoute``, made on first use only (its errors become ``nl.NetlinkError``).
+pyroute2. So are FDB and neighbour additions: the agent writes them for each new
+remote endpoint, on the clock (pyroute2's round trip through its event loop cost
+8 ms a write, 20 ms at worst, with another thread busy). The rare VXLAN device
+creation and deletions use pyroute2's ``IPRoute``, made on first use only (its
+errors become ``nl.NetlinkError``).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ AF_BRIDGE = 7
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
-RTM_GETNEIGH = 30
+RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
 # rtnetlink attribute numbers (linux/if_link.h, if_addr.h, rtnetlink.h, neighbour.h, veth.h)
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK = 18, 20, 26, 28, 29
@@ -61,6 +64,8 @@ GET = nl.NLM_F_REQUEST
 DUMP = nl.NLM_F_REQUEST | nl.NLM_F_DUMP
 CHANGE = nl.NLM_F_REQUEST | nl.NLM_F_ACK
 CREATE = CHANGE | nl.NLM_F_CREATE | nl.NLM_F_EXCL
+REPLACE = CHANGE | nl.NLM_F_CREATE | nl.NLM_F_REPLACE
+APPEND = CHANGE | nl.NLM_F_CREATE | nl.NLM_F_APPEND
 IFA_F_SECONDARY = 0x01
 RT_SCOPE_UNIVERSE = 0
 NUD_NOARP = 0x40
@@ -160,12 +165,11 @@ class Rtnl:
             raise kernel_error(operation, obj, self.netns, e) from e
 
     def prepare_overlay_writes(self) -> None:
-        """Load now what FDB and neighbour writes and announcements need (pyroute2: ~200 ms to import).
+        """Load now what the overlay's writes need: pyroute2 (~200 ms to import), the packet socket.
 
         The agent calls it once on the handle it keeps, so its first write for a new endpoint
         costs what the others do."""
-        # A first neighbour request also loads its codec (~5 ms): a dump of lo's (none) does it.
-        self._pyroute2(lambda ipr: list(ipr.neigh("dump", ifindex=1)))
+        self._iproute()  # deletions still go through it
         with self._step("open a packet socket for", "ARP announcements"):
             self._packet_socket()
 
@@ -578,13 +582,11 @@ class Rtnl:
         """
         mac = self._mac("add fdb entry", name, mac)
         index = self._need(name).index
-        command = "append" if mac == ZERO_MAC else "replace"
+        # NTF_SELF: the device's own table (without it a replace on a bridge port lands in the bridge's FDB).
+        body = NDMSG.pack(family=AF_BRIDGE, ifindex=index, state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
         with self._step("add fdb entry", f"{mac} dst {dst} on {name}"):
-            # Explicit flags: pyroute2 adds NTF_SELF and NUD_NOARP for add/append/del only, and
-            # without NTF_SELF a "replace" on a bridge port lands in the bridge's FDB instead.
-            self._pyroute2(lambda ipr: ipr.fdb(
-                command, ifindex=index, lladdr=mac, dst=dst, flags=NTF_SELF, state=NUD_PERMANENT | NUD_NOARP
-            ))
+            self._nl.request(RTM_NEWNEIGH, APPEND if mac == ZERO_MAC else REPLACE, NDMSG,
+                             body + attr_mac(NDA_LLADDR, mac) + attr_ip(NDA_DST, dst))
 
     def _mac(self, operation: str, name: str, mac: str) -> str:
         """``mac`` in lower case; a malformed one is refused before netlink (pyroute2 raises TypeError)."""
@@ -606,8 +608,9 @@ class Rtnl:
     def ensure_neigh(self, name: str, ip: str, mac: str) -> None:
         mac = self._mac("set neighbour", name, mac)
         index = self._need(name).index
+        body = NDMSG.pack(family=AF_INET, ifindex=index, state=NUD_PERMANENT)
         with self._step("set neighbour", f"{ip} lladdr {mac} on {name}"):
-            self._pyroute2(lambda ipr: ipr.neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT))
+            self._nl.request(RTM_NEWNEIGH, REPLACE, NDMSG, body + attr_ip(NDA_DST, ip) + attr_mac(NDA_LLADDR, mac))
 
     def announce(self, name: str, ip: str, mac: str) -> None:
         """One gratuitous ARP reply on ``name``: ``ip`` is at ``mac`` (see arp.py for who takes it)."""
