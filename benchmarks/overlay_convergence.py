@@ -154,8 +154,19 @@ def measure(run: Run, hosts: int, samples: int, store: str, log: Any) -> dict[st
                 f" same-host p50 {median(result['local']):.1f} ms")
             return result
         finally:
+            _remove_timed(lab, names)
             lab.down()
             lab.close()
+
+
+def _remove_timed(lab: Any, hosts: list[str], batch: int = 10) -> None:
+    """The sandboxes the samples made, a few at a time: one batch of all of a host's would be a transaction
+    bigger than etcd takes (128 operations by default)."""
+    for host in hosts:
+        eng = lab.engine(host)
+        made = sorted(box.name for box in eng.sandboxes() if not box.name.startswith("probe"))
+        for i in range(0, len(made), batch):
+            eng.remove_sandboxes(made[i:i + batch], force=True)
 
 
 @contextmanager

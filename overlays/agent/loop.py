@@ -13,8 +13,13 @@ alive, moves this host's endpoint registrations onto that lease, and then watche
 ``overlay/`` keys of the shared store (in a thread of its own): on every change it
 re-syncs the affected networks, so each VXLAN device has exactly one FDB and one
 neighbour entry per remote endpoint and one flood entry per remote host, and updates the
-remote names (while the store holds no overlay network at all, it only looks for one
-four times a second, where a watch polls the store 200 times). Syncs read before they
+remote names. A new endpoint is on the clock: a sandbox elsewhere may already be asking
+for it (its first ARP, dropped by the VXLAN device until the entry exists, is asked again
+only after a second). So a registration put is programmed from the event itself, no
+store read, and announced into the bridge (drivers/vxlan.py); the full sync of its
+network follows within SYNC_LAG, once for every put meanwhile, and a delete or a network
+new to this host is synced at once. While the store holds no overlay network at all, it
+only looks for one four times a second, where a watch polls the store 200 times. Syncs read before they
 write and are idempotent, so events seen twice, a missed event (``Compacted``: full
 re-list) or a restart after ``kill -9`` all converge to the same state. A full sync also
 runs periodically to heal drift (an entry someone deleted). A host without an underlay
@@ -49,12 +54,16 @@ from overlays.kernel import dnsctl, process
 from overlays.kernel.api import Links
 from overlays.kernel.dnsctl import Record
 from overlays.model.names import vxlan_name
-from overlays.model.state import HostRegistration
-from overlays.store.base import Compacted, LeaseNotFound
+from overlays.model.specs import Network
+from overlays.model.state import EndpointRegistration, HostRegistration
+from overlays.store.base import Compacted, Event, LeaseNotFound
 
 Log = Callable[[str], None]
 IDLE_GRACE = 10.0  # seconds an agent started on demand stays with nothing to serve before it exits
 WATCH_TIMEOUT = 0.5
+# A network whose new endpoints were programmed from their events has its full sync (a read of all its
+# registrations, which also removes what they replaced) this much later, once for all that came meanwhile.
+SYNC_LAG = 0.2
 IDLE_LOOK = 0.25  # seconds between looks for a first overlay network while there is none (a watch polls the store)
 
 
@@ -73,6 +82,8 @@ class Agent:
         self.healer: FirewallHealer | None = None
         self._stop = threading.Event()
         self._idle_since: float | None = None
+        self._networks: dict[str, Network] = {}  # this host's overlay networks, as of the last sync
+        self._due: dict[str, float] = {}  # network -> when its sync is due (its new endpoints are in already)
 
     # -- registration -------------------------------------------------------------
 
@@ -105,17 +116,22 @@ class Agent:
     def sync(self, host: Links, names: set[str] | None = None) -> None:
         """Program the named networks (None: all of this host's) from the store; idempotent."""
         local_nets = self.ctx.transact(overlay.local_networks)
+        if names is None:
+            self._networks = local_nets
+        else:
+            self._networks.update({n: net for n, net in local_nets.items() if n in names})
         for name in sorted(local_nets if names is None else names & set(local_nets)):
             net = local_nets[name]
             if host.link(vxlan_name(net.bridge)) is None:
                 continue  # the engine makes the device (and syncs it) when a sandbox joins
-            added, removed = overlay.sync_here(self.ctx, host, net, self.vtep)
+            added, removed = overlay.sync_here(self.ctx, host, net, self.vtep, announce=True)
             if added or removed:
                 self.log(f"{name}: +{added} -{removed} entries")
 
     def full_sync(self, host: Links, remote: RemoteNames | None = None) -> int:
         """Everything from a fresh list; returns the revision to watch after."""
         revision = self.ctx.store.revision()  # first: a change after it is watched, maybe seen twice
+        self._due.clear()
         self.sync(host)
         if remote is not None:
             remote.full()
@@ -235,6 +251,7 @@ class Agent:
     def _watch(self, remote: RemoteNames) -> None:
         store = self.ctx.store
         with self.ctx.open_host() as host:
+            host.prepare_overlay_writes()  # else the first endpoint to program waits for pyroute2's import
             revision = self.full_sync(host, remote)
             keepalive_at = time.monotonic() + self.ttl / 3
             resync_at = time.monotonic() + self.resync_every
@@ -247,16 +264,19 @@ class Agent:
                     events = []
                 else:
                     try:
-                        events = store.watch(records.REGISTRATIONS_PREFIX, revision,
-                                             timeout=min(WATCH_TIMEOUT, self.ttl / 3))
+                        events = store.watch(records.REGISTRATIONS_PREFIX, revision, timeout=self._watch_timeout())
                     except Compacted:
                         revision = self.full_sync(host, remote)
                         continue
                 if events:
                     revision = events[-1].revision
                     touched = {e.key.split("/")[1] for e in events}
-                    self.sync(host, touched)
+                    now, urgent = time.monotonic(), self._add_new(host, events)
+                    for name in touched:
+                        due = now if name in urgent else now + SYNC_LAG
+                        self._due[name] = min(self._due.get(name, due), due)
                     remote.networks_changed(touched)
+                self._sync_due(host)
                 now = time.monotonic()
                 if now >= keepalive_at:
                     keepalive_at = now + self.ttl / 3
@@ -267,6 +287,45 @@ class Agent:
                     resync_at = now + self.resync_every
                     revision = max(revision, self.full_sync(host, remote))
                     watching = self._overlay_networks()
+
+    def _add_new(self, host: Links, events: list[Event]) -> set[str]:
+        """Each registration put in ``events``, programmed (and announced) from the event itself: a sandbox
+        elsewhere may be asking for it already. Returns the networks that need their sync now (a delete, a
+        network new to this host, a failure); the others' may wait a moment, to cover several events."""
+        urgent = set()
+        for event in events:
+            name = event.key.split("/")[1]
+            net = self._networks.get(name)
+            if event.kind != "put" or not isinstance(event.value, dict) or net is None:
+                urgent.add(name)
+                continue
+            found = EndpointRegistration.from_record(event.value)
+            if found.vtep == self.vtep:
+                continue  # one of this host's own: the bridge reaches it
+            if host.link(vxlan_name(net.bridge)) is None:
+                urgent.add(name)
+                continue
+            try:
+                overlay.add_here(self.ctx, host, net, self.vtep, found)
+            except OverlaysError as e:  # the sync tries again, and says what failed
+                self.log(f"{name}: adding {found.ip} at once: {e}")
+                urgent.add(name)
+        return urgent
+
+    def _watch_timeout(self) -> float:
+        """Until the next sync that is due, within the watch's usual bounds."""
+        timeout = min(WATCH_TIMEOUT, self.ttl / 3)
+        if self._due:
+            timeout = min(timeout, max(0.0, min(self._due.values()) - time.monotonic()))
+        return timeout
+
+    def _sync_due(self, host: Links) -> None:
+        now = time.monotonic()
+        due = {name for name, at in self._due.items() if at <= now}
+        if due:
+            for name in due:
+                del self._due[name]
+            self.sync(host, due)
 
     def _overlay_networks(self) -> bool:
         """Whether the store holds any overlay network (the shared root holds no other kind)."""

@@ -7,8 +7,11 @@ and the namespace. Only the kernel layer speaks netlink.
 
 Links, addresses, routes and neighbour reads go through ``nl.Channel``: messages
 packed with ``struct`` (see nl.py for why), so attaching a sandbox never imports
-pyroute2. The rare VXLAN, FDB and neighbour writes of the overlay control plane use
-pyroute2's ``IPRoute``, made on first use only (its errors become ``nl.NetlinkError``).
+pyroute2. So are FDB and neighbour additions: the agent writes them for each new
+remote endpoint, on the clock (pyroute2's round trip through its event loop cost
+8 ms a write, 20 ms at worst, with another thread busy). The rare VXLAN device
+creation and deletions use pyroute2's ``IPRoute``, made on first use only (its
+errors become ``nl.NetlinkError``).
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overlays.errors import Conflict, KernelError
-from overlays.kernel import netns, nl, tc
+from overlays.kernel import arp, netns, nl, tc
 from overlays.kernel.nl import IFADDR, IFINFO, NDMSG, RTMSG, NetlinkError, attr, attr_ip, attr_mac, attr_str, attr_u32
 from overlays.kernel.rtnl_types import Hop, Link, Underlay
+
+if TYPE_CHECKING:
+    import socket
 
 IFF_UP = 1
 IFF_LOOPBACK = 8
@@ -37,7 +43,7 @@ AF_BRIDGE = 7
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
-RTM_GETNEIGH = 30
+RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
 # rtnetlink attribute numbers (linux/if_link.h, if_addr.h, rtnetlink.h, neighbour.h, veth.h)
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK = 18, 20, 26, 28, 29
@@ -58,6 +64,8 @@ GET = nl.NLM_F_REQUEST
 DUMP = nl.NLM_F_REQUEST | nl.NLM_F_DUMP
 CHANGE = nl.NLM_F_REQUEST | nl.NLM_F_ACK
 CREATE = CHANGE | nl.NLM_F_CREATE | nl.NLM_F_EXCL
+REPLACE = CHANGE | nl.NLM_F_CREATE | nl.NLM_F_REPLACE
+APPEND = CHANGE | nl.NLM_F_CREATE | nl.NLM_F_APPEND
 IFA_F_SECONDARY = 0x01
 RT_SCOPE_UNIVERSE = 0
 NUD_NOARP = 0x40
@@ -121,6 +129,7 @@ class Rtnl:
         self.path = path
         self._nl = nl.Channel(netns.netlink_socket(path))
         self._ipr: Any = None
+        self._packet: socket.socket | None = None  # for ARP announcements, made on first use
         # Link indices by name, as read through this handle (it lives for one operation): a stale
         # index only makes the kernel answer ENODEV, and delete_link forgets the name.
         self._indices: dict[str, int] = {}
@@ -138,6 +147,9 @@ class Rtnl:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._packet is not None:
+            self._packet.close()
+            self._packet = None
 
     def __enter__(self) -> Rtnl:
         return self
@@ -152,15 +164,29 @@ class Rtnl:
         except NetlinkError as e:
             raise kernel_error(operation, obj, self.netns, e) from e
 
-    def _pyroute2(self, call: Callable[[Any], object]) -> None:
-        """One request through pyroute2's IPRoute (made on first use), its errors as ``nl.NetlinkError``."""
+    def prepare_overlay_writes(self) -> None:
+        """Load now what the overlay's writes need: pyroute2 (~200 ms to import), the packet socket.
+
+        The agent calls it once on the handle it keeps, so its first write for a new endpoint
+        costs what the others do."""
+        self._iproute()  # deletions still go through it
+        with self._step("open a packet socket for", "ARP announcements"):
+            self._packet_socket()
+
+    def _iproute(self) -> Any:
         from pyroute2 import IPRoute  # the heavy import: only the overlay control plane gets here
-        from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
 
         if self._ipr is None:
             self._ipr = IPRoute(fileno=netns.netlink_socket(self.path).detach())
+        return self._ipr
+
+    def _pyroute2(self, call: Callable[[Any], object]) -> None:
+        """One request through pyroute2's IPRoute (made on first use), its errors as ``nl.NetlinkError``."""
+        from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
+
+        ipr = self._iproute()
         try:
-            call(self._ipr)
+            call(ipr)
         except Pyroute2Error as e:
             raise NetlinkError(e.code or errno.EIO, str(e)) from e
 
@@ -556,13 +582,11 @@ class Rtnl:
         """
         mac = self._mac("add fdb entry", name, mac)
         index = self._need(name).index
-        command = "append" if mac == ZERO_MAC else "replace"
+        # NTF_SELF: the device's own table (without it a replace on a bridge port lands in the bridge's FDB).
+        body = NDMSG.pack(family=AF_BRIDGE, ifindex=index, state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
         with self._step("add fdb entry", f"{mac} dst {dst} on {name}"):
-            # Explicit flags: pyroute2 adds NTF_SELF and NUD_NOARP for add/append/del only, and
-            # without NTF_SELF a "replace" on a bridge port lands in the bridge's FDB instead.
-            self._pyroute2(lambda ipr: ipr.fdb(
-                command, ifindex=index, lladdr=mac, dst=dst, flags=NTF_SELF, state=NUD_PERMANENT | NUD_NOARP
-            ))
+            self._nl.request(RTM_NEWNEIGH, APPEND if mac == ZERO_MAC else REPLACE, NDMSG,
+                             body + attr_mac(NDA_LLADDR, mac) + attr_ip(NDA_DST, dst))
 
     def _mac(self, operation: str, name: str, mac: str) -> str:
         """``mac`` in lower case; a malformed one is refused before netlink (pyroute2 raises TypeError)."""
@@ -584,8 +608,27 @@ class Rtnl:
     def ensure_neigh(self, name: str, ip: str, mac: str) -> None:
         mac = self._mac("set neighbour", name, mac)
         index = self._need(name).index
+        body = NDMSG.pack(family=AF_INET, ifindex=index, state=NUD_PERMANENT)
         with self._step("set neighbour", f"{ip} lladdr {mac} on {name}"):
-            self._pyroute2(lambda ipr: ipr.neigh("replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT))
+            self._nl.request(RTM_NEWNEIGH, REPLACE, NDMSG, body + attr_ip(NDA_DST, ip) + attr_mac(NDA_LLADDR, mac))
+
+    def announce(self, name: str, ip: str, mac: str) -> None:
+        """One gratuitous ARP reply on ``name``: ``ip`` is at ``mac`` (see arp.py for who takes it)."""
+        source = self._need(name).mac
+        with self._step("announce", f"{ip} at {mac} on {name}"):
+            try:
+                arp.send(self._packet_socket(), name, arp.announcement(ip, mac, source))
+            except OSError as e:
+                raise NetlinkError(e.errno or errno.EIO, str(e)) from e
+
+    def _packet_socket(self) -> socket.socket:
+        """This handle's packet socket, made in its namespace on first use (an OSError as NetlinkError)."""
+        if self._packet is None:
+            try:
+                self._packet = netns.run_in(self.path, arp.packet_socket)
+            except OSError as e:
+                raise NetlinkError(e.errno or errno.EIO, str(e)) from e
+        return self._packet
 
     # -- links down, and traffic control (faults: see tc.py) ---------------
 

@@ -4,8 +4,9 @@ Our keys live under a versioned root (``/overlays/v1/``), so a later layout can 
 beside this one and nothing else in the cluster is touched. The protocol maps onto
 etcd one to one: ``commit`` is one etcd Txn (compare ``version == 0`` for "absent",
 else ``mod_revision == what we read``; puts with their lease; deletes), ``revision``
-is the header revision of a read, ``watch`` is an etcd watch from ``after + 1`` that
-is cancelled once it has delivered something (or at the timeout), and leases are
+is the header revision of a read, ``watch`` reads from one etcd watch per prefix kept
+open from ``after + 1`` (etcdstream.py: a watch made anew from a past revision would
+deliver up to 100 ms late), and leases are
 etcd leases (whole seconds; etcd enforces a minimum of about 2 s).
 
 The store API stays synchronous: the client runs on an event loop in a daemon thread
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 
 from overlays.errors import InvalidSpec, StoreError
 from overlays.store.base import Compacted, Entry, Event, LeaseNotFound, Value
+from overlays.store.etcdstream import Ended, Stream
 
 # gRPC's fork handlers serve children that go on using gRPC; ours never do (they exec, or
 # run pyroute2), and with the handlers on, each fork during a call logs a line on stderr.
@@ -134,6 +136,7 @@ class EtcdStore:
         self._closed = False
         self._clients = [self._client(e) for e in self.endpoints]
         self._current = 0  # the member we talk to until it fails
+        self._streams: dict[str, Stream] = {}  # prefix -> its open watch (used on the loop's thread only)
 
     @classmethod
     def from_url(cls, url: str) -> EtcdStore:
@@ -216,51 +219,62 @@ class EtcdStore:
         return self._run(self._watch(prefix, after_revision, timeout), timeout + self._retry_for + 5)
 
     async def _watch(self, prefix: str, after_revision: int, timeout: float) -> list[Event]:
+        """From the prefix's open stream (etcdstream.py says why one stays open), opened again as needed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         give_up = deadline + self._retry_for
         while True:
+            stream = await self._stream(prefix, after_revision, give_up)
+            found = stream.after(after_revision)
+            if found:
+                return found
+            if stream.error is not None:
+                await self._drop_stream(prefix, stream)
+                await self._watch_failed(stream.client, stream.error, prefix, after_revision, give_up)
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            await stream.wait(remaining)
+
+    async def _stream(self, prefix: str, after_revision: int, give_up: float) -> Stream:
+        """The open stream of ``prefix`` if it covers ``after_revision``, else a new one from there."""
+        while True:
+            stream = self._streams.get(prefix)
+            if stream is not None and stream.covers(after_revision):
+                return stream
+            if stream is not None:
+                await self._drop_stream(prefix, stream)
             client = self._clients[self._current]
+            key = self._key(prefix)
             try:
-                return await self._watch_once(client, prefix, after_revision, deadline)
-            except aetcd.exceptions.RevisionCompactedError as e:
-                raise Compacted(prefix, after_revision, int(e.compacted_revision) - 1) from e
+                watch = await client.watch(key, range_end=aetcd.utils.prefix_range_end(key),
+                                           start_revision=after_revision + 1)
             except aetcd.exceptions.ClientError as e:
-                if not _retryable(e):
-                    raise StoreError(f"etcd store: watch {prefix} failed: {e}") from e
-                await self._next_member(client, give_up, f"watch {prefix}", e)
+                await self._watch_failed(client, e, prefix, after_revision, give_up)
+                continue
+            if prefix in self._streams:  # another caller opened one meanwhile: keep theirs, loop to check it
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(watch.cancel(), self._call_timeout)
+                continue
+            self._streams[prefix] = Stream(client, watch, after_revision, self._event)
+            return self._streams[prefix]
 
-    async def _watch_once(self, client: Any, prefix: str, after_revision: int, deadline: float) -> list[Event]:
-        """Events after ``after_revision`` from one member: the first batch, or [] at ``deadline``."""
-        key = self._key(prefix)
-        watch = await client.watch(
-            key, range_end=aetcd.utils.prefix_range_end(key), start_revision=after_revision + 1
-        )
-        found: list[Event] = []
-        arrived = asyncio.Event()
+    async def _drop_stream(self, prefix: str, stream: Stream) -> None:
+        if self._streams.get(prefix) is stream:
+            del self._streams[prefix]
+        await stream.close(self._call_timeout)
 
-        async def collect() -> None:
-            # The client queues all events of one etcd response before this task runs again,
-            # so when the waiter below wakes up, whole revisions have been collected.
-            async for event in watch:
-                found.append(self._event(event))
-                arrived.set()
-
-        collecting = asyncio.ensure_future(collect())
-        waiting = asyncio.ensure_future(arrived.wait())
-        try:
-            remaining = max(deadline - asyncio.get_running_loop().time(), 0.0)
-            await asyncio.wait([collecting, waiting], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            error = collecting.exception() if collecting.done() and not collecting.cancelled() else None
-            if error is not None and not found:
-                raise error
-            return found
-        finally:
-            for task in (collecting, waiting):
-                task.cancel()
-            await asyncio.gather(collecting, waiting, return_exceptions=True)
-            with contextlib.suppress(Exception):  # a stream that is gone has nothing left to cancel
-                await asyncio.wait_for(watch.cancel(), self._call_timeout)
+    async def _watch_failed(self, client: Any, error: BaseException, prefix: str, after_revision: int,
+                            give_up: float) -> None:
+        """Compaction and lasting errors raise; otherwise on to the member that leads (bounded by ``give_up``)."""
+        if isinstance(error, aetcd.exceptions.RevisionCompactedError):
+            raise Compacted(prefix, after_revision, int(error.compacted_revision) - 1) from error
+        if isinstance(error, Ended):
+            error = aetcd.exceptions.ConnectionFailedError(str(error))
+        if not isinstance(error, Exception) or not _retryable(error):
+            raise StoreError(f"etcd store: watch {prefix} failed: {error}") from error
+        await self._next_member(client, give_up, f"watch {prefix}", error)
 
     def _event(self, event: Any) -> Event:
         kv = event.kv
@@ -276,6 +290,8 @@ class EtcdStore:
         self._closed = True
 
         async def shut() -> None:
+            streams, self._streams = list(self._streams.values()), {}
+            await asyncio.gather(*(s.close(self._call_timeout) for s in streams), return_exceptions=True)
             await asyncio.gather(*(c.close() for c in self._clients), return_exceptions=True)
 
         with contextlib.suppress(StoreError):  # closing is best-effort: the members may be gone

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from overlays import EndpointRequest, SandboxSpec
 from overlays.drivers import fabric
 from overlays.kernel import process
 from overlays.topology import Lab, resolve
 
-from .conftest import _instances, sh, unique
+from .conftest import _instances, ip_json, sh, unique
 
 LAB: dict[str, Any] = {
     "hosts": ["h1", "h2", "h3"],
@@ -194,3 +195,49 @@ def test_overlay_needs_an_agent_and_refuses_removal_while_used(lab: Lab, make_ne
     finally:
         lonely.close()
     assert process.alive(agent_pid(lab, "h1"), lab.record().agents["h1"][1])
+
+
+def test_a_peer_asked_for_before_its_host_programmed_it_answers_the_first_arp(state_dir: Path) -> None:
+    """The race behind overlay convergence: a sandbox asks for a new remote endpoint before its own host's
+    agent has programmed it, so the VXLAN device drops that ARP request. The agent's announcement, once it
+    programs the entry, answers the waiting sandbox; Linux's own retry (after retrans_time, 1 s by default)
+    is not needed. Here retrans_time is an hour, so only the announcement can answer within the test."""
+    raw = copy.deepcopy(LAB)
+    raw["name"] = "cv" + unique("v")[2:]  # this test's namespaces carry the cv prefix
+    raw["hosts"] = ["h1", "h2"]
+    raw["sandboxes"] = {"a1": {"host": "h1", "networks": ["mesh"]}, "b1": {"host": "h2", "networks": ["mesh"]}}
+    lab = make_lab(raw, state_dir, agent_ttl=5.0)
+    try:
+        lab.up()
+        b1 = lab.sandbox("b1")
+        inside = b1.endpoints[0].ifname
+        sh(b1.netns, "sysctl", "-qw", f"net.ipv4.neigh.{inside}.retrans_time_ms=3600000")
+        agent = agent_pid(lab, "h2")
+        os.kill(agent, signal.SIGSTOP)  # h2 will learn of the new sandbox only once it goes on
+        try:
+            late = lab.engine("h1").create_sandbox(SandboxSpec.parse("late", [EndpointRequest.parse("mesh")]))
+            address = str(late.endpoints[0].ip)
+            ping = subprocess.Popen(["ip", "netns", "exec", b1.netns, "ping", "-c1", "-W30", address],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+            def asking() -> bool:
+                return any(n.get("state") == ["INCOMPLETE"] for n in ip_json(b1.netns, "neigh", "show", address))
+
+            wait_for(asking, 10)  # its first ARP request left, and went unanswered
+            assert address not in vxlan_neighbours(lab, "h2")
+        finally:
+            os.kill(agent, signal.SIGCONT)
+        try:
+            assert ping.wait(timeout=40) == 0, "the echo request waiting on ARP was never answered"
+        finally:
+            if ping.poll() is None:
+                ping.kill()
+                ping.wait()
+        assert [n["lladdr"] for n in ip_json(b1.netns, "neigh", "show", address)] == [late.endpoints[0].mac]
+    finally:
+        lab.down()
+        lab.close()
+
+
+def vxlan_neighbours(lab: Lab, host: str) -> set[str]:
+    return {str(n["dst"]) for n in ip_json(fabric.netns_of(lab.name, host), "neigh", "show", "dev", "ovx-mesh")}

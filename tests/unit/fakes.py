@@ -35,6 +35,7 @@ class FakeNs:
     vnis: dict[str, int] = field(default_factory=dict)  # vxlan device -> VNI
     fdbs: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # vxlan device -> {(mac, vtep)}
     neighs: dict[str, dict[str, str]] = field(default_factory=dict)  # device -> {ip: mac}
+    announced: list[tuple[str, str, str]] = field(default_factory=list)  # (link, ip, mac), gratuitous ARPs sent
     shapes: dict[str, Shape] = field(default_factory=dict)  # device -> our root qdisc's shape
     redirects: dict[str, str] = field(default_factory=dict)  # device -> the ifb its ingress goes through
 
@@ -449,6 +450,13 @@ class FakeLinks:
 
     def delete_neigh(self, name: str, ip: str) -> None:
         self.ns.neighs.get(name, {}).pop(ip, None)
+
+    def prepare_overlay_writes(self) -> None:
+        pass
+
+    def announce(self, name: str, ip: str, mac: str) -> None:
+        self._need(name)
+        self.ns.announced.append((name, ip, mac.lower()))
 
     # Faults: links down, shaping (our root qdisc), ingress redirected to an ifb.
 

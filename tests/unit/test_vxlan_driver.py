@@ -155,3 +155,27 @@ def test_underlay_prefers_the_default_route(host: FakeLinks) -> None:
     host.ensure_address("u1", "192.0.2.1", 24)
     host.ensure_default_route("192.0.2.254")
     assert host.underlay() == Underlay("u1", "192.0.2.1", 9000)
+
+
+def test_sync_announces_the_neighbours_it_writes_when_asked(host: FakeLinks, net: Network) -> None:
+    vxlan.sync(host, net, INSTANCE, LOCAL, [A])  # the engine's sync of a new device: nobody asking yet
+    assert host.ns.announced == []
+    vxlan.sync(host, net, INSTANCE, LOCAL, [A, B, C, MINE], announce=True)
+    # Into the bridge, where the sandboxes are; the entry already there and this host's own are not announced.
+    assert host.ns.announced == [(net.bridge, B.ip, B.mac), (net.bridge, C.ip, C.mac)]
+    vxlan.sync(host, net, INSTANCE, LOCAL, [A, B, C, MINE], announce=True)
+    assert len(host.ns.announced) == 2
+
+
+def test_add_remote_adds_one_endpoint_and_removes_nothing(host: FakeLinks, net: Network) -> None:
+    vxlan.sync(host, net, INSTANCE, LOCAL, [A, C])
+    moved = Remote(A.ip, A.mac, "10.201.0.9")
+    rec = Recording(host)
+    assert vxlan.add_remote(rec, net, LOCAL, moved, announce=True)
+    assert all(c.startswith("ensure_") for c in rec.changes)  # nothing removed
+    assert (A.mac.lower(), "10.201.0.9") in host.fdb(DEV) and (ZERO, "10.201.0.9") in host.fdb(DEV)
+    assert (ZERO, "10.201.0.2") in host.fdb(DEV)  # left to sync
+    assert vxlan.add_remote(host, net, LOCAL, B, announce=True)
+    assert host.ns.announced == [(net.bridge, A.ip, A.mac.lower()), (net.bridge, B.ip, B.mac)]
+    assert not vxlan.add_remote(host, net, LOCAL, MINE, announce=True)
+    assert vxlan.sync(host, net, INSTANCE, LOCAL, [moved, B, C]) == (0, 0)  # what the registrations say, exactly

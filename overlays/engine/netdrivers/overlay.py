@@ -176,8 +176,12 @@ def remotes(root: Txn, network: str) -> list[vxlan.Remote]:
     return [vxlan.Remote(r.ip, r.mac, r.vtep) for r in records.registrations(root, network)]
 
 
-def sync_here(ctx: Context, host: Links, network: Network, vtep: str) -> tuple[int, int]:
+def sync_here(ctx: Context, host: Links, network: Network, vtep: str, announce: bool = False) -> tuple[int, int]:
     """Program the network's device from the store; returns (added, removed).
+
+    The agent announces what it adds (``announce``, see drivers/vxlan.py): its syncs follow
+    endpoints that may be asked for already. A device made for a first sandbox has no one
+    asking yet.
 
     The agent and engine commands both sync; under the host's lock, whoever syncs
     last reads the newest registrations, so an older view is never written over a newer one.
@@ -186,7 +190,16 @@ def sync_here(ctx: Context, host: Links, network: Network, vtep: str) -> tuple[i
     """
     with ctx.lock("overlay"):
         found = ctx.transact(lambda txn: remotes(txn.root, network.name))
-        return vxlan.sync(host, network, ctx.instance, vtep, found)
+        return vxlan.sync(host, network, ctx.instance, vtep, found, announce)
+
+
+def add_here(ctx: Context, host: Links, network: Network, vtep: str, found: EndpointRegistration) -> bool:
+    """The agent's fast path: one new registration's entries on this host's device, announced, no store read.
+
+    Under the same lock as ``sync_here``; the full sync that follows in the agent settles the rest.
+    """
+    with ctx.lock("overlay"):
+        return vxlan.add_remote(host, network, vtep, vxlan.Remote(found.ip, found.mac, found.vtep), announce=True)
 
 
 def local_networks(txn: NodeTxn) -> dict[str, Network]:
