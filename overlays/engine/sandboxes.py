@@ -174,7 +174,43 @@ def remove(ctx: Context, name: str, force: bool = False, wait: bool = True) -> N
     remove_many(ctx, [name], force, wait)
 
 
+# Sandboxes one transaction forgets, on a store that limits a commit's operations (each takes about
+# five compares and as many deletes, more with several endpoints or ports).
+SANDBOX_OPS = 16
+
+
 def remove_many(ctx: Context, names: Sequence[str], force: bool = False, wait: bool = True) -> None:
+    """Remove several sandboxes: in one transaction, or in batches where the store limits a commit (etcd).
+
+    Without ``force``, a running sandbox among them refuses the whole removal before any goes.
+    """
+    limit = ctx.store.txn_ops
+    per_txn = max(1, limit // SANDBOX_OPS) if limit else len(names)
+    if len(names) <= per_txn:
+        _remove_batch(ctx, names, force, wait)
+        return
+    if not force:
+        def check(txn: NodeTxn) -> None:
+            for name in names:
+                _not_running(records.get_sandbox(txn, name))
+
+        ctx.transact(check)
+    failures = []
+    for start in range(0, len(names), per_txn):
+        try:
+            _remove_batch(ctx, names[start:start + per_txn], force, wait)
+        except OverlaysError as e:
+            failures.append(str(e))
+    if failures:
+        raise OverlaysError("; ".join(failures))
+
+
+def _not_running(box: Sandbox) -> None:
+    if box.pid and not box.adopted and process.alive(box.pid, box.pid_start):
+        raise Conflict(f"sandbox {box.name} is running (pid {box.pid}); stop it first or use -f")
+
+
+def _remove_batch(ctx: Context, names: Sequence[str], force: bool = False, wait: bool = True) -> None:
     """Remove several sandboxes in one store transaction: read them, tear down, forget them.
 
     The records stay until the kernel objects they name are gone, so a crash halfway
@@ -190,8 +226,8 @@ def remove_many(ctx: Context, names: Sequence[str], force: bool = False, wait: b
     def remove(txn: NodeTxn) -> tuple[list[str], list[Sandbox], Networks, bool]:
         boxes = [records.get_sandbox(txn, name) for name in names]
         for box in boxes:
-            if not force and box.pid and not box.adopted and process.alive(box.pid, box.pid_start):
-                raise Conflict(f"sandbox {box.name} is running (pid {box.pid}); stop it first or use -f")
+            if not force:
+                _not_running(box)
         nets = records.networks_named(txn, [e.network for b in boxes for e in b.endpoints], missing_ok=True)
         failures: list[str] = []
         for box in boxes:

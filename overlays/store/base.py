@@ -82,6 +82,8 @@ class LeaseNotFound(StoreError):
 
 
 class Store(Protocol):
+    txn_ops: int | None  # the most compares (or puts and deletes) one commit may hold; None: no limit
+
     def get(self, key: str) -> Entry | None: ...
 
     def range(self, prefix: str) -> list[Entry]: ...

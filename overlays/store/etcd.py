@@ -119,6 +119,8 @@ def parse_url(url: str) -> list[str]:
 
 
 class EtcdStore:
+    txn_ops: int | None = 128  # etcd's --max-txn-ops default: more is "too many operations in txn request"
+
     def __init__(
         self,
         endpoints: Sequence[str],

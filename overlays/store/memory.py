@@ -19,6 +19,8 @@ DEFAULT_HISTORY = 10_000  # events kept for watchers that resume
 
 
 class MemoryStore:
+    txn_ops: int | None = None
+
     def __init__(self, history: int = DEFAULT_HISTORY) -> None:
         self._data: dict[str, tuple[Value, int, int | None]] = {}  # key -> (value, mod_revision, lease)
         self._revision = 0

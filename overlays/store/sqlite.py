@@ -58,6 +58,8 @@ _SCHEMA_V2 = [
 
 
 class SqliteStore:
+    txn_ops: int | None = None
+
     def __init__(self, path: Path, history: int = DEFAULT_HISTORY) -> None:
         self.path = path
         self._history = history

@@ -257,3 +257,24 @@ def test_commits_go_on_when_a_member_is_killed(victim: str) -> None:
         finally:
             store.close()
             watching.close()
+
+
+def test_removing_forty_sandboxes_at_once_fits_etcds_transaction_limit(
+        store: Store, make_netns: Any, tmp_path: Any) -> None:
+    """One transaction for all of them is "too many operations in txn request" (etcd's 128): batches."""
+    from overlays import EndpointRequest, Engine, NetworkSpec, SandboxSpec
+
+    host = make_netns("eh")
+    engine = Engine(host_netns=host, state_dir=tmp_path / "state", store=store, dns=False)
+    try:
+        engine.create_network(NetworkSpec.parse("many", subnet="10.79.0.0/24"))
+        names = [f"m{i}" for i in range(40)]
+        for name in names:
+            engine.create_sandbox(SandboxSpec.parse(name, [EndpointRequest.parse("many")]))
+        engine.remove_sandboxes(names, force=True)
+        assert engine.sandboxes() == []
+    finally:
+        for box in engine.sandboxes():
+            engine.remove_sandbox(box.name, force=True)
+        engine.remove_network("many")
+        engine.close()
