@@ -87,6 +87,15 @@ def agent_pid(lab: Lab, host: str) -> int:
     return lab.record().agents[host][0]
 
 
+def kill_agent(lab: Lab, host: str) -> None:
+    """SIGKILL the host's agent and wait until it is gone (a loaded machine takes a moment to end it)."""
+    from overlays.kernel import process
+
+    pid, started = lab.record().agents[host]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not process.alive(pid, started), timeout=10)
+
+
 def test_every_sandbox_reaches_every_other_across_hosts(lab: Lab) -> None:
     report = lab.check()
     assert report.passed, report.matrix()
@@ -118,7 +127,7 @@ def test_bridged_traffic_skips_the_ip_hooks_on_every_lab_bridge(lab: Lab) -> Non
 
 
 def test_killed_agent_resyncs_with_no_stale_and_no_missing_entries(lab: Lab) -> None:
-    os.kill(agent_pid(lab, "h2"), signal.SIGKILL)
+    kill_agent(lab, "h2")
     # While it is dead: an entry removed by hand on h2, and a new sandbox on h3.
     victim = next(iter(fdb(lab, "h2")))
     subprocess.run(["bridge", "-n", fabric.netns_of(lab.name, "h2"), "fdb", "del", victim[0], "dev", "ovx-mesh",
@@ -141,7 +150,7 @@ def test_killed_agent_resyncs_with_no_stale_and_no_missing_entries(lab: Lab) -> 
 def test_a_host_that_disappears_is_removed_everywhere_within_its_lease(lab: Lab) -> None:
     h3_vtep = lab.host_address("h3")
     assert any(dst == h3_vtep for _, dst in fdb(lab, "h1"))
-    os.kill(agent_pid(lab, "h3"), signal.SIGKILL)
+    kill_agent(lab, "h3")
     subprocess.run(["ip", "netns", "del", fabric.netns_of(lab.name, "h3")], check=True)
     gone = lambda: all(dst != h3_vtep for h in ("h1", "h2") for _, dst in fdb(lab, h))  # noqa: E731
     took = wait_for(gone, timeout=lab.agent_ttl + 3)
