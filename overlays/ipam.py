@@ -10,12 +10,17 @@ Allocation goes round the pool from the last address given out (kept as a hint,
 out .2, .3, ... in order, a new sandbox costs a read or two whatever the network's
 size (reading every allocation made the 1,000th attach 15 ms slower than the first),
 and a just-released address is not handed straight to someone else.
+
+A dual-stack network has two pools, IPv4 (``network.subnet``) and IPv6 (``subnet6``), one
+hint each; their allocation keys never meet (the addresses differ). IPv6 subnets not given
+are /64s of a ULA /48 (RFC 4193) chosen at random once per store scope (``ipam-ula``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import itertools
+import secrets
 from collections.abc import Iterable, Iterator
 
 from overlays.errors import Conflict, Exhausted, InvalidSpec
@@ -26,6 +31,8 @@ from overlays.store.base import Txn
 # skipping any that overlap another network or a route of the host namespace.
 DEFAULT_POOLS = (ipaddress.ip_network("10.88.0.0/14"),)
 DEFAULT_PREFIX = 24
+DEFAULT_PREFIX6 = 64
+ULA_KEY = "ipam-ula"
 # Addresses tried after the hint before reading the network's whole allocation list.
 PROBES = 8
 
@@ -34,8 +41,8 @@ def _key(network: str, ip: IPAddress | None = None) -> str:
     return f"ipam/{network}/" + (str(ip) if ip is not None else "")
 
 
-def _hint_key(network: str) -> str:
-    return f"ipam-next/{network}"
+def _hint_key(network: str, version: int = 4) -> str:
+    return f"ipam-next/{network}" + ("" if version == 4 else "/6")
 
 
 def host_addresses(
@@ -63,6 +70,26 @@ def free_subnet(taken: Iterable[IPNetwork], pools: Iterable[IPNetwork] = DEFAULT
     raise Exhausted("no free subnet left in the default pools; give one with --subnet")
 
 
+def ula_prefix(txn: Txn) -> ipaddress.IPv6Network:
+    """This scope's ULA /48: chosen at random the first time (a 40-bit global ID, RFC 4193), then kept."""
+    found = txn.get(ULA_KEY)
+    if found is None:
+        prefix = ipaddress.IPv6Network(((0xFD << 120) | (secrets.randbits(40) << 80), 48))
+        if txn.create(ULA_KEY, {"prefix": str(prefix)}):
+            return prefix
+        found = txn.get(ULA_KEY) or {}
+    return ipaddress.IPv6Network(found["prefix"])
+
+
+def free_subnet6(txn: Txn, taken: Iterable[IPNetwork]) -> IPNetwork:
+    """The first /64 of this scope's ULA prefix that overlaps nothing in ``taken``."""
+    taken = [t for t in taken if t.version == 6]
+    for candidate in ula_prefix(txn).subnets(new_prefix=DEFAULT_PREFIX6):
+        if not any(candidate.overlaps(t) for t in taken):  # type: ignore[arg-type]
+            return candidate
+    raise Exhausted("no free /64 left in this host's ULA prefix; give one with --subnet")
+
+
 def default_gateway(subnet: IPNetwork) -> IPAddress:
     return ipaddress.ip_address(int(subnet.network_address) + 1)
 
@@ -75,32 +102,42 @@ def reserve(txn: Txn, network: Network, ip: IPAddress, owner: str) -> None:
 
 
 def allocate(txn: Txn, network: Network, owner: str, requested: IPAddress | None = None,
-             exclude: frozenset[IPAddress] = frozenset()) -> IPAddress:
-    """Give ``owner`` an address on ``network``: ``requested`` if free, else the first free one not in
-    ``exclude`` (addresses others are about to ask for by name: a topology's static ones)."""
+             exclude: frozenset[IPAddress] = frozenset(), version: int | None = None) -> IPAddress:
+    """Give ``owner`` an address on ``network`` (in its pool of ``version``; None: its first pool):
+    ``requested`` if free, else the first free one not in ``exclude`` (addresses others are about to
+    ask for by name: a topology's static ones)."""
+    subnet = network.subnet if version is None else _pool(network, version)
     if requested is not None:
-        _check_static(network, requested)
+        _check_static(network, subnet, requested)
         reserve(txn, network, requested, owner)
         return requested
-    hint = txn.peek(_hint_key(network.name))
+    hint_key = _hint_key(network.name, subnet.version)
+    hint = txn.peek(hint_key)
     after = ipaddress.ip_address(hint["last"]) if hint else None
-    candidates = (a for a in host_addresses(network.subnet, network.ip_range, after) if a not in exclude)
+    ip_range = network.ip_range if network.ip_range is not None and network.ip_range.version == subnet.version else None
+    candidates = (a for a in host_addresses(subnet, ip_range, after) if a not in exclude)
     for addr in itertools.islice(candidates, PROBES):
         if txn.create(_key(network.name, addr), {"owner": owner}):
-            return _given(txn, network, addr)
+            return _given(txn, hint_key, addr)
     # Crowded near the hint: read what is taken once, and go on from there.
     used = {k.rsplit("/", 1)[1] for k in txn.range(_key(network.name))}
     for addr in candidates:
         # A writer may have taken it since the range read: then simply try the next one.
         if str(addr) not in used and txn.create(_key(network.name, addr), {"owner": owner}):
-            return _given(txn, network, addr)
-    pool = network.ip_range or network.subnet
-    raise Exhausted(f"network {network.name}: no free address left in {pool}")
+            return _given(txn, hint_key, addr)
+    raise Exhausted(f"network {network.name}: no free address left in {ip_range or subnet}")
 
 
-def _given(txn: Txn, network: Network, addr: IPAddress) -> IPAddress:
+def _pool(network: Network, version: int) -> IPNetwork:
+    found = network.pool(version)
+    if found is None:
+        raise InvalidSpec(f"network {network.name} has no IPv{version} subnet")
+    return found[0]
+
+
+def _given(txn: Txn, hint_key: str, addr: IPAddress) -> IPAddress:
     """Move the hint on (a blind write: concurrent allocators may race on it, which costs only a probe)."""
-    txn.put(_hint_key(network.name), {"last": str(addr)})
+    txn.put(hint_key, {"last": str(addr)})
     return addr
 
 
@@ -117,10 +154,13 @@ def release_all(txn: Txn, network: str) -> None:
     for key in txn.range(_key(network)):
         txn.delete(key)
     txn.delete(_hint_key(network))
+    txn.delete(_hint_key(network, 6))
 
 
-def _check_static(network: Network, ip: IPAddress) -> None:
-    subnet = network.subnet
+def _check_static(network: Network, subnet: IPNetwork, ip: IPAddress) -> None:
+    if ip.version != subnet.version:
+        option = "--ip6" if ip.version == 6 else "--ip"
+        raise InvalidSpec(f"address {ip} ({option}): network {network.name} has no IPv{ip.version} subnet")
     if ip not in subnet:
         raise InvalidSpec(f"address {ip} is outside network {network.name}'s subnet {subnet}")
     if ip in (subnet.network_address, subnet.broadcast_address):

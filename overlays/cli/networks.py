@@ -11,8 +11,13 @@ from overlays.cli.render import echo
 
 def _create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--subnet", metavar="CIDR", help="Subnet, e.g. 10.10.0.0/24 (default: a free /24).")
-    p.add_argument("--gateway", metavar="IP", help="Gateway address, held by the bridge (default: first host).")
+    p.add_argument("--subnet", metavar="CIDR", action="append",
+                   help="Subnet, e.g. 10.10.0.0/24 (default: a free /24); give it twice, IPv4 and IPv6, for a "
+                   "dual-stack network; an IPv6 subnet alone makes an IPv6-only network.")
+    p.add_argument("--gateway", metavar="IP", action="append",
+                   help="Gateway address, held by the bridge (default: first host); once per family.")
+    p.add_argument("--ipv6", action="store_true",
+                   help="Dual-stack: an IPv6 subnet too (default: a free /64 of this host's ULA prefix).")
     p.add_argument("--ip-range", metavar="CIDR", help="Allocate sandbox addresses from this part of the subnet only.")
     p.add_argument("--mtu", type=int,
                    help="MTU of the bridge and every sandbox interface (default 1500; overlays: the underlay's - 50).")
@@ -37,17 +42,19 @@ def create(s: Settings, a: argparse.Namespace) -> None:
 
     spec = NetworkSpec.parse(a.name, subnet=a.subnet, gateway=a.gateway, ip_range=a.ip_range, mtu=a.mtu,
                              internal=a.internal, masquerade=a.masquerade, driver=a.driver, vni=a.vni,
-                             parent=a.parent, dns=a.dns)
+                             parent=a.parent, dns=a.dns, ipv6=a.ipv6)
     with held_signals():
         net = s.engine().create_network(spec)
+    subnets = " and ".join(str(s) for s in net.subnets)
     if net.vni is not None:
-        echo(f"overlay network {net.name} created: subnet {net.subnet}, VNI {net.vni}, MTU {net.mtu}")
+        echo(f"overlay network {net.name} created: subnet {subnets}, VNI {net.vni}, MTU {net.mtu}")
         return
     if net.parent is not None:
         echo(f"macvlan network {net.name} created: subnet {net.subnet}, gateway {net.gateway}, parent {net.parent}")
         return
     mode = " (internal)" if net.internal else "" if net.masquerade else " (routed, no masquerade)"
-    echo(f"network {net.name} created: subnet {net.subnet}, gateway {net.gateway}, bridge {net.bridge}{mode}")
+    gateways = " and ".join(str(g) for _, g in net.pools)
+    echo(f"network {net.name} created: subnet {subnets}, gateway {gateways}, bridge {net.bridge}{mode}")
 
 
 def ls(s: Settings, a: argparse.Namespace) -> None:

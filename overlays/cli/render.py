@@ -57,6 +57,8 @@ def network_dict(net: Network, sandboxes_attached: list[str] | None = None) -> d
         data.update(vni=net.vni, gateway=None, internal=None, masquerade=None)
     if net.parent is not None:  # a macvlan: no bridge, no NAT
         data.update(bridge=None, parent=net.parent, masquerade=None)
+    if net.subnet6 is not None:
+        data.update(subnet6=str(net.subnet6), gateway6=str(net.gateway6) if net.vni is None else None)
     if net.dns:
         data["dns"] = [str(s) for s in net.dns]
     if sandboxes_attached is not None:
@@ -71,6 +73,7 @@ def endpoint_dict(ep: Endpoint) -> dict[str, Any]:
         "host_interface": ep.host_ifname or None,
         "ip": f"{ep.ip}/{ep.prefixlen}",
         "gateway": str(ep.gateway),
+        **({"ip6": f"{ep.ip6}/{ep.prefixlen6}", "gateway6": str(ep.gateway6)} if ep.ip6 is not None else {}),
         "mac": ep.mac,
         "mtu": ep.mtu,
         "state": ep.state,
@@ -107,14 +110,15 @@ def ports_text(ports: Sequence[PortMapping]) -> str:
 
 
 def networks_table(nets: list[Network]) -> str:
-    rows = [(n.name, n.driver, n.subnet, n.gateway, n.mtu, n.bridge or n.parent) for n in nets]
+    rows = [(n.name, n.driver, ", ".join(map(str, n.subnets)), ", ".join(str(g) for _, g in n.pools), n.mtu,
+             n.bridge or n.parent) for n in nets]
     return table(("NAME", "DRIVER", "SUBNET", "GATEWAY", "MTU", "BRIDGE"), rows)
 
 
 def sandboxes_table(boxes: list[Sandbox]) -> str:
     rows = []
     for box in boxes:
-        nets = ", ".join(f"{e.network}={e.ip}" for e in box.endpoints) or "none"
+        nets = ", ".join(f"{e.network}=" + ",".join(str(a) for a, _, _ in e.addresses) for e in box.endpoints) or "none"
         pid = box.pid if views.status(box) == "running" else ""
         rows.append((box.name, views.status(box), pid, nets, " ".join(box.command)))
     return table(("NAME", "STATUS", "PID", "NETWORKS", "COMMAND"), rows)

@@ -18,7 +18,7 @@ from overlays.errors import InvalidSpec
 if TYPE_CHECKING:
     import subprocess
 
-    from overlays.model.specs import EndpointRequest
+    from overlays.model.specs import Endpoint, EndpointRequest
 
 
 class _CommandLine(argparse.Action):
@@ -44,23 +44,30 @@ class _NeededCommandLine(_CommandLine):
     needed = True
 
 
-def _requests(networks: list[str], ip: str | None, mac: str | None, aliases: list[str]) -> list[EndpointRequest]:
+def _requests(networks: list[str], ip: str | None, mac: str | None, aliases: list[str],
+              ip6: str | None = None) -> list[EndpointRequest]:
     from overlays.model.specs import EndpointRequest
 
     nets = [n for n in networks if n != "none"]
     if "none" in networks and nets:
         raise InvalidSpec("--network none cannot be combined with other networks")
-    for option, given in (("--ip", ip), ("--mac", mac)):
+    for option, given in (("--ip", ip), ("--ip6", ip6), ("--mac", mac)):
         if given and len(nets) != 1:
             raise InvalidSpec(f"{option} needs exactly one --network")
     if aliases and not nets:
         raise InvalidSpec("--alias needs a --network")
-    return [EndpointRequest.parse(n, ip if i == 0 else None, mac if i == 0 else None, aliases=aliases)
+    return [EndpointRequest.parse(n, ip if i == 0 else None, mac if i == 0 else None, aliases=aliases,
+                                  ip6=ip6 if i == 0 else None)
             for i, n in enumerate(nets)]
 
 
+def _addresses(ep: Endpoint) -> str:
+    return " ".join(f"{ip}/{prefixlen}" for ip, prefixlen, _ in ep.addresses)
+
+
 def _endpoint_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ip", metavar="IP", help="Static address on the network.")
+    p.add_argument("--ip", metavar="IP", help="Static IPv4 address on the network.")
+    p.add_argument("--ip6", metavar="IP6", help="Static IPv6 address on the network (dual-stack or IPv6-only).")
     p.add_argument("--mac", metavar="MAC", help="Static MAC address of the interface (default: derived from its IP).")
     p.add_argument("--alias", dest="aliases", metavar="NAME", action="append", default=[],
                    help="Another name the sandbox answers to on its network(s) (repeatable).")
@@ -92,13 +99,13 @@ def run(s: Settings, a: argparse.Namespace) -> int:
     if a.detach and not cmd:
         raise InvalidSpec("-d needs a command to run (overlays run -d --name web -- CMD...)")
     ports = [m for text in a.publish or () for m in parse_publish(text)]
-    requests = _requests(a.networks or [], a.ip, a.mac, a.aliases)
+    requests = _requests(a.networks or [], a.ip, a.mac, a.aliases, a.ip6)
     spec = SandboxSpec.parse(a.name or _generated_name(), requests, a.hostname, ports)
     engine = s.engine()
     with held_signals():
         box = engine.create_sandbox(spec)
     if not cmd:
-        nets = ", ".join(f"{e.ifname} {e.ip}/{e.prefixlen} on {e.network}" for e in box.endpoints) or "loopback only"
+        nets = ", ".join(f"{e.ifname} {_addresses(e)} on {e.network}" for e in box.endpoints) or "loopback only"
         echo(f"sandbox {box.name} created ({nets})")
         return 0
     try:
@@ -195,10 +202,10 @@ def connect(s: Settings, a: argparse.Namespace) -> None:
     """Connect SANDBOX to NETWORK (its next interface: eth0, eth1, ...)."""
     from overlays.model.specs import EndpointRequest
 
-    request = EndpointRequest.parse(a.network, a.ip, a.mac, aliases=a.aliases)
+    request = EndpointRequest.parse(a.network, a.ip, a.mac, aliases=a.aliases, ip6=a.ip6)
     with held_signals():
         ep = s.engine().connect(request, a.sandbox)
-    echo(f"sandbox {a.sandbox} connected to {a.network}: {ep.ifname} {ep.ip}/{ep.prefixlen}")
+    echo(f"sandbox {a.sandbox} connected to {a.network}: {ep.ifname} {_addresses(ep)}")
 
 
 def disconnect(s: Settings, a: argparse.Namespace) -> None:

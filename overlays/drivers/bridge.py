@@ -47,7 +47,8 @@ def setup_bridge(host: Links, net: Network, alias: str, mac: str, with_gateway: 
     """The bridge exists, is up, has its pinned MAC and (``with_gateway``) holds the gateway address."""
     host.ensure_bridge(net.bridge, alias, net.mtu, mac)
     if with_gateway:
-        host.ensure_address(net.bridge, str(net.gateway), net.subnet.prefixlen)
+        for subnet, gateway in net.pools:
+            host.ensure_address(net.bridge, str(gateway), subnet.prefixlen)
 
 
 def bridge_ready(host: Links, net: Network, mac: str) -> bool:
@@ -64,13 +65,14 @@ def bridge_problems(host: Links, net: Network, mac: str, with_gateway: bool) -> 
     found = []
     if link.mac != mac:
         found.append(f"bridge {net.bridge} of network {net.name} has MAC {link.mac}, not its own {mac}")
-    if with_gateway and _interface(net.gateway, net.subnet.prefixlen) not in host.interface_addresses(net.bridge):
-        found.append(f"bridge {net.bridge} of network {net.name} lost its gateway address {net.gateway}")
+    for subnet, gateway in net.pools if with_gateway else ():
+        if _interface(gateway, subnet.prefixlen) not in host.interface_addresses(net.bridge, gateway.version):
+            found.append(f"bridge {net.bridge} of network {net.name} lost its gateway address {gateway}")
     return found
 
 
-def _interface(ip: object, prefixlen: int) -> ipaddress.IPv4Interface:
-    return ipaddress.IPv4Interface(f"{ip}/{prefixlen}")
+def _interface(ip: object, prefixlen: int) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    return ipaddress.ip_interface(f"{ip}/{prefixlen}")
 
 
 def inside_problems(sandbox: Links, ep: Endpoint) -> list[str]:
@@ -82,8 +84,9 @@ def inside_problems(sandbox: Links, ep: Endpoint) -> list[str]:
     found = [] if link.up else [f"{what} is down"]
     if link.mac != ep.mac:
         found.append(f"{what} has MAC {link.mac}, not {ep.mac}")
-    if _interface(ep.ip, ep.prefixlen) not in sandbox.interface_addresses(ep.ifname):
-        found.append(f"{what} lost its address {ep.ip}/{ep.prefixlen}")
+    for ip, prefixlen, _ in ep.addresses:
+        if _interface(ip, prefixlen) not in sandbox.interface_addresses(ep.ifname, ip.version):
+            found.append(f"{what} lost its address {ip}/{prefixlen}")
     return found
 
 
@@ -103,10 +106,21 @@ def attach_veth(host: Links, sandbox: Links, sandbox_path: Path, net: Network, e
             raise Conflict(f"network {net.name} is full: a Linux bridge takes at most {BRIDGE_PORTS_MAX} ports "
                            f"and {net.bridge} has them all; create another network") from e
         raise
-    sandbox.ensure_address(ep.ifname, str(ep.ip), ep.prefixlen)
-    sandbox.ensure_up(ep.ifname, ipv6=False)  # IPv4 only: see Rtnl.ensure_up
-    if default_route:
-        sandbox.ensure_default_route(str(ep.gateway))
+    add_addresses(sandbox, ep, default_route)
+
+
+def add_addresses(sandbox: Links, ep: Endpoint, default_route: bool) -> None:
+    """The endpoint's addresses (one per family), the link up, and (``default_route``) a route out per family.
+
+    The link makes no IPv6 addresses of its own (no link-local, so no DAD, router
+    solicitations or MLD reports: see Rtnl.ensure_up); its static IPv6 one is added
+    without DAD, and IPv6 routes need no link-local address.
+    """
+    for ip, prefixlen, _ in ep.addresses:
+        sandbox.ensure_address(ep.ifname, str(ip), prefixlen)
+    sandbox.ensure_up(ep.ifname, ipv6=False)
+    for _, _, gateway in ep.addresses if default_route else ():
+        sandbox.ensure_default_route(str(gateway))
 
 
 def delete_leftover_veth(host: Links, ep: Endpoint, instance: str) -> None:

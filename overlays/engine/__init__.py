@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -82,7 +82,7 @@ class HostView(NamedTuple):
     """What a host namespace holds, as a plan checks it: its routes, addresses and links."""
 
     routes: tuple[IPv4Network, ...]
-    addresses: tuple[IPv4Address, ...]
+    addresses: tuple[IPv4Address | IPv6Address, ...]
     links: frozenset[str]
 
 
@@ -344,7 +344,7 @@ class Engine:
     def host_facts(self) -> HostView:
         """The host namespace's routed prefixes, addresses and link names (NotFound if it does not exist)."""
         with self.ctx.open_host() as host:
-            return HostView(tuple(host.route_prefixes()), tuple(host.addresses()),
+            return HostView(tuple(host.route_prefixes()), (*host.addresses(), *host.addresses(6)),
                             frozenset(link.name for link in host.links()))
 
     def taken_addresses(self, network: str) -> dict[str, str]:

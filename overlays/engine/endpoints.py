@@ -175,9 +175,12 @@ def _routable(box: Sandbox, nets: Networks) -> list[Endpoint]:
 
 
 def _move_default_route(inside: Links, box: Sandbox, nets: Networks) -> None:
+    """Each family's default route goes via the first endpoint left that routes out with an address of it."""
     routable = _routable(box, nets)
-    if routable:
-        inside.ensure_default_route(str(routable[0].gateway))
+    for version in (4, 6):
+        gateway = next((g for e in routable for a, _, g in e.addresses if a.version == version), None)
+        if gateway is not None:
+            inside.ensure_default_route(str(gateway))
 
 
 def default_gateway(ctx: Context, sandbox: str) -> IPAddress | None:

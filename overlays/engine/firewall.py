@@ -40,8 +40,28 @@ def host_settings(ctx: Context, net: Network) -> None:
     published on 127.0.0.1, and the ``input`` chain keeps sandboxes from using it.
     """
     ctx.kernel.set_sysctl(ctx.host_netns, "net.ipv4.ip_forward", "1")
+    if any(s.version == 6 for s in net.subnets):
+        ipv6_forwarding(ctx)
     unfilter_bridged(ctx)
     ctx.kernel.set_sysctl(ctx.host_netns, f"net/ipv4/conf/{net.bridge}/route_localnet", "1")
+
+
+def ipv6_forwarding(ctx: Context) -> None:
+    """IPv6 forwarding on in the host namespace, without costing the host its own IPv6 routes.
+
+    A host that forwards ignores router advertisements on links with ``accept_ra`` 1, and
+    would lose the default route its network advertises to it (as Docker hosts have): such
+    links are moved to 2 ("accept them even when forwarding") first.
+    """
+    if ctx.kernel.sysctl(ctx.host_netns, "net.ipv6.conf.all.forwarding") == "1":
+        return
+    with ctx.open_host() as host:
+        names = [link.name for link in host.links()]
+    for name in names:
+        key = f"net/ipv6/conf/{name}/accept_ra"
+        if ctx.kernel.sysctl(ctx.host_netns, key) == "1":
+            ctx.kernel.set_sysctl(ctx.host_netns, key, "2")
+    ctx.kernel.set_sysctl(ctx.host_netns, "net.ipv6.conf.all.forwarding", "1")
 
 
 def unfilter_bridged(ctx: Context) -> None:

@@ -52,9 +52,10 @@ def sandbox_problems(ctx: Context, name: str) -> list[str]:
                 found.append(f"network {ep.network} of sandbox {name} is missing")
                 continue
             found += driver_for(net).endpoint_problems(ctx, host, inside, net, ep)
-        routed = any(driver_for(net).routes_out(net) for net in nets.values())
-        if routed and not inside.has_default_route():
-            found.append(f"sandbox {name} has no default route")
+        routed = {s.version for net in nets.values() if driver_for(net).routes_out(net) for s in net.subnets}
+        for version in sorted(routed):
+            if not inside.has_default_route(version):
+                found.append(f"sandbox {name} has no {'IPv6 ' if version == 6 else ''}default route")
     return found
 
 

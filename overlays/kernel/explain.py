@@ -120,7 +120,7 @@ class Known:
     def __init__(self) -> None:
         self.down: set[tuple[Where, str]] = set()
         self.bare: set[tuple[Where, str]] = set()
-        self.no_default_route: set[Where] = set()
+        self.no_default_route: set[tuple[Where, int]] = set()  # (namespace, IP version)
 
     def made(self, where: Where, name: str) -> None:
         self.down.add((where, name))
@@ -131,7 +131,7 @@ class Known:
         for known in (self.down, self.bare):
             known -= {k for k in known if k[0] == where and name in (None, k[1])}
         if name is None:
-            self.no_default_route.discard(where)
+            self.no_default_route -= {(where, 4), (where, 6)}
 
 
 class ExplainingLinks:
@@ -311,23 +311,28 @@ class ExplainingLinks:
     # -- addresses and routes ----------------------------------------------------------------------------------------
 
     def ensure_address(self, name: str, ip: str, prefixlen: int) -> None:
-        if (self._where, name) in self._known.bare or ":" in ip:
+        version = 6 if ":" in ip else 4
+        if (self._where, name) in self._known.bare:
             before: set[str] = set()
         else:
-            before = {str(a) for a in self._inner.interface_addresses(name)}
+            before = {str(a) for a in self._inner.interface_addresses(name, version)}
         self._inner.ensure_address(name, ip, prefixlen)
-        self._known.bare.discard((self._where, name))
+        if version == 4:
+            self._known.bare.discard((self._where, name))
         if f"{ip}/{prefixlen}" not in before:
-            self._say(f"{self._ip} addr add {ip}/{prefixlen} dev {q(name)}")
+            nodad = " nodad" if version == 6 else ""  # as Rtnl adds it: no duplicate address detection
+            self._say(f"{self._ip} addr add {ip}/{prefixlen} dev {q(name)}{nodad}")
 
     def ensure_default_route(self, gateway: str) -> None:
-        known = self._where in self._known.no_default_route
-        before = False if known else self._inner.has_default_route()
+        version = 6 if ":" in gateway else 4
+        known = (self._where, version) in self._known.no_default_route
+        before = False if known else self._inner.has_default_route(version)
         self._inner.ensure_default_route(gateway)
-        self._known.no_default_route.discard(self._where)
+        self._known.no_default_route.discard((self._where, version))
         if not before:
             # proto static: what overlays' own request says (ip's default would be "boot")
-            self._say(f"{self._ip} route add default via {gateway} proto static")
+            family = " -6" if version == 6 else ""
+            self._say(f"{self._ip}{family} route add default via {gateway} proto static")
 
     # -- VXLAN forwarding and neighbour entries ----------------------------------------------------------------------
 
@@ -389,7 +394,7 @@ class Explaining:
         path = self._inner.create_netns(name)
         self._say(f"ip netns add {q(name)}")
         self._known.down.add((Where(name=name), "lo"))
-        self._known.no_default_route.add(Where(name=name))
+        self._known.no_default_route |= {(Where(name=name), 4), (Where(name=name), 6)}
         return path
 
     def adopt_netns(self, name: str, source: Path) -> Path:

@@ -32,6 +32,9 @@ from overlays.kernel import arp, netns, nl, tc
 from overlays.kernel.nl import IFADDR, IFINFO, NDMSG, RTMSG, NetlinkError, attr, attr_ip, attr_mac, attr_str, attr_u32
 from overlays.kernel.rtnl_types import Hop, Link, Underlay
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
 if TYPE_CHECKING:
     import socket
 
@@ -39,6 +42,7 @@ IFF_UP = 1
 IFF_LOOPBACK = 8
 AF_INET = 2
 AF_INET6 = 10
+_FAMILY = {4: AF_INET, 6: AF_INET6}
 AF_BRIDGE = 7
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
@@ -67,6 +71,7 @@ CREATE = CHANGE | nl.NLM_F_CREATE | nl.NLM_F_EXCL
 REPLACE = CHANGE | nl.NLM_F_CREATE | nl.NLM_F_REPLACE
 APPEND = CHANGE | nl.NLM_F_CREATE | nl.NLM_F_APPEND
 IFA_F_SECONDARY = 0x01
+IFA_F_NODAD = 0x02
 RT_SCOPE_UNIVERSE = 0
 NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
@@ -221,10 +226,10 @@ class Rtnl:
         with self._step("list", "links"):
             return [_link_from(m) for m in self._nl.request(RTM_GETLINK, DUMP, IFINFO, _link_msg() + _SKIP_STATS)]
 
-    def _routes(self) -> list[nl.Message]:
-        """The IPv4 main-table routes (the kernel filters by table: strict checking is on)."""
+    def _routes(self, family: int = AF_INET) -> list[nl.Message]:
+        """The main-table routes of one family (the kernel filters by table: strict checking is on)."""
         try:
-            msgs = self._nl.request(RTM_GETROUTE, DUMP, RTMSG, RTMSG.pack(family=AF_INET, table=RT_TABLE_MAIN))
+            msgs = self._nl.request(RTM_GETROUTE, DUMP, RTMSG, RTMSG.pack(family=family, table=RT_TABLE_MAIN))
         except NetlinkError as e:
             if e.code == errno.ENOENT:  # a fresh namespace has no main table until its first route
                 return []
@@ -248,20 +253,20 @@ class Rtnl:
                 found.append(ipaddress.IPv4Network(f"{a.attrs.ip(IFA_ADDRESS)}/{a['prefixlen']}", strict=False))
             return found
 
-    def addresses(self) -> list[ipaddress.IPv4Address]:
-        """Every IPv4 address of this namespace (a published port's host IP must be one)."""
+    def addresses(self, version: int = 4) -> list[IPAddress]:
+        """Every address of one family of this namespace (a published port's host IP must be one)."""
         with self._step("list", "addresses"):
             return [
-                ipaddress.IPv4Address(a.attrs.ip(IFA_LOCAL) or a.attrs.ip(IFA_ADDRESS))
-                for a in self._addresses(AF_INET)
+                ipaddress.ip_address(a.attrs.ip(IFA_LOCAL) or a.attrs.ip(IFA_ADDRESS) or "")
+                for a in self._addresses(_FAMILY[version])
             ]
 
-    def interface_addresses(self, name: str) -> list[ipaddress.IPv4Interface]:
-        """The IPv4 addresses (with their prefixes) of link ``name``, primary first; [] if it has none."""
+    def interface_addresses(self, name: str, version: int = 4) -> list[IPInterface]:
+        """The addresses of one family (with their prefixes) of link ``name``, primary first; [] if none."""
         index = self._index(name)
         with self._step("read addresses of", name):
-            found = sorted(self._addresses(AF_INET, index), key=lambda a: bool(a["flags"] & IFA_F_SECONDARY))
-            return [ipaddress.IPv4Interface(f"{a.attrs.ip(IFA_LOCAL) or a.attrs.ip(IFA_ADDRESS)}/{a['prefixlen']}")
+            found = sorted(self._addresses(_FAMILY[version], index), key=lambda a: bool(a["flags"] & IFA_F_SECONDARY))
+            return [ipaddress.ip_interface(f"{a.attrs.ip(IFA_LOCAL) or a.attrs.ip(IFA_ADDRESS)}/{a['prefixlen']}")
                     for a in found]
 
     def underlay(self) -> Underlay | None:
@@ -298,9 +303,9 @@ class Rtnl:
         ip = addrs[0].attrs.ip(IFA_LOCAL) or addrs[0].attrs.ip(IFA_ADDRESS) or ""
         return Underlay(ifname=link.name, ip=ip, mtu=link.mtu)
 
-    def has_default_route(self) -> bool:
+    def has_default_route(self, version: int = 4) -> bool:
         with self._step("list", "routes"):
-            return any(r["dst_len"] == 0 for r in self._routes())
+            return any(r["dst_len"] == 0 for r in self._routes(_FAMILY[version]))
 
     # -- what a packet would meet (overlays trace) --------------------------------------------------------------------
 
@@ -477,8 +482,11 @@ class Rtnl:
         want = ipaddress.ip_address(ip)
         family = AF_INET if want.version == 4 else AF_INET6
         attrs = attr_ip(IFA_LOCAL, ip) + attr_ip(IFA_ADDRESS, ip) if family == AF_INET else attr_ip(IFA_ADDRESS, ip)
+        # IPv6: no duplicate address detection (our addresses are unique by allocation; DAD would hold
+        # each one back for a second and send its probes to every port of the bridge).
+        flags = 0 if family == AF_INET else IFA_F_NODAD
         try:
-            body = IFADDR.pack(family=family, prefixlen=prefixlen, index=link.index) + attrs
+            body = IFADDR.pack(family=family, prefixlen=prefixlen, flags=flags, index=link.index) + attrs
             self._nl.request(RTM_NEWADDR, CREATE, IFADDR, body)
             return
         except NetlinkError as e:
@@ -501,7 +509,8 @@ class Rtnl:
         Create first: the kernel answers EEXIST for a default route of the main table with
         the same metric, whatever its gateway, so a new sandbox costs no dump of its routes.
         """
-        body = RTMSG.pack(family=AF_INET, table=RT_TABLE_MAIN, proto=RTPROT_STATIC, scope=RT_SCOPE_UNIVERSE,
+        family = AF_INET6 if ":" in gateway else AF_INET
+        body = RTMSG.pack(family=family, table=RT_TABLE_MAIN, proto=RTPROT_STATIC, scope=RT_SCOPE_UNIVERSE,
                           type=RTN_UNICAST) + attr_ip(RTA_GATEWAY, gateway)
         try:
             self._nl.request(RTM_NEWROUTE, CREATE, RTMSG, body)

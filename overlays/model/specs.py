@@ -1,8 +1,8 @@
 """Validated, frozen descriptions of what a user asked for (what exists is in ``state``).
 
 Input is parsed here once (raw strings in, typed objects out); the engine and the
-drivers only ever see these objects. IPv4 is served today; addresses are kept as
-``ipaddress`` objects so a second family slots in without new shapes.
+drivers only ever see these objects. A network has an IPv4 pool, an IPv6 pool or
+both (dual-stack); addresses are ``ipaddress`` objects of either family.
 
 ``Network``, ``Endpoint`` and ``Sandbox`` (and the address types) live in ``state``
 and are re-exported here, where most of the code imports them from.
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from overlays.errors import InvalidSpec
 from overlays.model.names import DERIVED_MAC_PREFIX, IFNAME_MAX, validate_name
@@ -30,6 +31,7 @@ MTU_MIN = 576
 MTU_MAX = 65535
 DEFAULT_MTU = 1500
 _IFNAME_RE = re.compile(r"^[^\s/:]+$")  # what the kernel accepts as a name (dev_valid_name), less ':' (aliases)
+_T = TypeVar("_T", IPNetwork, IPAddress)
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -43,33 +45,62 @@ SPECIAL_SUBNETS = tuple((ipaddress.IPv4Network(cidr), why) for cidr, why in (
 ))
 
 
-def parse_cidr(what: str, text: str) -> IPNetwork:
-    """Parse a subnet such as ``10.1.0.0/24``; host bits must be zero."""
+SPECIAL_SUBNETS6 = tuple((ipaddress.IPv6Network(cidr), why) for cidr, why in (
+    ("::/8", "reserved (the unspecified and loopback addresses, IPv4-mapped ones)"),
+    ("fe80::/10", "link-local (never routed)"),
+    ("ff00::/8", "multicast"),
+))
+# The smallest IPv6 subnet a network takes: room for a gateway and sandboxes (a /64 is the usual size).
+IPV6_PREFIX_MAX = 120
+
+
+def parse_cidr(what: str, text: str, version: int | None = 4) -> IPNetwork:
+    """Parse a subnet such as ``10.1.0.0/24`` (``version``: the family it must be; None: either); host bits
+    must be zero."""
+    example = "fd00:1::/64" if version == 6 else "10.1.0.0/24"
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError as e:
-        raise InvalidSpec(f"{what} {text!r} is not a valid CIDR (like 10.1.0.0/24)") from e
+        raise InvalidSpec(f"{what} {text!r} is not a valid CIDR (like {example})") from e
     if "/" not in text:
-        raise InvalidSpec(f"{what} {text!r} has no prefix length (like 10.1.0.0/24)")
-    if net.version != 4:
-        raise InvalidSpec(f"{what} {text!r}: only IPv4 is supported for now")
-    if str(net.network_address) != text.split("/")[0]:
+        raise InvalidSpec(f"{what} {text!r} has no prefix length (like {example})")
+    if version is not None and net.version != version:
+        raise InvalidSpec(f"{what} {text!r} is not an IPv{version} subnet (like {example})")
+    if net.network_address != ipaddress.ip_address(text.split("/")[0]):
         raise InvalidSpec(f"{what} {text!r} has host bits set; did you mean {net}?")
-    for special, why in SPECIAL_SUBNETS:
-        if net.overlaps(special):
-            raise InvalidSpec(f"{what} {text!r} overlaps {special}, {why}: choose a private range (like 10.1.0.0/24)")
+    if net.version == 6 and net.prefixlen > IPV6_PREFIX_MAX:
+        raise InvalidSpec(f"{what} {text!r} is too small (an IPv6 subnet needs /{IPV6_PREFIX_MAX} or larger; "
+                          "/64 is usual)")
+    specials = SPECIAL_SUBNETS if net.version == 4 else SPECIAL_SUBNETS6
+    private = "10.1.0.0/24" if net.version == 4 else "a ULA prefix like fd00:1::/64"
+    for special, why in specials:
+        if net.overlaps(special):  # type: ignore[arg-type]
+            raise InvalidSpec(f"{what} {text!r} overlaps {special}, {why}: choose a private range ({private})")
     return net
 
 
-def parse_ip(what: str, text: str) -> IPAddress:
-    """Parse a single address such as ``10.1.0.5``."""
+def parse_ip(what: str, text: str, version: int | None = 4) -> IPAddress:
+    """Parse a single address such as ``10.1.0.5`` (``version``: the family it must be; None: either)."""
     try:
         addr = ipaddress.ip_address(text)
     except ValueError as e:
         raise InvalidSpec(f"{what} {text!r} is not a valid IP address") from e
-    if addr.version != 4:
-        raise InvalidSpec(f"{what} {text!r}: only IPv4 is supported for now")
+    if version is not None and addr.version != version:
+        raise InvalidSpec(f"{what} {text!r} is not an IPv{version} address")
     return addr
+
+
+def _by_family(what: str, texts: str | Sequence[str] | None, parse: Callable[[str, str, int | None], _T],
+               ) -> dict[int, _T]:
+    """``--subnet`` or ``--gateway`` given once or twice: at most one of each family."""
+    found: dict[int, _T] = {}
+    for text in [texts] if isinstance(texts, str) else list(texts or ()):
+        value = parse(what, text, None)
+        version = value.version  # type: ignore[attr-defined]
+        if version in found:
+            raise InvalidSpec(f"{what}: two IPv{version} values ({found[version]}, {text}); give one of each family")
+        found[version] = value
+    return found
 
 
 def check_mtu(what: str, mtu: int) -> int:
@@ -80,7 +111,12 @@ def check_mtu(what: str, mtu: int) -> int:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """What ``network create`` asks for; subnet None means: pick a free /24."""
+    """What ``network create`` asks for.
+
+    ``subnet`` is the IPv4 pool (None: a free /24, unless ``ipv4`` is off); ``subnet6`` the IPv6
+    one of a network with ``ipv6`` (None: a free /64 of the host's ULA prefix). A network with
+    only an IPv6 subnet given is IPv6-only.
+    """
 
     name: str
     subnet: IPNetwork | None = None
@@ -93,13 +129,17 @@ class NetworkSpec:
     vni: int | None = None  # overlays: None picks a free one
     parent: str | None = None  # macvlan: the host interface whose segment sandboxes join
     dns: tuple[IPAddress, ...] = ()  # upstream resolvers for names not ours (none: the host's)
+    ipv6: bool = False
+    subnet6: IPNetwork | None = None
+    gateway6: IPAddress | None = None
+    ipv4: bool = True
 
     @classmethod
     def parse(
         cls,
         name: str,
-        subnet: str | None = None,
-        gateway: str | None = None,
+        subnet: str | Sequence[str] | None = None,
+        gateway: str | Sequence[str] | None = None,
         ip_range: str | None = None,
         mtu: int | None = None,
         internal: bool = False,
@@ -108,6 +148,7 @@ class NetworkSpec:
         vni: int | None = None,
         parent: str | None = None,
         dns: Sequence[str] = (),
+        ipv6: bool = False,
     ) -> NetworkSpec:
         validate_name("network", name)
         if driver not in DRIVERS:
@@ -118,33 +159,42 @@ class NetworkSpec:
             raise InvalidSpec(f"network {name}: an overlay network has no way out: --internal and "
                               "--no-masquerade do not apply")
         _check_parent(name, driver, parent, internal, masquerade)
-        net = parse_cidr(f"network {name}: subnet", subnet) if subnet else None
-        if net is None and (gateway or ip_range):
-            raise InvalidSpec(f"network {name}: --gateway and --ip-range need --subnet")
-        gw = parse_ip(f"network {name}: gateway", gateway) if gateway else None
-        rng = parse_cidr(f"network {name}: ip-range", ip_range) if ip_range else None
+        subnets = _by_family(f"network {name}: subnet", subnet, parse_cidr)
+        gateways = _by_family(f"network {name}: gateway", gateway, parse_ip)
+        ipv4 = 4 in subnets or 6 not in subnets  # only an IPv6 subnet given: an IPv6-only network
+        ipv6 = ipv6 or 6 in subnets
+        if ipv6 and driver == "macvlan":
+            raise InvalidSpec(f"network {name}: IPv6 is not served on macvlan networks yet")
+        for version, gw in gateways.items():
+            if version not in subnets:
+                raise InvalidSpec(f"network {name}: gateway {gw} needs an IPv{version} --subnet")
+        rng = parse_cidr(f"network {name}: ip-range", ip_range, None) if ip_range else None
+        if rng is not None and rng.version not in subnets:
+            raise InvalidSpec(f"network {name}: --ip-range {rng} needs an IPv{rng.version} --subnet")
+        if rng is not None and rng.version == 6 and ipv4:
+            raise InvalidSpec(f"network {name}: --ip-range applies to the IPv4 pool of a dual-stack network")
         if mtu is not None:
             check_mtu(f"network {name}", mtu)
         elif driver == "bridge":
             mtu = DEFAULT_MTU
         servers = _dns_servers(name, dns, internal)
-        spec = cls(name, net, gw, rng, mtu, driver, internal=internal, masquerade=masquerade, vni=vni, parent=parent,
-                   dns=servers)
-        if net is not None:
+        spec = cls(name, subnets.get(4), gateways.get(4), rng, mtu, driver, internal=internal, masquerade=masquerade,
+                   vni=vni, parent=parent, dns=servers, ipv6=ipv6, subnet6=subnets.get(6), gateway6=gateways.get(6),
+                   ipv4=ipv4)
+        for net in subnets.values():
             spec.check_subnet(net)
         return spec
 
     def check_subnet(self, net: IPNetwork) -> None:
-        """Check gateway and ip-range against a (given or chosen) subnet."""
+        """Check the gateway and ip-range of ``net``'s family against it (a given or chosen subnet)."""
         if net.num_addresses < 4:
             raise InvalidSpec(f"network {self.name}: subnet {net} is too small (need /30 or larger)")
-        if self.gateway is not None and (
-            self.gateway not in net
-            or self.gateway in (net.network_address, net.broadcast_address)
-        ):
-            raise InvalidSpec(f"network {self.name}: gateway {self.gateway} is not a host address of subnet {net}")
-        if self.ip_range is not None and not self.ip_range.subnet_of(net):  # type: ignore[arg-type]
-            raise InvalidSpec(f"network {self.name}: ip-range {self.ip_range} is not inside subnet {net}")
+        gateway = self.gateway if net.version == 4 else self.gateway6
+        if gateway is not None and (gateway not in net or gateway in (net.network_address, net.broadcast_address)):
+            raise InvalidSpec(f"network {self.name}: gateway {gateway} is not a host address of subnet {net}")
+        rng = self.ip_range
+        if rng is not None and rng.version == net.version and not rng.subnet_of(net):  # type: ignore[arg-type]
+            raise InvalidSpec(f"network {self.name}: ip-range {rng} is not inside subnet {net}")
 
 
 @dataclass(frozen=True)
@@ -152,21 +202,27 @@ class EndpointRequest:
     """One network a sandbox should join: optionally a static address, MAC, interface name, DNS aliases."""
 
     network: str
-    ip: IPAddress | None = None
+    ip: IPAddress | None = None  # a static IPv4 address
     mac: str | None = None  # None: derived from the address
     ifname: str | None = None  # None: the sandbox's next free ethN
     aliases: tuple[str, ...] = ()  # more names it answers to on this network (DNS)
     # Addresses a dynamic allocation must not take: others are about to ask for them (a topology's static ones).
     exclude: frozenset[IPAddress] = frozenset()
+    ip6: IPAddress | None = None  # a static IPv6 address (dual-stack and IPv6-only networks)
 
     @classmethod
     def parse(cls, network: str, ip: str | None = None, mac: str | None = None, ifname: str | None = None,
-              aliases: Sequence[str] = ()) -> EndpointRequest:
+              aliases: Sequence[str] = (), ip6: str | None = None) -> EndpointRequest:
         validate_name("network", network)
         addr = parse_ip(f"--ip for network {network}", ip) if ip else None
+        addr6 = parse_ip(f"--ip6 for network {network}", ip6, 6) if ip6 else None
         return cls(network, addr, parse_mac(f"--mac for network {network}", mac) if mac else None,
                    check_ifname(f"interface for network {network}", ifname) if ifname else None,
-                   check_aliases(network, aliases))
+                   check_aliases(network, aliases), ip6=addr6)
+
+    def static(self, version: int) -> IPAddress | None:
+        """The static address asked for in one family, if any."""
+        return self.ip if version == 4 else self.ip6
 
 
 def parse_mac(what: str, text: str) -> str:

@@ -35,10 +35,30 @@ class Network:
     parent: str | None = None  # macvlan networks: the host interface whose segment sandboxes join
     state: str = "ready"  # "pending" from its record until its kernel objects exist
     dns: tuple[IPAddress, ...] = ()  # where its sandboxes' other names are forwarded (none: the host's resolvers)
+    # Dual-stack networks: the IPv6 pool beside the IPv4 one in ``subnet``. An IPv6-only network has its
+    # pool in ``subnet`` and none here; an IPv4-only one none at all.
+    subnet6: IPNetwork | None = None
+    gateway6: IPAddress | None = None
+
+    @property
+    def subnets(self) -> tuple[IPNetwork, ...]:
+        """Every subnet of the network, IPv4 first."""
+        return (self.subnet,) if self.subnet6 is None else (self.subnet, self.subnet6)
+
+    @property
+    def pools(self) -> tuple[tuple[IPNetwork, IPAddress], ...]:
+        """(subnet, gateway) of each family, IPv4 first."""
+        first = ((self.subnet, self.gateway),)
+        return first if self.subnet6 is None or self.gateway6 is None else (*first, (self.subnet6, self.gateway6))
+
+    def pool(self, version: int) -> tuple[IPNetwork, IPAddress] | None:
+        """(subnet, gateway) of one family (4 or 6), None if the network has none."""
+        return next(((s, g) for s, g in self.pools if s.version == version), None)
 
     def to_record(self) -> dict[str, Any]:
         return {
             **({"dns": [str(s) for s in self.dns]} if self.dns else {}),
+            **({"subnet6": str(self.subnet6), "gateway6": str(self.gateway6)} if self.subnet6 else {}),
             "name": self.name,
             "driver": self.driver,
             "subnet": str(self.subnet),
@@ -71,6 +91,8 @@ class Network:
             parent=r.get("parent"),
             state=r.get("state", "ready"),
             dns=tuple(ipaddress.ip_address(s) for s in r.get("dns") or ()),
+            subnet6=ipaddress.ip_network(r["subnet6"]) if r.get("subnet6") else None,
+            gateway6=ipaddress.ip_address(r["gateway6"]) if r.get("gateway6") else None,
         )
 
 
@@ -91,9 +113,27 @@ class Endpoint:
     driver: str = "bridge"  # its network's driver, so the endpoint can be released without reading the network
     aliases: tuple[str, ...] = ()  # more names it answers to on its network (DNS)
     mac_given: bool = False  # the MAC was asked for (and claimed), not derived from the address
+    # On a dual-stack network: its IPv6 address (``ip`` holds the IPv4 one), prefix and gateway.
+    ip6: IPAddress | None = None
+    prefixlen6: int = 0
+    gateway6: IPAddress | None = None
+
+    @property
+    def addresses(self) -> tuple[tuple[IPAddress, int, IPAddress], ...]:
+        """(address, prefix length, gateway) of each family, IPv4 first."""
+        first = ((self.ip, self.prefixlen, self.gateway),)
+        if self.ip6 is None or self.gateway6 is None:
+            return first
+        return (*first, (self.ip6, self.prefixlen6, self.gateway6))
+
+    def address(self, version: int) -> IPAddress | None:
+        """Its address of one family (4 or 6), None if it has none."""
+        return next((a for a, _, _ in self.addresses if a.version == version), None)
 
     def to_record(self) -> dict[str, Any]:
         return {
+            **({"ip6": str(self.ip6), "prefixlen6": self.prefixlen6, "gateway6": str(self.gateway6)}
+               if self.ip6 else {}),
             "aliases": list(self.aliases),
             "mac_given": self.mac_given,
             "driver": self.driver,
@@ -125,6 +165,9 @@ class Endpoint:
             driver=r.get("driver") or ("overlay" if r.get("overlay") else "bridge"),  # records before drivers
             aliases=tuple(r.get("aliases") or ()),
             mac_given=bool(r.get("mac_given")),
+            ip6=ipaddress.ip_address(r["ip6"]) if r.get("ip6") else None,
+            prefixlen6=int(r.get("prefixlen6") or 0),
+            gateway6=ipaddress.ip_address(r["gateway6"]) if r.get("gateway6") else None,
         )
 
 
@@ -224,13 +267,15 @@ class EndpointRegistration:
     vtep: str
     aliases: tuple[str, ...] = ()
     hostname: str | None = None
+    ip6: str | None = None  # dual-stack networks: its IPv6 address too
 
     def to_record(self) -> dict[str, Any]:
         return {"network": self.network, "node": self.node, "sandbox": self.sandbox, "ip": self.ip,
-                "mac": self.mac, "vtep": self.vtep, "aliases": list(self.aliases), "hostname": self.hostname}
+                "mac": self.mac, "vtep": self.vtep, "aliases": list(self.aliases), "hostname": self.hostname,
+                **({"ip6": self.ip6} if self.ip6 else {})}
 
     @classmethod
     def from_record(cls, r: dict[str, Any], network: str = "") -> EndpointRegistration:
         return cls(network=r.get("network", network), node=r["node"], sandbox=r["sandbox"], ip=r["ip"],
                    mac=r["mac"], vtep=r["vtep"], aliases=tuple(r.get("aliases") or ()),
-                   hostname=r.get("hostname") or None)
+                   hostname=r.get("hostname") or None, ip6=r.get("ip6") or None)

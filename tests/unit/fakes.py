@@ -32,6 +32,7 @@ class FakeNs:
     addrs: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
     peers: dict[str, tuple[str, str]] = field(default_factory=dict)  # link -> (ns, peer link)
     default_gw: str | None = None
+    default_gw6: str | None = None
     vnis: dict[str, int] = field(default_factory=dict)  # vxlan device -> VNI
     fdbs: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # vxlan device -> {(mac, vtep)}
     neighs: dict[str, dict[str, str]] = field(default_factory=dict)  # device -> {ip: mac}
@@ -328,17 +329,20 @@ class FakeLinks:
         return link
 
     def route_prefixes(self) -> list[ipaddress.IPv4Network]:
-        return [ipaddress.IPv4Network(f"{ip}/{p}", strict=False) for s in self.ns.addrs.values() for ip, p in s]
+        return [ipaddress.IPv4Network(f"{ip}/{p}", strict=False)
+                for s in self.ns.addrs.values() for ip, p in s if ":" not in ip]
 
-    def addresses(self) -> list[ipaddress.IPv4Address]:
-        return [ipaddress.IPv4Address(ip) for s in self.ns.addrs.values() for ip, _ in s]
+    def addresses(self, version: int = 4) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        found = (ipaddress.ip_address(ip) for s in self.ns.addrs.values() for ip, _ in s)
+        return [a for a in found if a.version == version]
 
-    def interface_addresses(self, name: str) -> list[ipaddress.IPv4Interface]:
+    def interface_addresses(self, name: str, version: int = 4) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
         self._need(name)
-        return [ipaddress.IPv4Interface(f"{ip}/{p}") for ip, p in sorted(self.ns.addrs.get(name, set()))]
+        found = (ipaddress.ip_interface(f"{ip}/{p}") for ip, p in sorted(self.ns.addrs.get(name, set())))
+        return [a for a in found if a.version == version]
 
-    def has_default_route(self) -> bool:
-        return self.ns.default_gw is not None
+    def has_default_route(self, version: int = 4) -> bool:
+        return (self.ns.default_gw if version == 4 else self.ns.default_gw6) is not None
 
     def ensure_bridge(self, name: str, alias: str, mtu: int, mac: str) -> None:
         have = self.link(name)
@@ -381,7 +385,9 @@ class FakeLinks:
         self.ns.addrs.setdefault(name, set()).add((ip, prefixlen))
 
     def ensure_default_route(self, gateway: str) -> None:
-        if self.ns.default_gw is None:
+        if ":" in gateway:
+            self.ns.default_gw6 = self.ns.default_gw6 or gateway
+        elif self.ns.default_gw is None:
             self.ns.default_gw = gateway
 
     def delete_link(self, name: str) -> None:

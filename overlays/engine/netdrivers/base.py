@@ -28,7 +28,7 @@ from typing import ClassVar
 from overlays import ipam
 from overlays.engine import records
 from overlays.engine.context import Context, NodeTxn
-from overlays.errors import Conflict
+from overlays.errors import Conflict, InvalidSpec
 from overlays.kernel.api import Links
 from overlays.kernel.rtnl_types import Link, Underlay
 from overlays.model.names import endpoint_mac
@@ -84,14 +84,19 @@ class NetworkDriver:
         if txn.get(records.endpoint_key(sandbox, network.name)) is not None:
             raise Conflict(f"sandbox {sandbox} is already connected to network {network.name}")
         scope, owner = self.scope(txn), self.owner(ctx, sandbox)
-        ip = ipam.allocate(scope, network, owner, request.ip, request.exclude)
+        _check_families(network, request)
+        ip = ipam.allocate(scope, network, owner, request.static(network.subnet.version), request.exclude)
+        ip6 = (ipam.allocate(scope, network, owner, request.ip6, request.exclude, version=6)
+               if network.subnet6 is not None else None)
         if request.mac is not None:  # a MAC asked for is claimed on the network (derived ones are unique by address)
             _claim_mac(scope, network, request.mac, owner)
         host_ifname = next((n for n in self.host_ifnames(ctx, network, sandbox)
                             if txn.create(records.ifname_key(n), {"owner": f"{sandbox}/{network.name}"})), "")
         ep = Endpoint(sandbox=sandbox, network=network.name, ifname=ifname, host_ifname=host_ifname, ip=ip,
                       prefixlen=network.subnet.prefixlen, gateway=network.gateway, mac=request.mac or endpoint_mac(ip),
-                      mtu=network.mtu, driver=self.name, aliases=request.aliases, mac_given=request.mac is not None)
+                      mtu=network.mtu, driver=self.name, aliases=request.aliases, mac_given=request.mac is not None,
+                      ip6=ip6, prefixlen6=network.subnet6.prefixlen if network.subnet6 else 0,
+                      gateway6=network.gateway6 if ip6 else None)
         txn.put(records.endpoint_key(sandbox, network.name), ep.to_record())
         return ep
 
@@ -112,7 +117,9 @@ class NetworkDriver:
         txn.delete(records.endpoint_key(ep.sandbox, ep.network))
         if ep.host_ifname:
             txn.delete(records.ifname_key(ep.host_ifname))
-        ipam.release(self.scope(txn), ep.network, ep.ip)
+        for ip in (ep.ip, ep.ip6):
+            if ip is not None:
+                ipam.release(self.scope(txn), ep.network, ip)
         if ep.mac_given:
             self.scope(txn).delete(records.mac_key(ep.network, ep.mac))
 
@@ -188,6 +195,14 @@ class NetworkDriver:
         return []
 
 
+def _check_families(network: Network, request: EndpointRequest) -> None:
+    """A static address of a family the network does not serve is refused, naming both."""
+    for option, ip in (("--ip", request.ip), ("--ip6", request.ip6)):
+        if ip is not None and network.pool(ip.version) is None:
+            raise InvalidSpec(f"{option} {ip}: network {network.name} has no IPv{ip.version} subnet "
+                              f"({', '.join(str(s) for s in network.subnets)})")
+
+
 def _claim_mac(scope: Txn, network: Network, mac: str, owner: str) -> None:
     if not scope.create(records.mac_key(network.name, mac), {"owner": owner}):
         holder = (scope.get(records.mac_key(network.name, mac)) or {}).get("owner", "?")
@@ -205,25 +220,44 @@ def mark_ready(driver: NetworkDriver, txn: NodeTxn, network: Network) -> Network
 
 
 def check_new(txn: NodeTxn, spec: NetworkSpec, facts: HostFacts, routed_too: bool,
-              subnet: IPNetwork | None = None) -> IPNetwork:
-    """The subnet a new network gets (given, else ``subnet``, else a free /24), checked against every
-    network recorded and, with ``routed_too``, against the host's routes. Bumps the networks'
-    generation first, so two concurrent creates cannot both pass this check."""
+              subnet: IPNetwork | None = None) -> IPNetwork | None:
+    """The IPv4 subnet a new network gets (given, else ``subnet``, else a free /24; None for an
+    IPv6-only network), checked against every network recorded and, with ``routed_too``, against
+    the host's routes. Bumps the networks' generation first, so two concurrent creates cannot both
+    pass this check."""
     records.bump_network_generation(txn)
     if records.find_network(txn, spec.name) is not None:
         raise Conflict(f"network {spec.name} already exists")
+    if not spec.ipv4:
+        return None
     others = records.list_networks(txn)
     subnet = spec.subnet or subnet or ipam.free_subnet([n.subnet for n in others] + list(facts.routes))
+    _check_clear(spec, subnet, others, facts if routed_too and spec.subnet else None)
+    return subnet
+
+
+def check_new6(txn: NodeTxn, scope: Txn, spec: NetworkSpec, facts: HostFacts, routed_too: bool) -> IPNetwork | None:
+    """The IPv6 subnet of a new network with IPv6 (given, else a free /64 of ``scope``'s ULA prefix), checked
+    as ``check_new`` checks the IPv4 one; None for a network without IPv6."""
+    if not spec.ipv6:
+        return None
+    others = records.list_networks(txn)
+    subnet = spec.subnet6 or ipam.free_subnet6(scope, [s for n in others for s in n.subnets])
+    _check_clear(spec, subnet, others, facts if routed_too and spec.subnet6 else None)
+    return subnet
+
+
+def _check_clear(spec: NetworkSpec, subnet: IPNetwork, others: list[Network], facts: HostFacts | None) -> None:
     spec.check_subnet(subnet)
     for other in others:
-        if subnet.overlaps(other.subnet):  # type: ignore[arg-type]
-            raise Conflict(f"network {spec.name}: subnet {subnet} overlaps network {other.name} ({other.subnet})")
-    if routed_too and spec.subnet:
-        ours = {o.subnet for o in others}
+        for theirs in other.subnets:
+            if theirs.version == subnet.version and subnet.overlaps(theirs):  # type: ignore[arg-type]
+                raise Conflict(f"network {spec.name}: subnet {subnet} overlaps network {other.name} ({theirs})")
+    if facts is not None:
+        ours = {s for o in others for s in o.subnets}
         for route in facts.routes:
-            if route not in ours and subnet.overlaps(route):  # type: ignore[arg-type]
+            if route not in ours and route.version == subnet.version and subnet.overlaps(route):  # type: ignore[arg-type]
                 raise Conflict(f"network {spec.name}: subnet {subnet} overlaps {route}, routed by the host")
-    return subnet
 
 
 def free_name(candidates: Iterable[str], taken: Iterable[str]) -> str:
@@ -232,10 +266,25 @@ def free_name(candidates: Iterable[str], taken: Iterable[str]) -> str:
     return next(name for name in candidates if name not in held)
 
 
-def new_network(spec: NetworkSpec, subnet: IPNetwork, mtu: int, bridge: str = "", vni: int | None = None,
-                parent: str | None = None) -> Network:
-    """The record of a network being created (pending until its kernel objects exist)."""
-    gateway = spec.gateway or ipam.default_gateway(subnet)
+def new_network(spec: NetworkSpec, subnet: IPNetwork | None, mtu: int, bridge: str = "", vni: int | None = None,
+                parent: str | None = None, subnet6: IPNetwork | None = None) -> Network:
+    """The record of a network being created (pending until its kernel objects exist).
+
+    ``subnet`` is None for an IPv6-only network: its IPv6 pool is then the record's first.
+    """
+    gateway6 = (spec.gateway6 or ipam.default_gateway(subnet6)) if subnet6 is not None else None
+    if subnet is None:
+        if subnet6 is None or gateway6 is None:
+            raise ValueError("a network needs a subnet of one family at least")
+        subnet, gateway, subnet6, gateway6 = subnet6, gateway6, None, None
+    else:
+        gateway = spec.gateway or ipam.default_gateway(subnet)
     return Network(name=spec.name, driver=spec.driver, subnet=subnet, gateway=gateway, ip_range=spec.ip_range,
                    mtu=mtu, bridge=bridge, created=time.time(), internal=spec.internal, masquerade=spec.masquerade,
-                   vni=vni, parent=parent, state="pending", dns=spec.dns)
+                   vni=vni, parent=parent, state="pending", dns=spec.dns, subnet6=subnet6, gateway6=gateway6)
+
+
+def reserve_gateways(scope: Txn, network: Network, owner: str = "gateway") -> None:
+    """The gateway address of each family is taken on the network's pools."""
+    for _, gateway in network.pools:
+        ipam.reserve(scope, network, gateway, owner)

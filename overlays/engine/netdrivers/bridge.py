@@ -9,11 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from overlays import ipam
 from overlays.drivers import bridge
 from overlays.engine import firewall, records
 from overlays.engine.context import Context, NodeTxn
-from overlays.engine.netdrivers.base import HostFacts, NetworkDriver, check_new, free_name, new_network
+from overlays.engine.netdrivers.base import (
+    HostFacts,
+    NetworkDriver,
+    check_new,
+    check_new6,
+    free_name,
+    new_network,
+    reserve_gateways,
+)
 from overlays.errors import OverlaysError
 from overlays.kernel.api import Links
 from overlays.model.names import bridge_mac, bridge_names, veth_names
@@ -28,10 +35,11 @@ class BridgeDriver(NetworkDriver):
 
     def record(self, txn: NodeTxn, ctx: Context, spec: NetworkSpec, facts: HostFacts) -> Network:
         subnet = check_new(txn, spec, facts, routed_too=True)
+        subnet6 = check_new6(txn, txn, spec, facts, routed_too=True)
         device = free_name(bridge_names(spec.name, ctx.instance), (n.bridge for n in records.list_networks(txn)))
-        network = new_network(spec, subnet, spec.mtu or DEFAULT_MTU, bridge=device)
+        network = new_network(spec, subnet, spec.mtu or DEFAULT_MTU, bridge=device, subnet6=subnet6)
         txn.put(records.network_key(network.name), network.to_record())
-        ipam.reserve(txn, network, network.gateway, "gateway")
+        reserve_gateways(txn, network)
         return network
 
     def host_ifnames(self, ctx: Context, network: Network, sandbox: str) -> Iterator[str]:

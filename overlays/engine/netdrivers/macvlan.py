@@ -11,6 +11,7 @@ the segment. The firewall plays no part: no NAT, no published ports.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Interface
 from pathlib import Path
 
 from overlays import ipam
@@ -33,7 +34,8 @@ class MacvlanDriver(NetworkDriver):
         if parent is None:
             where = f" in {host.netns}" if host.netns else ""
             raise NotFound(f"network {spec.name}: parent interface {spec.parent} does not exist{where}")
-        return HostFacts(parent=parent, parent_addresses=tuple(host.interface_addresses(parent.name)))
+        return HostFacts(parent=parent, parent_addresses=tuple(
+            a for a in host.interface_addresses(parent.name) if isinstance(a, IPv4Interface)))
 
     def record(self, txn: NodeTxn, ctx: Context, spec: NetworkSpec, facts: HostFacts) -> Network:
         assert facts.parent is not None  # facts() found it
@@ -42,6 +44,8 @@ class MacvlanDriver(NetworkDriver):
             raise InvalidSpec(f"network {spec.name}: give --subnet (parent {facts.parent.name} has no IPv4 address "
                               "to take the segment's subnet from)")
         subnet = check_new(txn, spec, facts, routed_too=False, subnet=own[0].network if own else None)
+        if subnet is None:  # the spec refuses IPv6 on macvlan, so an IPv6-only one never gets here
+            raise InvalidSpec(f"network {spec.name}: a macvlan network needs an IPv4 subnet")
         if spec.mtu is not None and spec.mtu > facts.parent.mtu:
             raise InvalidSpec(f"network {spec.name}: MTU {spec.mtu} is larger than parent {facts.parent.name}'s "
                               f"({facts.parent.mtu})")

@@ -17,11 +17,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from overlays import ipam
 from overlays.drivers import bridge, vxlan
 from overlays.engine import firewall, records
 from overlays.engine.context import Context, NodeTxn
-from overlays.engine.netdrivers.base import HostFacts, NetworkDriver, check_new, free_name, new_network
+from overlays.engine.netdrivers.base import (
+    HostFacts,
+    NetworkDriver,
+    check_new,
+    check_new6,
+    free_name,
+    new_network,
+    reserve_gateways,
+)
 from overlays.errors import Conflict, InvalidSpec, NotFound
 from overlays.kernel.api import Links
 from overlays.model.names import bridge_mac, overlay_bridge_names, veth_names, vxlan_name
@@ -56,11 +63,12 @@ class OverlayDriver(NetworkDriver):
         root = txn.root
         records.bump_network_generation(root)  # creates on other hosts check against it too
         subnet = check_new(txn, spec, facts, routed_too=False)
+        subnet6 = check_new6(txn, root, spec, facts, routed_too=False)
         mtu = spec.mtu or vxlan.overlay_mtu(facts.underlay.mtu if facts.underlay else 1500)
         bridge = free_name(overlay_bridge_names(spec.name), (n.bridge for n in records.list_networks(txn)))
-        network = new_network(spec, subnet, mtu, bridge=bridge, vni=_take_vni(root, spec))
+        network = new_network(spec, subnet, mtu, bridge=bridge, vni=_take_vni(root, spec), subnet6=subnet6)
         root.put(records.network_key(network.name), network.to_record())
-        ipam.reserve(root, network, network.gateway, "gateway (reserved)")
+        reserve_gateways(root, network, "gateway (reserved)")
         return network
 
     def forget(self, txn: NodeTxn, ctx: Context, network: Network) -> None:
@@ -93,7 +101,7 @@ class OverlayDriver(NetworkDriver):
         ep = super().allocate(txn, ctx, network, sandbox, request, ifname, hostname)
         host = live_host(txn.root, ctx.node)
         registration = EndpointRegistration(network.name, ctx.node, sandbox, str(ep.ip), ep.mac, host.underlay,
-                                            ep.aliases, hostname)
+                                            ep.aliases, hostname, ip6=str(ep.ip6) if ep.ip6 else None)
         txn.root.put(records.registration_key(network.name, ctx.node, sandbox), registration.to_record(),
                      lease=host.lease)
         return ep
