@@ -1,0 +1,98 @@
+"""IPv6 on bridge networks, on the real kernel: dual-stack sandboxes, static addresses, a quiet link, drift.
+
+The firewall's part (NAT66, isolation, published ports) is in test_ipv6_firewall.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from typing import Any
+
+from overlays import EndpointRequest, Engine, NetworkSpec, SandboxSpec
+
+from .conftest import Cli, can_ping, ip_json, sh
+
+
+def addresses(netns: str, ifname: str, family: str = "inet6") -> list[dict[str, Any]]:
+    found = ip_json(netns, "-f", family, "addr", "show", "dev", ifname)
+    return [a for link in found for a in link["addr_info"]]  # type: ignore[union-attr]
+
+
+def test_a_dual_stack_network_gives_each_sandbox_both_families_and_a_route_out_of_each(engine: Engine,
+                                                                                      host: str) -> None:
+    net = engine.create_network(NetworkSpec.parse("ds", subnet="10.61.0.0/24", ipv6=True))
+    assert net.subnet6 is not None and net.gateway6 is not None
+    assert net.subnet6.prefixlen == 64 and net.subnet6.subnet_of(ipaddress.ip_network("fd00::/8"))  # a ULA /64
+    static = net.subnet6[0x50]
+    a = engine.create_sandbox(SandboxSpec.parse("a", [EndpointRequest.parse("ds")]))
+    b = engine.create_sandbox(SandboxSpec.parse("b", [EndpointRequest.parse("ds", ip6=str(static))]))
+    assert b.endpoints[0].ip6 == static and a.endpoints[0].ip6 == net.gateway6 + 1
+    assert can_ping(a.netns, str(static)) and can_ping(a.netns, str(b.endpoints[0].ip))
+    assert can_ping(a.netns, str(net.gateway6)), "the bridge holds the IPv6 gateway"
+    routes = ip_json(a.netns, "-6", "route", "show", "default")
+    assert [r.get("gateway") for r in routes] == [str(net.gateway6)]
+    # Static, quiet addresses: no link-local, no DAD (nothing tentative), on the sandbox and on the bridge.
+    for netns, ifname in ((a.netns, "eth0"), (host, net.bridge)):
+        found = addresses(netns, ifname)
+        assert [x["scope"] for x in found] == ["global"], found
+        assert not any(x.get("tentative") for x in found) and all(x.get("nodad") for x in found)
+    assert engine.sandbox_problems("a") == [] and engine.network_problems("ds") == []
+
+
+def test_networks_without_a_given_ipv6_subnet_share_one_ula_prefix_and_never_a_64(engine: Engine) -> None:
+    one = engine.create_network(NetworkSpec.parse("one", subnet="10.62.0.0/24", ipv6=True))
+    two = engine.create_network(NetworkSpec.parse("two", subnet="10.62.1.0/24", ipv6=True))
+    assert one.subnet6 is not None and two.subnet6 is not None and one.subnet6 != two.subnet6
+    assert one.subnet6.supernet(new_prefix=48) == two.subnet6.supernet(new_prefix=48)
+
+
+def test_a_lost_ipv6_address_is_drift_that_repair_puts_back(engine: Engine) -> None:
+    engine.create_network(NetworkSpec.parse("dr", subnet=["10.63.0.0/24", "fd00:63::/64"]))
+    box = engine.create_sandbox(SandboxSpec.parse("d", [EndpointRequest.parse("dr")]))
+    ep = box.endpoints[0]
+    sh(box.netns, "ip", "-6", "addr", "del", f"{ep.ip6}/64", "dev", "eth0")
+    assert engine.sandbox_problems("d") == [f"eth0 of sandbox d on dr lost its address {ep.ip6}/64"]
+    engine.repair_sandbox("d")
+    assert engine.sandbox_problems("d") == [] and can_ping(box.netns, "fd00:63::1")
+
+
+def test_ipv6_forwarding_keeps_the_hosts_router_advertisements(engine: Engine, host: str) -> None:
+    """A forwarding host ignores RAs where accept_ra is 1: such links go to 2 before forwarding is turned on."""
+    subprocess.run(["ip", "-n", host, "link", "add", "up0", "type", "veth", "peer", "name", "up1"], check=True)
+    sh(host, "sysctl", "-qw", "net.ipv6.conf.up0.accept_ra=1")
+    engine.create_network(NetworkSpec.parse("fw", subnet="10.64.0.0/24"))
+    assert sh(host, "sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip() == "0", "IPv4-only: untouched"
+    engine.create_network(NetworkSpec.parse("fw6", subnet="10.64.1.0/24", ipv6=True))
+    assert sh(host, "sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip() == "1"
+    assert sh(host, "sysctl", "-n", "net.ipv6.conf.up0.accept_ra").stdout.strip() == "2"
+
+
+def test_the_cli_shows_both_families_and_refuses_bad_ipv6_input_in_one_line(cli: Cli, host: str) -> None:
+    cli("network", "create", "cs", "--subnet", "10.65.0.0/24", "--subnet", "fd00:65::/64", check=True)
+    cli("run", "-d", "--name", "w", "--network", "cs", "--ip6", "fd00:65::99", "--", "sleep", "300", check=True)
+    shown = json.loads(cli("inspect", "w", "--json", check=True).stdout)["endpoints"][0]
+    assert shown["ip6"] == "fd00:65::99/64" and shown["gateway6"] == "fd00:65::1"
+    assert "cs=10.65.0.2,fd00:65::99" in cli("ps", check=True).stdout
+    net = json.loads(cli("network", "inspect", "cs", "--json", check=True).stdout)
+    assert (net["subnet"], net["subnet6"], net["gateway6"]) == ("10.65.0.0/24", "fd00:65::/64", "fd00:65::1")
+    cli("network", "create", "v4", "--subnet", "10.65.1.0/24", check=True)
+    before = (ip_json(host, "link"), cli("ps").stdout, cli("network", "ls").stdout)
+    for args, says in [
+        (["run", "--name", "x", "--network", "v4", "--ip6", "fd00:65::5", "--", "true"],
+         "--ip6 fd00:65::5: network v4 has no IPv6 subnet"),
+        (["run", "--name", "x", "--network", "cs", "--ip6", "10.65.0.9", "--", "true"], "is not an IPv6 address"),
+        (["run", "--name", "x", "--network", "cs", "--ip6", "fd00:66::5", "--", "true"], "outside network cs"),
+        (["run", "--name", "x", "--network", "cs", "--ip6", "fd00:65::99", "--", "true"], "already taken by w"),
+        (["network", "create", "bad", "--subnet", "fe80::/64"], "link-local"),
+        (["network", "create", "bad", "--subnet", "ff02::/64"], "multicast"),
+        (["network", "create", "bad", "--subnet", "::1/128"], "too small"),
+        (["network", "create", "bad", "--subnet", "fd00:1::/64", "--subnet", "fd00:2::/64"], "two IPv6 values"),
+        (["network", "create", "bad", "--subnet", "fd00:65::/80"], "overlaps network cs"),
+        (["network", "create", "bad", "--subnet", "10.65.2.0/24", "--gateway", "fd00::1"], "needs an IPv6 --subnet"),
+    ]:
+        done = cli(*args)
+        assert done.returncode != 0 and says in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
+            (args, done.stderr)
+    assert (ip_json(host, "link"), cli("ps").stdout, cli("network", "ls").stdout) == before
