@@ -75,21 +75,23 @@ def _hosts(b: Builder, me: str, host_netns: str | None, shared: Shared) -> None:
 
 
 def _network(b: Builder, me: str, net: Network) -> None:
-    common = [("driver", net.driver), ("subnet", net.subnet), ("mtu", net.mtu), ("bridge", net.bridge),
+    subnets = ", ".join(str(x) for x in net.subnets)
+    gateways = ", ".join(str(g) for _, g in net.pools)
+    common = [("driver", net.driver), ("subnet", subnets), ("mtu", net.mtu), ("bridge", net.bridge),
               ("ip range", net.ip_range), ("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(net.created)))]
     if net.parent is not None:
         details = pairs([*common, ("parent", net.parent), ("gateway", f"{net.gateway} (on the segment)")])
-        b.macvlan_network(me, net.name, str(net.subnet), net.parent, details)
+        b.macvlan_network(me, net.name, subnets, net.parent, details)
         return
     if net.driver == "overlay":
-        details = pairs([*common, ("vni", net.vni), ("gateway", f"{net.gateway} (reserved; no address on hosts)"),
+        details = pairs([*common, ("vni", net.vni), ("gateway", f"{gateways} (reserved; no address on hosts)"),
                          ("way out", "none: east-west only")])
-        b.overlay_network(net.name, str(net.subnet), str(net.vni), details)
+        b.overlay_network(net.name, subnets, str(net.vni), details)
         return
     flags = [f for f, on in (("internal: no way out", net.internal), ("routed: no masquerade", not net.masquerade))
              if on]
-    details = pairs([*common, ("gateway", net.gateway), ("internal", net.internal), ("masquerade", net.masquerade)])
-    b.bridge_network(me, net.name, str(net.subnet), str(net.gateway), net.bridge, details, flags)
+    details = pairs([*common, ("gateway", gateways), ("internal", net.internal), ("masquerade", net.masquerade)])
+    b.bridge_network(me, net.name, subnets, gateways, net.bridge, details, flags)
 
 
 def _sandbox(b: Builder, me: str, box: Sandbox, networks: dict[str, Network], shared: Shared,
@@ -109,7 +111,7 @@ def _sandbox(b: Builder, me: str, box: Sandbox, networks: dict[str, Network], sh
             vtep = str((shared.hosts.get(me) or {}).get("underlay", "unknown: no agent registered"))
             device = vxlan_name(net.bridge)
             _leg(b, me, net, vtep, device)
-        b.interface(node, network_id(ep.network, me), ep.ifname, f"{ep.ip}/{ep.prefixlen}", _endpoint_details(ep))
+        b.interface(node, network_id(ep.network, me), ep.ifname, _addresses(ep), _endpoint_details(ep))
     b.published(me, box.name, box.ports)
 
 
@@ -121,9 +123,14 @@ def _leg(b: Builder, host: str, net: Network, vtep: str, device: str | None = No
                              ("vni", net.vni), ("vtep", vtep), ("mtu", net.mtu)]))
 
 
+def _addresses(ep: Endpoint) -> str:
+    return " ".join(f"{ip}/{prefixlen}" for ip, prefixlen, _ in ep.addresses)
+
+
 def _endpoint_details(ep: Endpoint) -> tuple[tuple[str, str], ...]:
-    return pairs([("network", ep.network), ("interface", ep.ifname), ("address", f"{ep.ip}/{ep.prefixlen}"),
-                  ("gateway", ep.gateway), ("mac", ep.mac), ("host veth", ep.host_ifname), ("mtu", ep.mtu),
+    return pairs([("network", ep.network), ("interface", ep.ifname), ("address", _addresses(ep)),
+                  ("gateway", " ".join(str(g) for _, _, g in ep.addresses)), ("mac", ep.mac),
+                  ("host veth", ep.host_ifname), ("mtu", ep.mtu),
                   ("state", ep.state)])
 
 
@@ -139,6 +146,8 @@ def _remote_endpoints(b: Builder, me: str, shared: Shared, networks: dict[str, N
                       pairs([("host", node), ("seen from", "the shared store")]))
         _leg(b, node, net, str(reg.get("vtep")))
         address = f"{reg.get('ip')}/{net.subnet.prefixlen}"
+        if reg.get("ip6") and net.subnet6 is not None:
+            address += f" {reg.get('ip6')}/{net.subnet6.prefixlen}"
         b.interface(box, network_id(net.name, node), "", address,
                     pairs([("network", net.name), ("address", address), ("mac", reg.get("mac")),
                            ("vtep", reg.get("vtep")), ("registered by", node)]))

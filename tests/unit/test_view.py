@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,17 @@ def test_the_watcher_sends_the_journal_of_recent_operations_as_it_grows(tmp_path
         watcher.stop.set()
         thread.join(timeout=10)
         engine.close()
+
+
+def test_the_live_picture_shows_both_families_of_a_dual_stack_network() -> None:
+    net = replace(_net("ds", "10.11.0.0/24"), subnet6=ipaddress.ip_network("fd00:11::/64"),
+                  gateway6=ipaddress.ip_address("fd00:11::1"))
+    ep = Endpoint("a", "ds", "eth0", "ovv-a", ipaddress.ip_address("10.11.0.2"), 24, ipaddress.ip_address("10.11.0.1"),
+                  "02:00:00:00:00:01", 1500, "ready", ip6=ipaddress.ip_address("fd00:11::2"), prefixlen6=64,
+                  gateway6=ipaddress.ip_address("fd00:11::1"))
+    graph = build("h1", "lab-h1", [net], [Sandbox("a", "ov-x-a", state="ready", endpoints=(ep,))], Shared({}, []),
+                  instance="abc123")
+    labels = {(e.source, e.target): e.label for e in graph.edges}
+    assert labels[("net:h1:ds", "box:h1:a")] == "eth0 10.11.0.2/24 fd00:11::2/64"
+    assert labels[("host:h1", "net:h1:ds")] == "10.11.0.1, fd00:11::1"
+    assert "10.11.0.0/24, fd00:11::/64" in graph.node("net:h1:ds").lines
