@@ -8,6 +8,12 @@ by leaving the kernel's work for later). At N = 100 the subjects run in several
 interleaved rounds (subject order rotated) so drifts in machine load hit all of
 them; ratios compare figures of the same run. A subject that exceeds its time
 budget stops attaching, tears down what it made, and is reported at the N it reached.
+
+``--ipv6``: overlays and packed netlink, each on an IPv4-only network and on a dual-stack one
+(``overlays-dual``, ``packed-dual``), interleaved; each dual-stack figure is shown against its
+IPv4-only twin (target: overlays' attach on a dual-stack network <= 1.25x IPv4-only at N = 1000).
+Every subject of such a run also counts, untimed, what its bridge carried during the attaches and in
+the ``--quiet-seconds`` after (``chatter``): an MLD storm would show as a fan-out of about N/2.
 """
 
 from __future__ import annotations
@@ -19,12 +25,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import subjects
+from benchmarks import chatter, subjects
 from benchmarks.harness import Row, Run, Verdict, WorkerFailed, check, median, ms, now_ns, percentile, run_worker
 
 NAME = "attach"
 BASELINE = "raw"
-ORDER = ["overlays", "overlays-nodns", "raw", "packed", "ip", "cni", "netavark"]
+ORDER = ["overlays", "overlays-nodns", "overlays-dual", "raw", "packed", "packed-dual", "packed-dual-querier", "ip",
+         "cni", "netavark"]
+# Each dual-stack subject and its IPv4-only twin.
+DUAL = {"overlays-dual": "overlays", "packed-dual": "packed", "packed-dual-querier": "packed"}
+DEFAULT = [s for s in ORDER if s not in DUAL]
+IPV6 = ["overlays", "overlays-dual", "packed", "packed-dual"]
 PEERS = {"ip", "cni", "netavark"}
 TOOLS = PEERS  # subjects that exec a process per step
 
@@ -36,6 +47,7 @@ DOWN_TOTAL_S = 3.0
 VS_RAW = 2.0                # within 2x of raw netlink
 VS_CNI_ATTACH = 1 / 3       # at least 3x faster than CNI ADD
 VS_CNI_DEL = 1 / 10         # 10x faster than CNI DEL
+DUAL_VS_IPV4 = 1.25         # attach on a dual-stack network within 1.25x of IPv4-only
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,9 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--peer-n", type=int, metavar="N",
                    help="largest N at which ip, cni and netavark run (default: every N)")
     g.add_argument("--rounds", type=int, metavar="R",
-                   help="interleaved rounds at N <= 100 (default 3; 1 with --quick); larger N run once")
-    g.add_argument("--subjects", default=",".join(ORDER),
-                   help=f"comma-separated subset of {','.join(ORDER)} (default: all)")
+                   help="interleaved rounds (default 3 at N <= 100, 1 with --quick; larger N run once unless given)")
+    g.add_argument("--subjects",
+                   help=f"comma-separated subset of {','.join(ORDER)} (default: {','.join(DEFAULT)};"
+                        f" with --ipv6 {','.join(IPV6)})")
+    g.add_argument("--ipv6", action="store_true",
+                   help="IPv4-only against dual-stack networks, and what their bridges carry (see above)")
+    g.add_argument("--quiet-seconds", type=float, default=5.0, metavar="S",
+                   help="with --ipv6: how long after the attaches the bridge's chatter is counted (default 5)")
     g.add_argument("--budget", type=float, default=240.0, metavar="S",
                    help="seconds a subject may spend attaching at one N before it stops (default 240)")
 
@@ -88,9 +105,26 @@ def _verify(sub: subjects.Base, host: str, n: int) -> dict[str, Any]:
         default = any(r.get("dst") == "default" for r in ipj(ns, "route", "show"))
         lo_up = any(k[0] == "lo" and "127.0.0.1" in v for k, v in addrs.items())
         eth0 = any(k[0] == "eth0" and k[1] == "UP" and v for k, v in addrs.items())
-        wired.append(bool(default and lo_up and eth0))
+        wired.append(bool(default and lo_up and eth0 and (sub.subnet6 is None or _wired6(ns, ipj))))
     extra = all(sub.verify_sandbox(i) for i in sorted({0, n - 1}))  # e.g. its published port answers
+    if sub.subnet6 is not None and n:
+        extra = extra and _pings6(sub.sandbox_netns(0), sub.sandbox_netns(n - 1), ipj)
     return {"bridge_ports": ports, "wired": all(wired), "extra": extra, "ok": ports == n and all(wired) and extra}
+
+
+def _pings6(client: str, server: str, ipj: Any) -> bool:
+    """The first sandbox reaches the last one's IPv6 address (neighbour discovery works on this bridge)."""
+    found = [a["local"] for link in ipj(server, "-6", "addr", "show", "dev", "eth0") for a in link["addr_info"]]
+    ping = subprocess.run(["ip", "netns", "exec", client, "ping", "-6", "-c", "1", "-W", "3", found[0]],
+                          capture_output=True, timeout=20)
+    return bool(found) and ping.returncode == 0
+
+
+def _wired6(ns: str, ipj: Any) -> bool:
+    """eth0 holds one global IPv6 address (no link-local, nothing tentative) and there is an IPv6 default route."""
+    found = [a for link in ipj(ns, "-6", "addr", "show", "dev", "eth0") for a in link.get("addr_info", [])]
+    quiet = [a.get("scope") for a in found] == ["global"] and not any(a.get("tentative") for a in found)
+    return quiet and any(r.get("dst") == "default" for r in ipj(ns, "-6", "route", "show"))
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +145,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                 result["stopped"] = f"time budget of {budget:.0f} s spent after {i + 1} of {n} sandboxes"
                 break
         done = len(attach)
+        if spec.get("chatter") and done:  # untimed: what the bridge carried during the attaches and just after
+            sample = [sub.sandbox_netns(i) for i in sorted({0, done - 1})]
+            during = chatter.snapshot(host, sub.bridge, sample)
+            time.sleep(spec["quiet_seconds"])
+            result["chatter"] = {"during": during, "after": chatter.snapshot(host, sub.bridge, sample)}
         result["verify"] = _verify(sub, host, done)
         for i in range(done):
             t = now_ns()
@@ -133,28 +172,28 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _plan(args: argparse.Namespace) -> list[tuple[int, int, list[str]]]:
     """(N, rounds, subjects) in the order they run."""
-    wanted = [s.strip() for s in args.subjects.split(",") if s.strip()]
+    given = args.subjects or ",".join(IPV6 if args.ipv6 else DEFAULT)
+    wanted = [s.strip() for s in given.split(",") if s.strip()]
     unknown = set(wanted) - set(ORDER)
     if unknown:
         raise SystemExit(f"unknown subject(s): {', '.join(sorted(unknown))} (choose from {', '.join(ORDER)})")
     ns = args.n or ([20] if args.quick else [100, 1000])
     plan = []
     for n in ns:
-        rounds = args.rounds or (1 if args.quick else 3)
-        rounds = rounds if n <= 100 else 1
+        rounds = args.rounds or (1 if args.quick or n > 100 else 3)
         subs = [s for s in ORDER if s in wanted and not (s in PEERS and args.peer_n and n > args.peer_n)]
         plan.append((n, rounds, subs))
     return plan
 
 
-def _measure(run: Run, subject: str, n: int, budget: float) -> dict[str, Any]:
+def _measure(run: Run, subject: str, n: int, budget: float, extra: dict[str, Any]) -> dict[str, Any]:
     try:
         with run.host(subject[:3]) as host:
             workdir = run.scratch(host)
             if issubclass(subjects.SUBJECTS[subject], subjects.OverlaysSubject):
                 run.add_engine(workdir / "state", host)
             spec = {"subject": subject, "n": n, "host": host, "subnet": "10.77.0.0/16", "workdir": str(workdir),
-                    "budget": budget}
+                    "budget": budget} | extra
             return run_worker("attach", spec, timeout=budget * 4 + 600)
     finally:
         run.sweep()  # whatever a failed or interrupted worker left
@@ -162,11 +201,12 @@ def _measure(run: Run, subject: str, n: int, budget: float) -> dict[str, Any]:
 
 def collect(run: Run, args: argparse.Namespace, log: Any) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """Run the plan; results per (subject, N), one dict per round."""
-    return collect_plan(run, _plan(args), args.budget, log, NAME)
+    extra = {"chatter": True, "quiet_seconds": args.quiet_seconds} if args.ipv6 else {}
+    return collect_plan(run, _plan(args), args.budget, log, NAME, extra)
 
 
 def collect_plan(run: Run, plan: list[tuple[int, int, list[str]]], budget: float, log: Any,
-                 label: str) -> dict[tuple[str, int], list[dict[str, Any]]]:
+                 label: str, extra: dict[str, Any] | None = None) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """Run (N, rounds, subjects) in interleaved rounds, each in a worker of its own; results per (subject, N)."""
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for n, rounds, subs in plan:
@@ -179,7 +219,7 @@ def collect_plan(run: Run, plan: list[tuple[int, int, list[str]]], budget: float
                     continue
                 t = time.monotonic()
                 try:
-                    res = _measure(run, subject, n, budget)
+                    res = _measure(run, subject, n, budget, extra or {})
                 except WorkerFailed as e:
                     res = {"error": str(e)}
                 results.setdefault((subject, n), []).append(res)
@@ -192,6 +232,10 @@ def _summary(res: dict[str, Any]) -> str:
         return f"FAILED: {res['error']}"
     a, d = res["attach_ns"], res["detach_ns"]
     extra = f"; {res['stopped']}" if res.get("stopped") else ""
+    if "chatter" in res:
+        c = res["chatter"]
+        extra += (f"; bridge: {c['during']['from_sandboxes']} frames from sandboxes, {c['during']['to_sandboxes']}"
+                  f" to them (fan-out {chatter.fanout(c['during']):.1f})")
     return f"{len(a)} up, attach median {ms(median(a)):.2f} ms, teardown median {ms(median(d)):.2f} ms{extra}"
 
 
@@ -216,6 +260,7 @@ def _figures(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
         "verify": ok[0].get("verify"),
         "veths_left": max(r.get("veths_left", 0) for r in ok),
         "rounds": len(ok),
+        "chatter": [r["chatter"] for r in ok if "chatter" in r],
     }
 
 
@@ -233,8 +278,11 @@ def rows(results: dict[tuple[str, int], list[dict[str, Any]]]) -> list[Row]:
             err = results[(subject, n)][0].get("error", "?")
             out.append(Row(NAME, subject, n, "failed", None, "", note=err))
             continue
-        base = figs.get((BASELINE, n)) if subject != BASELINE else None
+        twin = DUAL.get(subject, BASELINE)
+        base = figs.get((twin, n)) if subject != BASELINE else None
         notes = run_notes(f, "wiring check")
+        if subject in DUAL:
+            notes.append(f"dual-stack network ({subjects.SUBNET6}): ratios against {twin} on IPv4 only")
         if subject in ("raw", "packed", "ip"):
             notes.append("baseline: host namespace IPv6 quieted, addrgenmode none on eth0")
         if subject == "cni":
@@ -248,9 +296,53 @@ def rows(results: dict[tuple[str, int], list[dict[str, Any]]]) -> list[Row]:
                 continue
             row = Row(NAME, subject, f["n_done"], metric, f[metric], unit, note="; ".join(notes))
             if base and base.get(metric) is not None:
-                row.with_baseline(base[metric], BASELINE)
+                row.with_baseline(base[metric], twin)
             out.append(row)
-    return out + _target_rows(figs)
+        out += _chatter_rows(subject, f)
+    return out + _target_rows(figs) + _dual_target_rows(figs)
+
+
+def _chatter_rows(subject: str, f: dict[str, Any]) -> list[Row]:
+    """What the bridge carried (median over rounds): frames from and to sandboxes, during and after."""
+    if not f["chatter"]:
+        return []
+    during = [c["during"] for c in f["chatter"]]
+    after = [chatter.delta(c["after"], c["during"]) for c in f["chatter"]]
+    first = [next(iter(c["after"]["sandbox_snmp6"].values())) for c in f["chatter"]]
+    quiet = "in the quiet seconds after"
+    figures = [
+        ("bridge frames from sandboxes, during attaches", [d["from_sandboxes"] for d in during]),
+        ("bridge frames to sandboxes, during attaches", [d["to_sandboxes"] for d in during]),
+        ("bridge fan-out (to / from sandboxes), during", [chatter.fanout(d) for d in during]),
+        ("bridge frames to the host, during attaches", [d["to_host"] for d in during]),
+        (f"bridge frames from sandboxes, {quiet}", [a["from_sandboxes"] for a in after]),
+        (f"bridge frames to sandboxes, {quiet}", [a["to_sandboxes"] for a in after]),
+        ("MLDv2 reports sent by the first sandbox, all told", [s["Icmp6OutMLDv2Reports"] for s in first]),
+        ("IPv6 multicast received by the first sandbox, all told", [s["Ip6InMcastPkts"] for s in first]),
+    ]
+    return [Row(NAME, subject, f["n_done"], metric, median(values), "x" if "fan-out" in metric else "frames")
+            for metric, values in figures]
+
+
+def _dual_target_rows(figs: dict[tuple[str, int], dict[str, Any] | None]) -> list[Row]:
+    """Attach on a dual-stack network against IPv4-only, at the largest N both ran (overlays; packed as context)."""
+    out: list[Row] = []
+    for dual, twin in DUAL.items():
+        ns = sorted(n for (s, n), f in figs.items() if s == dual and f and figs.get((twin, n)))
+        if not ns:
+            continue
+        f, base = figs[(dual, ns[-1])], figs[(twin, ns[-1])]
+        assert f is not None and base is not None
+        row = Row("target", dual, f["n_done"], "attach_median", f["attach_median"], "ms").with_baseline(
+            base["attach_median"], twin)
+        if dual == "overlays-dual":
+            target_n = "" if f["n_done"] >= 1000 else f" (target is for N=1000; ran {f['n_done']})"
+            check(row, DUAL_VS_IPV4, f"ratio <= {DUAL_VS_IPV4} (dual-stack within 1.25x of IPv4-only){target_n}",
+                  on_ratio=True)
+        else:
+            row.target = "the kernel's own ratio (no target)"
+        out.append(row)
+    return out
 
 
 def run_notes(f: dict[str, Any], check: str) -> list[str]:

@@ -14,6 +14,9 @@ loopback up; teardown leaves nothing. ``prepare`` (untimed) builds the network.
 - ``packed``: ``raw``'s messages packed by hand (struct, a plain socket, no library): the
   kernel's own cost, which shows how much of ``raw`` is pyroute2's per-request overhead.
 - ``ip``: one ``ip`` process per step, the same steps (and the same quiet host).
+- ``overlays-dual`` and ``packed-dual`` (``attach --ipv6``): the same on a dual-stack network, each
+  sandbox also given an IPv6 address (no DAD) and an IPv6 default route, the bridge the IPv6 gateway;
+  links still make no link-local addresses. ``packed-dual`` is the kernel's own cost of that.
 - ``cni``: the reference plugins ``bridge`` + ``host-local`` and ``loopback``, exec'd as
   containerd does (CNI_* environment, config on stdin), from a thread inside the host
   namespace so the plugin's "host" is ours and no ``ip netns exec`` process sits between.
@@ -44,6 +47,7 @@ import os
 import socket
 import struct
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,6 +58,7 @@ NETAVARK = Path("/usr/lib/podman/netavark")
 NETWORK = "bench"
 PORT_BASE = 30000      # the host port sandbox i publishes: PORT_BASE + i
 CONTAINER_PORT = 80
+SUBNET6 = "fd00:77::/64"  # the IPv6 pool of the dual-stack subjects
 Done = subprocess.CompletedProcess[bytes]
 
 
@@ -75,6 +80,7 @@ class Base:
     name = "base"
     bridge = "bbr0"
     execs_tools = False  # a process per step: its peak RSS is probed separately
+    subnet6: ipaddress.IPv6Network | None = None  # dual-stack subjects: the network's IPv6 pool
 
     def __init__(self, host: str, subnet: str, workdir: Path) -> None:
         self.host = host
@@ -89,6 +95,15 @@ class Base:
 
     def address(self, i: int) -> str:
         return str(self.subnet.network_address + 2 + i)
+
+    @property
+    def gateway6(self) -> str:
+        assert self.subnet6 is not None
+        return str(self.subnet6.network_address + 1)
+
+    def address6(self, i: int) -> str:
+        assert self.subnet6 is not None
+        return str(self.subnet6.network_address + 2 + i)
 
     def mac(self, i: int) -> str:
         return "02:62:" + ":".join(f"{b:02x}" for b in (i + 2).to_bytes(4, "big"))
@@ -184,6 +199,19 @@ class OverlaysSubject(Base):
             hostagent.forget_record(self.engine.ctx, left)
 
 
+class OverlaysDualSubject(OverlaysSubject):
+    """The same engine on a dual-stack network: what IPv6 adds to an attach, in the same run."""
+
+    name = "overlays-dual"
+    subnet6 = ipaddress.IPv6Network(SUBNET6)
+
+    def prepare(self) -> None:
+        from overlays import NetworkSpec
+
+        spec = NetworkSpec.parse(NETWORK, subnet=[str(self.subnet), str(self.subnet6)])
+        self.bridge = self.engine.create_network(spec).bridge
+
+
 class OverlaysNoDnsSubject(OverlaysSubject):
     """The same engine with names turned off (Engine(dns=False)): what the DNS part costs, in the same run."""
 
@@ -255,7 +283,7 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 RTM_NEWLINK, RTM_SETLINK, RTM_NEWADDR, RTM_NEWROUTE, NLMSG_ERROR = 16, 19, 20, 24, 2
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_AF_SPEC, IFLA_NET_NS_FD = 1, 3, 10, 18, 26, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER, IFLA_INET6_ADDR_GEN_MODE = 1, 2, 1, 8
-IFA_ADDRESS, IFA_LOCAL, RTA_GATEWAY = 1, 2, 5
+IFA_ADDRESS, IFA_LOCAL, RTA_GATEWAY, IFA_F_NODAD = 1, 2, 5, 0x02
 AF_INET, AF_INET6, IFF_UP = 2, 10, 1
 
 
@@ -336,15 +364,68 @@ class PackedSubject(RawSubject):
             ip = socket.inet_aton(self.address(i))
             ifa = struct.pack("=BBBBI", AF_INET, self.subnet.prefixlen, 0, 0, eth0)
             inside.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, ifa + _attr(IFA_LOCAL, ip) + _attr(IFA_ADDRESS, ip))
-            rtm = struct.pack("=BBBBBBBBI", AF_INET, 0, 0, 0, 254, 4, 0, 1, 0)  # main table, static, unicast
-            gateway = _attr(RTA_GATEWAY, socket.inet_aton(self.gateway))
-            inside.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, rtm + gateway)
+            if self.subnet6 is not None:
+                self._add_address6(inside, eth0, i)
+            self._add_default_route(inside, AF_INET, socket.inet_aton(self.gateway))
+            if self.subnet6 is not None:
+                self._add_default_route(inside, AF_INET6, socket.inet_pton(socket.AF_INET6, self.gateway6))
         finally:
             inside.close()
+
+    def _add_address6(self, inside: Netlink, index: int, i: int) -> None:
+        """As overlays adds one: IFA_ADDRESS alone, without duplicate address detection."""
+        assert self.subnet6 is not None
+        ifa = struct.pack("=BBBBI", AF_INET6, self.subnet6.prefixlen, IFA_F_NODAD, 0, index)
+        ip = _attr(IFA_ADDRESS, socket.inet_pton(socket.AF_INET6, self.address6(i)))
+        inside.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, ifa + ip)
+
+    def _add_default_route(self, inside: Netlink, family: int, gateway: bytes) -> None:
+        rtm = struct.pack("=BBBBBBBBI", family, 0, 0, 0, 254, 4, 0, 1, 0)  # main table, static, unicast
+        inside.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, rtm + _attr(RTA_GATEWAY, gateway))
 
     def close(self) -> None:
         Base.close(self)
         self.hostnl.close()
+
+
+class PackedDualSubject(PackedSubject):
+    """``packed`` on a dual-stack bridge: the kernel's own cost of the IPv6 address and route as well.
+
+    The host namespace stays quiet for new links (its veths are bridge ports) but the bridge itself
+    has IPv6, without a link-local address, and holds the IPv6 gateway, as overlays' bridge does.
+    """
+
+    name = "packed-dual"
+    subnet6 = ipaddress.IPv6Network(SUBNET6)
+
+    def prepare(self) -> None:
+        netns.write_sysctl(self.host_path, "net.ipv6.conf.default.disable_ipv6", "1")
+        br, gateway6 = self.bridge, f"{self.gateway6}/{ipaddress.IPv6Network(SUBNET6).prefixlen}"
+        for args in (["link", "add", br, "type", "bridge"], ["link", "set", br, "addrgenmode", "none"],
+                     ["netns", "exec", self.host, "sysctl", "-qw", f"net.ipv6.conf.{br}.disable_ipv6=0"],
+                     ["addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", br],
+                     ["addr", "add", gateway6, "dev", br, "nodad"],
+                     ["link", "set", br, "up"]):
+            self.run_tool(["ip", *args] if args[0] == "netns" else ["ip", "-n", self.host, *args])
+        self.bridge_index = self._index_of(br)
+
+
+class PackedDualQuerierSubject(PackedDualSubject):
+    """``packed-dual`` with the bridge as MLD querier (link-local fe80::1, 1 s response interval).
+
+    Once a querier exists, a snooping bridge sends MLD reports to its router ports only,
+    not to every port; the sandboxes answer its queries, which keeps their groups known.
+    """
+
+    name = "packed-dual-querier"
+
+    def prepare(self) -> None:
+        super().prepare()
+        for args in (["link", "set", self.bridge, "type", "bridge", "mcast_query_response_interval", "100"],
+                     ["link", "set", self.bridge, "type", "bridge", "mcast_querier", "1"],
+                     ["addr", "add", "fe80::1/64", "dev", self.bridge, "nodad"]):
+            self.run_tool(["ip", "-n", self.host, *args])
+        time.sleep(1.2)  # a querier counts as present one response interval after it starts
 
 
 # -- one `ip` process per step ------------------------------------------------
@@ -570,8 +651,8 @@ class NetavarkPortSubject(OnePort, NetavarkSubject):
 
 
 SUBJECTS: dict[str, type[Base]] = {
-    s.name: s for s in (OverlaysSubject, OverlaysNoDnsSubject, RawSubject, PackedSubject, IpSubject, CniSubject,
-                        NetavarkSubject,
+    s.name: s for s in (OverlaysSubject, OverlaysNoDnsSubject, OverlaysDualSubject, RawSubject, PackedSubject,
+                        PackedDualSubject, PackedDualQuerierSubject, IpSubject, CniSubject, NetavarkSubject,
                         OverlaysPortSubject, CniPortmapSubject, NetavarkPortSubject)
 }
 
