@@ -30,10 +30,11 @@ from benchmarks.harness import Row, Run, Verdict, WorkerFailed, check, median, m
 
 NAME = "attach"
 BASELINE = "raw"
-ORDER = ["overlays", "overlays-nodns", "overlays-dual", "raw", "packed", "packed-dual", "packed-dual-querier", "ip",
-         "cni", "netavark"]
+ORDER = ["overlays", "overlays-nodns", "overlays-dual", "raw", "packed", "packed-dual", "packed-dual-querier",
+         "packed-dual-nomld", "ip", "cni", "netavark"]
 # Each dual-stack subject and its IPv4-only twin.
-DUAL = {"overlays-dual": "overlays", "packed-dual": "packed", "packed-dual-querier": "packed"}
+DUAL = {"overlays-dual": "overlays", "packed-dual": "packed", "packed-dual-querier": "packed",
+        "packed-dual-nomld": "packed"}
 DEFAULT = [s for s in ORDER if s not in DUAL]
 IPV6 = ["overlays", "overlays-dual", "packed", "packed-dual"]
 PEERS = {"ip", "cni", "netavark"}

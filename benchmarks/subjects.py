@@ -343,6 +343,7 @@ class PackedSubject(RawSubject):
     def attach(self, i: int) -> None:
         path, sock = netns.create(self.sandbox_netns(i), with_socket=True)
         self.made.add(i)
+        self._before_links(path)
         inside = Netlink(sock)  # type: ignore[arg-type]
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -371,6 +372,9 @@ class PackedSubject(RawSubject):
                 self._add_default_route(inside, AF_INET6, socket.inet_pton(socket.AF_INET6, self.gateway6))
         finally:
             inside.close()
+
+    def _before_links(self, path: Path) -> None:
+        """A step in the new namespace before its links exist (none here)."""
 
     def _add_address6(self, inside: Netlink, index: int, i: int) -> None:
         """As overlays adds one: IFA_ADDRESS alone, without duplicate address detection."""
@@ -413,8 +417,10 @@ class PackedDualSubject(PackedSubject):
 class PackedDualQuerierSubject(PackedDualSubject):
     """``packed-dual`` with the bridge as MLD querier (link-local fe80::1, 1 s response interval).
 
-    Once a querier exists, a snooping bridge sends MLD reports to its router ports only,
-    not to every port; the sandboxes answer its queries, which keeps their groups known.
+    Once a querier exists, a snooping bridge sends MLDv1 reports to its router ports only, not to
+    every port (measured: MLDv2 reports are still flooded), so each sandbox speaks MLDv1
+    (``force_mld_version`` 1, set in its namespace before eth0 exists); the sandboxes answer the
+    querier's queries, which keeps their groups known to the bridge.
     """
 
     name = "packed-dual-querier"
@@ -426,6 +432,25 @@ class PackedDualQuerierSubject(PackedDualSubject):
                      ["addr", "add", "fe80::1/64", "dev", self.bridge, "nodad"]):
             self.run_tool(["ip", "-n", self.host, *args])
         time.sleep(1.2)  # a querier counts as present one response interval after it starts
+
+    def _before_links(self, path: Path) -> None:
+        netns.write_sysctl(path, "net.ipv6.conf.default.force_mld_version", "1")
+
+
+class PackedDualNoMldSubject(PackedDualSubject):
+    """``packed-dual`` with MLD reports not bridged between ports (an nft bridge-family rule of our own).
+
+    A bridge without a querier floods every report to every port, and no one on it routes
+    multicast, so a report is of use to nobody but the bridge's snooping, which still sees it.
+    """
+
+    name = "packed-dual-nomld"
+    RULES = ("table bridge v6b_nomld {\n chain forward { type filter hook forward priority filter; policy accept;\n"
+             "  icmpv6 type { mld-listener-report, mld2-listener-report } drop\n }\n}\n")
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.run_tool(["ip", "netns", "exec", self.host, "nft", "-f", "-"], stdin=self.RULES.encode())
 
 
 # -- one `ip` process per step ------------------------------------------------
@@ -652,7 +677,8 @@ class NetavarkPortSubject(OnePort, NetavarkSubject):
 
 SUBJECTS: dict[str, type[Base]] = {
     s.name: s for s in (OverlaysSubject, OverlaysNoDnsSubject, OverlaysDualSubject, RawSubject, PackedSubject,
-                        PackedDualSubject, PackedDualQuerierSubject, IpSubject, CniSubject, NetavarkSubject,
+                        PackedDualSubject, PackedDualQuerierSubject, PackedDualNoMldSubject, IpSubject,
+                        CniSubject, NetavarkSubject,
                         OverlaysPortSubject, CniPortmapSubject, NetavarkPortSubject)
 }
 
