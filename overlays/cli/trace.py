@@ -14,6 +14,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="A sandbox (here or on another host of an overlay network), an address, or a published "
                    "HOST_IP:PORT[/udp].")
     p.add_argument("--port", metavar="N/tcp|udp", help="Probe this port (default: ping).")
+    family = p.add_mutually_exclusive_group()
+    family.add_argument("-4", dest="version", action="store_const", const=4,
+                        help="A sandbox DST by its IPv4 address (the default where it has one).")
+    family.add_argument("-6", dest="version", action="store_const", const=6,
+                        help="A sandbox DST by its IPv6 address (dual-stack networks).")
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="Only read the state: send no packet.")
     json_flag(p)
@@ -21,7 +26,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 def trace(s: Settings, a: argparse.Namespace) -> int:
     """Why can (or can't) SRC reach DST: route, neighbour, bridge or VXLAN entry, firewall, MTU, then a probe."""
-    found = s.engine().trace(a.src, a.dst, a.port, probe=a.probe)
+    found = s.engine().trace(a.src, a.dst, a.port, probe=a.probe, version=a.version)
     if a.as_json:
         emit_json(found.to_json())
     else:

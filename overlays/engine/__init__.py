@@ -266,12 +266,13 @@ class Engine:
         request = network if isinstance(network, EndpointRequest) else EndpointRequest(network, ip)
         return endpoints.connect(self.ctx, sandbox, request)
 
-    def trace(self, src: str, dst: str, port: str | None = None, probe: bool = True) -> Trace:
-        """Whether sandbox ``src`` reaches ``dst`` (a sandbox, an address, a published HOST:PORT), hop by hop,
-        then one traced probe (unless ``probe`` is off): see engine/trace.py."""
+    def trace(self, src: str, dst: str, port: str | None = None, probe: bool = True,
+              version: int | None = None) -> Trace:
+        """Whether sandbox ``src`` reaches ``dst`` (a sandbox, by its address of ``version`` if given; an address;
+        a published HOST:PORT), hop by hop, then one traced probe (unless ``probe`` is off): see engine/trace.py."""
         from overlays.engine import trace
 
-        return trace.run(self.ctx, src, dst, port, probe=probe)
+        return trace.run(self.ctx, src, dst, port, probe=probe, version=version)
 
     def check(self, name: str) -> list[str]:
         """Read-only: what the kernel lacks against the sandbox's record ([] when it is whole)."""

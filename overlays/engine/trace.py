@@ -33,7 +33,7 @@ from overlays.kernel.api import Links
 from overlays.model.names import vxlan_name
 from overlays.model.state import Endpoint, EndpointRegistration, Network, Sandbox
 
-ICMP_HEADERS = 28  # IPv4 (20) + ICMP (8): ping -s N sends N + 28 bytes
+ICMP_HEADERS = {4: 28, 6: 48}  # IPv4 (20) or IPv6 (40) + ICMP (8): ping -s N sends N + these bytes
 CAUSE_BY_RULE = {  # the comment of one of our forward rules -> what to say
     "isolation between networks": "isolation",
     "internal: nothing leaves": "internal-src",
@@ -105,32 +105,36 @@ def _shared(ctx: Context) -> list[EndpointRegistration]:
     return ctx.transact(lambda txn: records.all_registrations(txn.root))
 
 
-def resolve(ctx: Context, src: Sandbox, text: str, port: Port | None) -> Target:
-    """A sandbox name, an address, or a published HOST:PORT[/udp]."""
-    host, sep, port_text = text.rpartition(":")
-    if sep:
-        published = Port.parse(port_text if "/" in port_text else f"{port_text}/{port.protocol if port else 'tcp'}")
-        return Target(_address(host, text), f"{host}:{published.number}", published=published)
+def resolve(ctx: Context, src: Sandbox, text: str, port: Port | None, version: int | None = None) -> Target:
+    """A sandbox name (its address of ``version``, if given), an address, or a published HOST:PORT[/udp]
+    (``[IPv6]:PORT`` for an IPv6 host address)."""
     try:
-        ip = str(ipaddress.IPv4Address(text))
+        ip = str(ipaddress.ip_address(text))
     except ValueError:
-        return _named(ctx, src, text)
+        ip = ""
+    host, sep, port_text = text.rpartition(":")
+    if sep and not ip:
+        published = Port.parse(port_text if "/" in port_text else f"{port_text}/{port.protocol if port else 'tcp'}")
+        address = _address(host, text)
+        return Target(address, f"{host}:{published.number}", published=published)
+    if not ip:
+        return _named(ctx, src, text, version)
     for box in views.sandboxes(ctx):
         for ep in box.endpoints:
-            if str(ep.ip) == ip:
+            if ip in (str(ep.ip), str(ep.ip6)):
                 return Target(ip, f"{box.name} ({ip})", box=box, ep=ep)
-    remote = next((r for r in _shared(ctx) if r.ip == ip), None)
+    remote = next((r for r in _shared(ctx) if ip in (r.ip, r.ip6)), None)
     return Target(ip, f"{remote.sandbox} on {remote.node} ({ip})" if remote else ip, remote=remote)
 
 
 def _address(text: str, whole: str) -> str:
     try:
-        return str(ipaddress.IPv4Address(text))
+        return str(ipaddress.ip_address(text[1:-1] if text.startswith("[") and text.endswith("]") else text))
     except ValueError:
-        raise InvalidSpec(f"trace: {whole!r}: expected HOST_IP:PORT, like 10.99.0.1:8080") from None
+        raise InvalidSpec(f"trace: {whole!r}: expected HOST_IP:PORT, like 10.99.0.1:8080 or [fd00::1]:8080") from None
 
 
-def _named(ctx: Context, src: Sandbox, name: str) -> Target:
+def _named(ctx: Context, src: Sandbox, name: str, version: int | None) -> Target:
     try:
         box = views.sandbox(ctx, name)
     except NotFound:
@@ -139,12 +143,22 @@ def _named(ctx: Context, src: Sandbox, name: str) -> Target:
             raise NotFound(f"trace: {name!r} is neither a sandbox (here or on another host) nor an address") from None
         mine = {e.network for e in src.endpoints}
         r = next((r for r in remote if r.network in mine), remote[0])
-        return Target(r.ip, f"{name} on {r.node} ({r.ip})", remote=r)
+        ip = _of_version([r.ip, *([r.ip6] if r.ip6 else [])], version, name)
+        return Target(ip, f"{name} on {r.node} ({ip})", remote=r)
     if not box.endpoints:
         raise InvalidSpec(f"trace: sandbox {name} is on no network (loopback only): nothing can reach it")
     mine = {e.network for e in src.endpoints}
     ep = next((e for e in box.endpoints if e.network in mine), box.endpoints[0])
-    return Target(str(ep.ip), f"{name} ({ep.ip})", box=box, ep=ep)
+    ip = _of_version([str(a) for a, _, _ in ep.addresses], version, name)
+    return Target(ip, f"{name} ({ip})", box=box, ep=ep)
+
+
+def _of_version(addresses: list[str], version: int | None, name: str) -> str:
+    """The first address (``version`` None), or the one of that family (refused if there is none)."""
+    found = next((a for a in addresses if version is None or ipaddress.ip_address(a).version == version), None)
+    if found is None:
+        raise InvalidSpec(f"trace: {name} has no IPv{version} address ({', '.join(addresses)})")
+    return found
 
 
 # -- the path, as the kernel will take it ------------------------------------------------------------------------------
@@ -277,10 +291,11 @@ def _vxlan(ctx: Context, t: Trace, host: Links, remote: EndpointRegistration, ne
     else:
         t.blocked("fdb", f"{device} has no FDB entry for {remote.sandbox}'s MAC {remote.mac} (VTEP {remote.vtep}): "
                   f"the agent of host {ctx.node} has not programmed it; is `overlays agent` running here?")
-    if neighbours.get(remote.ip) == remote.mac:
-        t.say("host", f"{device}: neighbour {remote.ip} is {remote.mac} (answered here: proxy ARP)")
+    ip = t.target.ip if t.target.ip in (remote.ip, remote.ip6) else remote.ip
+    if neighbours.get(ip) == remote.mac:
+        t.say("host", f"{device}: neighbour {ip} is {remote.mac} (answered here: proxy ARP/NDP)")
     else:
-        t.blocked("fdb", f"{device} has no neighbour entry for {remote.ip}: the agent of host {ctx.node} has not "
+        t.blocked("fdb", f"{device} has no neighbour entry for {ip}: the agent of host {ctx.node} has not "
                   "programmed it; is `overlays agent` running here?")
     under = host.route_to(remote.vtep)
     if under is None:
@@ -306,7 +321,7 @@ def _published(ctx: Context, t: Trace, host: Links, target: Target, net: Network
                   + ("/udp" if port.protocol == "udp" else "") + " ...`")
         return
     ip, _, number = to.partition(" . ")
-    owner = next(((b, e) for b in views.sandboxes(ctx) for e in b.endpoints if str(e.ip) == ip), None)
+    owner = next(((b, e) for b in views.sandboxes(ctx) for e in b.endpoints if ip in (str(e.ip), str(e.ip6))), None)
     who = owner[0].name if owner else ip
     t.say("host", f"prerouting: DNAT {target.ip}:{port} -> {ip}:{number} (published by {who})")
     if owner is not None:
@@ -397,11 +412,13 @@ def _destination(t: Trace, target: Target, port: Port | None) -> None:
 # -- one traced probe, and the verdict ---------------------------------------------------------------------------------
 
 
-def run(ctx: Context, src_name: str, dst: str, port_text: str | None = None, probe: bool = True) -> Trace:
-    """Analyse the path from sandbox ``src_name`` to ``dst``, then send one traced probe (unless ``probe`` is off)."""
+def run(ctx: Context, src_name: str, dst: str, port_text: str | None = None, probe: bool = True,
+        version: int | None = None) -> Trace:
+    """Analyse the path from sandbox ``src_name`` to ``dst`` (a sandbox's address of ``version``, if given),
+    then send one traced probe (unless ``probe`` is off)."""
     port = Port.parse(port_text) if port_text else None
     src = views.sandbox(ctx, src_name)
-    target = resolve(ctx, src, dst, port)
+    target = resolve(ctx, src, dst, port, version)
     port = target.published or port
     nets = {n.name: n for n in views.networks(ctx)}
     if not ctx.kernel.netns_exists(src.netns):
@@ -421,22 +438,24 @@ def _probe(ctx: Context, t: Trace, src: Sandbox, mtu: int) -> None:
     from overlays.kernel import tracing  # the probe's modules: only a trace that sends one loads them
 
     path = ctx.kernel.netns_path(src.netns)
-    src_ip = next((str(e.ip) for e in src.endpoints), "")
+    version = ipaddress.ip_address(t.target.ip).version
+    src_ip = next((str(a) for e in src.endpoints for a, _, _ in e.addresses if a.version == version), "")
     port = t.port
     if port is None:
-        size = max(mtu - ICMP_HEADERS, 56)
+        size = max(mtu - ICMP_HEADERS[version], 56)
 
         def send() -> tracing.ProbeResult:
             return tracing.ping(path, t.target.ip, size)
 
-        match, what = "meta l4proto icmp", f"ping -M do -s {size} {t.target.ip}"
+        match, what = f"meta l4proto {'icmp' if version == 4 else 'ipv6-icmp'}", f"ping -M do -s {size} {t.target.ip}"
     else:
         def send() -> tracing.ProbeResult:
             call = tracing.connect_tcp if port.protocol == "tcp" else tracing.send_udp
             return call(path, t.target.ip, port.number)
 
         match, what = f"{port.protocol} dport {port.number}", f"{port.protocol} to {t.target.ip}:{port.number}"
-    match = f"ip saddr {src_ip} ip daddr {t.target.ip} {match}"
+    ip = "ip" if version == 4 else "ip6"
+    match = f"{ip} saddr {src_ip} {ip} daddr {t.target.ip} {match}" if src_ip else f"{ip} daddr {t.target.ip} {match}"
     host_path = ctx.kernel.netns_path(ctx.host_netns) if ctx.host_netns else None
     result, events = tracing.traced(host_path, ctx.host_netns, f"{firewall.table_name(ctx.instance)}_trace", match,
                                     send)

@@ -311,7 +311,8 @@ class Rtnl:
 
     def route_to(self, dst: str) -> Hop | None:
         """The route this namespace takes to ``dst`` (``ip route get``); None if it has none."""
-        body = RTMSG.pack(family=AF_INET, dst_len=32) + attr_ip(RTA_DST, dst)
+        v6 = ":" in dst
+        body = RTMSG.pack(family=AF_INET6 if v6 else AF_INET, dst_len=128 if v6 else 32) + attr_ip(RTA_DST, dst)
         try:
             (msg,) = self._nl.request(RTM_GETROUTE, GET, RTMSG, body)
         except NetlinkError as e:
@@ -327,7 +328,7 @@ class Rtnl:
         """The neighbour entry for ``ip`` on link ``name``: (MAC, state such as REACHABLE); None if none."""
         index = self._need(name).index
         with self._step("read neighbours of", name):
-            for m in self._neighbour_dump(AF_INET, index):
+            for m in self._neighbour_dump(AF_INET6 if ":" in ip else AF_INET, index):
                 if m.attrs.ip(NDA_DST) == ip:
                     states = [label for bit, label in _NUD_STATES if m["state"] & bit]
                     return m.attrs.mac(NDA_LLADDR) or "", "/".join(states) or "NONE"

@@ -151,13 +151,13 @@ def ping(netns_path: Path, dst: str, size: int, timeout: float = 1.0) -> ProbeRe
     return ProbeResult(False, unreachable[1].lower() if unreachable else "no answer")
 
 
-def _socket_in(netns_path: Path, kind: int) -> socket.socket:
+def _socket_in(netns_path: Path, kind: int, dst: str) -> socket.socket:
     with netns.inside(netns_path):  # a socket keeps the namespace it was made in
-        return socket.socket(socket.AF_INET, kind)
+        return socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, kind)
 
 
 def connect_tcp(netns_path: Path, dst: str, port: int, timeout: float = 2.0) -> ProbeResult:
-    sock = _socket_in(netns_path, socket.SOCK_STREAM)
+    sock = _socket_in(netns_path, socket.SOCK_STREAM, dst)
     sock.settimeout(timeout)
     try:
         sock.connect((dst, port))
@@ -173,7 +173,7 @@ def connect_tcp(netns_path: Path, dst: str, port: int, timeout: float = 2.0) -> 
 
 
 def send_udp(netns_path: Path, dst: str, port: int, timeout: float = 1.0) -> ProbeResult:
-    sock = _socket_in(netns_path, socket.SOCK_DGRAM)
+    sock = _socket_in(netns_path, socket.SOCK_DGRAM, dst)
     sock.settimeout(timeout)
     try:
         sock.connect((dst, port))

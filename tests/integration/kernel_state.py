@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 NET_ADDR_SET = "3"  # /sys/class/net/*/addr_assign_type: the MAC was given, not made up by the kernel
-SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-arptables")
+SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding", "net.bridge.bridge-nf-call-iptables",
+           "net.bridge.bridge-nf-call-arptables")
 
 
 def _ip(ns: str, *args: str, tool: str = "ip") -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ def test_explained_steps_replayed_by_hand_build_the_same_kernel_state(cli: Cli, 
     instance = Engine(host_netns=host, state_dir=state_dir).instance
     prefixes = (f"ov-{instance}-",)
     steps = [
-        ("network", "create", "front", "--subnet", "10.51.0.0/24"),
+        ("network", "create", "front", "--subnet", "10.51.0.0/24", "--subnet", "fd00:51::/64"),  # dual-stack
         ("network", "create", "back", "--subnet", "10.52.0.0/24", "--internal"),
         ("run", "--name", "web", "--network", "front", "-p", "8080:80", "-p", "127.0.0.1:5353:53/udp"),
         ("run", "--name", "a", "--network", "front"),
@@ -82,6 +82,8 @@ def test_explained_steps_replayed_by_hand_build_the_same_kernel_state(cli: Cli, 
         states.append(snapshot([host], prefixes))
     assert "ip netns add" in printed[2] and "veth peer name eth0" in printed[2] and "publish_any_tcp" in printed[2]
     assert "ip netns del" in printed[6]
+    assert "addr add fd00:51::2/64 dev eth0 nodad" in printed[2] and "-6 route add default via fd00:51::1" in printed[2]
+    assert "sysctl -w net.ipv6.conf.all.forwarding=1" in printed[0]
 
     stop_agent(host, state_dir)  # else it follows its host to the fresh namespace and heals our table there
     remove_namespaces([*netns_names(prefixes), host])

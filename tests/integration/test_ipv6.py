@@ -96,3 +96,28 @@ def test_the_cli_shows_both_families_and_refuses_bad_ipv6_input_in_one_line(cli:
         assert done.returncode != 0 and says in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
             (args, done.stderr)
     assert (ip_json(host, "link"), cli("ps").stdout, cli("network", "ls").stdout) == before
+
+
+def trace(cli: Cli, *args: str) -> tuple[int, dict[str, Any]]:
+    done = cli("trace", *args, "--json")
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_trace_follows_ipv6_paths_and_names_the_cause_of_a_blocked_one(cli: Cli) -> None:
+    cli("network", "create", "tf", "--subnet", "10.66.0.0/24", "--subnet", "fd00:66::/64", check=True)
+    cli("network", "create", "tb", "--subnet", "10.66.1.0/24", "--subnet", "fd00:66:1::/64", check=True)
+    for name, net in (("a", "tf"), ("b", "tf"), ("c", "tb")):
+        cli("run", "--name", name, "--network", net, check=True)
+    code, t = trace(cli, "a", "b", "-6")
+    assert code == 0 and t["reachable"] and t["ip"] == "fd00:66::3", t
+    assert t["probe"].startswith("ping -M do -s 1452 fd00:66::3") and "answered" in t["probe"]  # 1500 - 48
+    assert any("route to fd00:66::3 on the link dev eth0" in what for _, what in t["steps"])
+    code, t = trace(cli, "a", "fd00:66:1::2")
+    assert code == 1 and t["reachable"] is False, t
+    assert t["verdict"] == "blocked: tf and tb are isolated: `overlays connect tb a` gives a a leg on both"
+    assert any('drop comment "isolation between networks"' in line for line in t["firewall"])  # the kernel's word
+    cli("network", "create", "t4", "--subnet", "10.66.2.0/24", check=True)
+    cli("run", "--name", "d", "--network", "t4", check=True)
+    done = cli("trace", "a", "d", "-6")
+    assert done.returncode != 0 and done.stderr.strip() == "overlays: error: trace: d has no IPv6 address (10.66.2.2)"

@@ -336,7 +336,8 @@ class FakeLinks:
         found = (ipaddress.ip_address(ip) for s in self.ns.addrs.values() for ip, _ in s)
         return [a for a in found if a.version == version]
 
-    def interface_addresses(self, name: str, version: int = 4) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    def interface_addresses(self, name: str,
+                            version: int = 4) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
         self._need(name)
         found = (ipaddress.ip_interface(f"{ip}/{p}") for ip, p in sorted(self.ns.addrs.get(name, set())))
         return [a for a in found if a.version == version]
