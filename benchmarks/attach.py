@@ -36,7 +36,7 @@ ORDER = ["overlays", "overlays-nodns", "overlays-dual", "raw", "packed", "packed
 DUAL = {"overlays-dual": "overlays", "packed-dual": "packed", "packed-dual-querier": "packed",
         "packed-dual-nomld": "packed"}
 DEFAULT = [s for s in ORDER if s not in DUAL]
-IPV6 = ["overlays", "overlays-dual", "packed", "packed-dual"]
+IPV6 = ["overlays", "overlays-dual", "packed", "packed-dual", "packed-dual-nomld"]
 PEERS = {"ip", "cni", "netavark"}
 TOOLS = PEERS  # subjects that exec a process per step
 
