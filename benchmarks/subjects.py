@@ -16,7 +16,9 @@ loopback up; teardown leaves nothing. ``prepare`` (untimed) builds the network.
 - ``ip``: one ``ip`` process per step, the same steps (and the same quiet host).
 - ``overlays-dual`` and ``packed-dual`` (``attach --ipv6``): the same on a dual-stack network, each
   sandbox also given an IPv6 address (no DAD) and an IPv6 default route, the bridge the IPv6 gateway;
-  links still make no link-local addresses. ``packed-dual`` is the kernel's own cost of that.
+  links still make no link-local addresses. ``packed-dual`` is the kernel's own cost of that;
+  ``packed-dual-nomld`` the same with MLD reports not bridged between ports (an nft rule of its own)
+  and ``packed-dual-querier`` with the bridge as MLD querier: two remedies for the reports' flood.
 - ``cni``: the reference plugins ``bridge`` + ``host-local`` and ``loopback``, exec'd as
   containerd does (CNI_* environment, config on stdin), from a thread inside the host
   namespace so the plugin's "host" is ours and no ``ip netns exec`` process sits between.
