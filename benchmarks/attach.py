@@ -116,9 +116,11 @@ def _verify(sub: subjects.Base, host: str, n: int) -> dict[str, Any]:
 def _pings6(client: str, server: str, ipj: Any) -> bool:
     """The first sandbox reaches the last one's IPv6 address (neighbour discovery works on this bridge)."""
     found = [a["local"] for link in ipj(server, "-6", "addr", "show", "dev", "eth0") for a in link["addr_info"]]
+    if not found:
+        return False
     ping = subprocess.run(["ip", "netns", "exec", client, "ping", "-6", "-c", "1", "-W", "3", found[0]],
                           capture_output=True, timeout=20)
-    return bool(found) and ping.returncode == 0
+    return ping.returncode == 0
 
 
 def _wired6(ns: str, ipj: Any) -> bool:
