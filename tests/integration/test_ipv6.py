@@ -117,6 +117,17 @@ def test_trace_follows_ipv6_paths_and_names_the_cause_of_a_blocked_one(cli: Cli)
     assert code == 1 and t["reachable"] is False, t
     assert t["verdict"] == "blocked: tf and tb are isolated: `overlays connect tb a` gives a a leg on both"
     assert any('drop comment "isolation between networks"' in line for line in t["firewall"])  # the kernel's word
+    listen = ("import socket; s=socket.socket(socket.AF_INET6); s.bind(('::', 80)); s.listen()\n"
+              "while True: s.accept()[0].close()")
+    cli("run", "-d", "--name", "web", "--network", "tb", "-p", "8080:80", "--", "python3", "-c", listen, check=True)
+    for _ in range(100):  # until it listens
+        if ":80 " in sh(json.loads(cli("inspect", "web", "--json").stdout)["netns"], "ss", "-ltn").stdout:
+            break
+    code, t = trace(cli, "a", "[fd00:66::1]:8080")
+    steps = " | ".join(what for _, what in t["steps"])
+    assert code == 0 and t["reachable"], t
+    assert "DNAT [fd00:66::1]:8080/tcp -> [fd00:66:1::3]:80 (published by web)" in steps, steps
+    assert any('"published ports"' in line for line in t["firewall"])  # the kernel's own trace of it
     cli("network", "create", "t4", "--subnet", "10.66.2.0/24", check=True)
     cli("run", "--name", "d", "--network", "t4", check=True)
     done = cli("trace", "a", "d", "-6")
