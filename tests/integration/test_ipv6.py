@@ -132,3 +132,16 @@ def test_trace_follows_ipv6_paths_and_names_the_cause_of_a_blocked_one(cli: Cli)
     cli("run", "--name", "d", "--network", "t4", check=True)
     done = cli("trace", "a", "d", "-6")
     assert done.returncode != 0 and done.stderr.strip() == "overlays: error: trace: d has no IPv6 address (10.66.2.2)"
+
+
+def test_ipv6_only_addresses_alike_in_their_last_32_bits_never_share_a_mac(cli: Cli) -> None:
+    """A MAC derived from an address keeps 32 bits of it: enough for IPv4, not for a /64 of static addresses."""
+    cli("network", "create", "m6", "--subnet", "fd00:73::/64", check=True)
+    cli("run", "--name", "x", "--network", "m6", "--ip6", "fd00:73::5", check=True)
+    done = cli("run", "--name", "y", "--network", "m6", "--ip6", "fd00:73::1:0:0:5")
+    assert done.returncode != 0 and done.stderr.strip() == (
+        "overlays: error: MAC 02:6f:00:00:00:05 on network m6 is already taken by x (derived from fd00:73::1:0:0:5's "
+        "last 32 bits; give --mac)")
+    cli("run", "--name", "y", "--network", "m6", "--ip6", "fd00:73::1:0:0:5", "--mac", "02:42:00:00:00:05", check=True)
+    cli("rm", "x", check=True)
+    cli("run", "--name", "z", "--network", "m6", "--ip6", "fd00:73::2:0:0:5", check=True)  # x's claim went with it
