@@ -106,7 +106,7 @@ def port_dict(p: PortMapping) -> dict[str, Any]:
 
 def ports_text(ports: Sequence[PortMapping]) -> str:
     """One line per port, as ``docker port`` prints them: ``80/tcp -> 0.0.0.0:8080``."""
-    return "\n".join(f"{p.container_port}/{p.protocol} -> {p.host_ip or '0.0.0.0'}:{p.host_port}" for p in ports)
+    return "\n".join(f"{p.container_port}/{p.protocol} -> {p.host_text}:{p.host_port}" for p in ports)
 
 
 def networks_table(nets: list[Network]) -> str:

@@ -49,6 +49,15 @@ def setup_bridge(host: Links, net: Network, alias: str, mac: str, with_gateway: 
     if with_gateway:
         for subnet, gateway in net.pools:
             host.ensure_address(net.bridge, str(gateway), subnet.prefixlen)
+        if net.pool(6) is not None:
+            host.ensure_address(net.bridge, ROUTER_LINK_LOCAL, 64)
+
+
+# The bridge's IPv6 link-local address. Linux sends a Neighbour Solicitation from a link-local
+# address unless the packet that needs it comes from an address of that link: without one, the
+# host cannot forward to its sandboxes what comes from elsewhere (egress replies, published ports),
+# and drops it silently. Every bridge may hold the same one: link-local addresses are per link.
+ROUTER_LINK_LOCAL = "fe80::1"
 
 
 def bridge_ready(host: Links, net: Network, mac: str) -> bool:

@@ -27,6 +27,14 @@ Sets and maps:
     publish_any_tcp  port : ipv4_addr . port              published on every host address
     publish_any_udp
 
+and the same for IPv6 (``masq_subnets6``, ``hairpin6``, ``publish6_tcp`` ... with ipv6_addr):
+a table of the ``inet`` family sees both, each DNAT and masquerade rule matches one family,
+and the rules on interface names (isolation, internal) hold for both at once. A port
+published on every host address is an element of each family's map, leading to the
+sandbox's address of that family. There is no IPv6 twin of the 127.0.0.1 publish: the
+kernel has no route_localnet for IPv6 and drops what a DNAT would send from ::1, so a
+publish on [::1] is refused when it is parsed (model.ports).
+
 Chains (the rules in ``_RULES`` below): ``prerouting`` and ``output`` (nat) send
 packets addressed to the host to ``publish``, which DNATs through the maps;
 ``postrouting`` (nat) masquerades egress, hairpin traffic and host-to-127.0.0.1
@@ -60,6 +68,12 @@ _SETS = (
     ("map", "publish_udp", "type ipv4_addr . inet_service : ipv4_addr . inet_service;"),
     ("map", "publish_any_tcp", "type inet_service : ipv4_addr . inet_service;"),
     ("map", "publish_any_udp", "type inet_service : ipv4_addr . inet_service;"),
+    ("set", "masq_subnets6", "type ipv6_addr; flags interval;"),
+    ("set", "hairpin6", "type ipv6_addr . ifname; flags interval;"),
+    ("map", "publish6_tcp", "type ipv6_addr . inet_service : ipv6_addr . inet_service;"),
+    ("map", "publish6_udp", "type ipv6_addr . inet_service : ipv6_addr . inet_service;"),
+    ("map", "publish6_any_tcp", "type inet_service : ipv6_addr . inet_service;"),
+    ("map", "publish6_any_udp", "type inet_service : ipv6_addr . inet_service;"),
 )
 
 _CHAINS = (
@@ -77,11 +91,17 @@ _RULES = (
     ("output", "fib daddr type local jump publish"),
     ("publish", "meta l4proto tcp dnat ip to ip daddr . th dport map @publish_tcp"),
     ("publish", "meta l4proto udp dnat ip to ip daddr . th dport map @publish_udp"),
-    ("publish", "meta l4proto tcp dnat ip to th dport map @publish_any_tcp"),
-    ("publish", "meta l4proto udp dnat ip to th dport map @publish_any_udp"),
+    ("publish", "meta nfproto ipv4 meta l4proto tcp dnat ip to th dport map @publish_any_tcp"),
+    ("publish", "meta nfproto ipv4 meta l4proto udp dnat ip to th dport map @publish_any_udp"),
+    ("publish", "meta l4proto tcp dnat ip6 to ip6 daddr . th dport map @publish6_tcp"),
+    ("publish", "meta l4proto udp dnat ip6 to ip6 daddr . th dport map @publish6_udp"),
+    ("publish", "meta nfproto ipv6 meta l4proto tcp dnat ip6 to th dport map @publish6_any_tcp"),
+    ("publish", "meta nfproto ipv6 meta l4proto udp dnat ip6 to th dport map @publish6_any_udp"),
     ("postrouting", f'ct status dnat ip saddr {LOOPBACK} masquerade comment "host to loopback publish"'),
     ("postrouting", 'ct status dnat ip saddr . oifname @hairpin masquerade comment "hairpin"'),
     ("postrouting", 'ip saddr @masq_subnets oifname != @bridges masquerade comment "egress"'),
+    ("postrouting", 'ct status dnat ip6 saddr . oifname @hairpin6 masquerade comment "hairpin (IPv6)"'),
+    ("postrouting", 'ip6 saddr @masq_subnets6 oifname != @bridges masquerade comment "egress (IPv6)"'),
     ("forward", "ct state established,related accept"),
     ("forward", 'iifname . oifname @same_bridge accept comment "stays in its network"'),
     ("forward", 'iifname @internal drop comment "internal: nothing leaves"'),
@@ -120,10 +140,13 @@ def network_elements(net: Network) -> Elements:
     if net.internal:
         found["internal"] = [bridge]
         return found
-    found["hairpin"] = [f"{net.subnet} . {bridge}"]
+    for subnet in net.subnets:
+        six = "6" if subnet.version == 6 else ""
+        found.setdefault(f"hairpin{six}", []).append(f"{subnet} . {bridge}")
+        if net.masquerade:
+            found.setdefault(f"masq_subnets{six}", []).append(str(subnet))
     if net.masquerade:
         found["nat_bridges"] = [bridge]
-        found["masq_subnets"] = [str(net.subnet)]
     return found
 
 
@@ -133,10 +156,11 @@ def publish_elements(publishes: Iterable[Publish]) -> Elements:
     for p in sorted(publishes, key=lambda p: (p.mapping.protocol, p.mapping.host_port, p.mapping.host_key)):
         m = p.mapping
         value = f"{p.target} . {m.container_port}"
+        family = "publish6" if p.target.version == 6 else "publish"
         if m.host_ip is None:
-            found.setdefault(f"publish_any_{m.protocol}", []).append(f"{m.host_port} : {value}")
+            found.setdefault(f"{family}_any_{m.protocol}", []).append(f"{m.host_port} : {value}")
         else:
-            found.setdefault(f"publish_{m.protocol}", []).append(f"{m.host_ip} . {m.host_port} : {value}")
+            found.setdefault(f"{family}_{m.protocol}", []).append(f"{m.host_ip} . {m.host_port} : {value}")
     return found
 
 

@@ -72,36 +72,45 @@ def check_host_ips(host: Links, mappings: Iterable[PortMapping]) -> None:
     wanted = {m.host_ip for m in mappings if m.host_ip is not None}
     if not wanted:
         return
-    have = set(host.addresses())
-    for ip in sorted(wanted - have):
+    have = set(host.addresses()) | (set(host.addresses(6)) if any(ip.version == 6 for ip in wanted) else set())
+    for ip in sorted(wanted - have, key=str):
         where = f" (namespace {host.netns})" if host.netns else ""
         raise InvalidSpec(f"cannot publish on {ip}: it is not an address of the host{where}")
 
 
-def target(eps: Iterable[Endpoint], networks: Mapping[str, Network]) -> IPAddress | None:
-    """The address published ports lead to: the first endpoint on a network that takes published ports."""
+def targets(eps: Iterable[Endpoint], networks: Mapping[str, Network]) -> tuple[IPAddress, ...]:
+    """The addresses published ports lead to: those of the first endpoint on a network that takes published
+    ports, one per family (none if no endpoint can take them)."""
     for ep in sorted(eps, key=lambda e: (len(e.ifname), e.ifname)):
         net = networks.get(ep.network)
         if net is not None and driver_for(net).publishes(net):
-            return ep.ip
-    return None
+            return tuple(ip for ip, _, _ in ep.addresses)
+    return ()
 
 
-def require_target(sandbox: str, eps: Iterable[Endpoint], networks: Mapping[str, Network]) -> IPAddress:
+def require_targets(sandbox: str, eps: Iterable[Endpoint], networks: Mapping[str, Network],
+                    mappings: Iterable[PortMapping] = ()) -> tuple[IPAddress, ...]:
+    """``targets``, refused in one line when there are none, or none of a family a host IP asks for."""
     eps = list(eps)
-    found = target(eps, networks)
-    if found is None:
+    found = targets(eps, networks)
+    if not found:
         why = "; ".join(driver_for(networks[n]).why_no_ports(networks[n]) for n in sorted({e.network for e in eps}))
         raise InvalidSpec(f"sandbox {sandbox}: cannot publish ports on {why}")
+    for m in mappings:
+        if m.host_ip is not None and all(ip.version != m.host_ip.version for ip in found):
+            raise InvalidSpec(f"sandbox {sandbox}: cannot publish {m.host_text}:{m.host_port}: its addresses "
+                              f"({', '.join(map(str, found))}) have no IPv{m.host_ip.version} one to lead to")
     return found
 
 
-def publishes(mappings: Iterable[PortMapping], to: IPAddress | None) -> list[Publish]:
-    return [] if to is None else [Publish(m, to) for m in mappings]
+def publishes(mappings: Iterable[PortMapping], to: tuple[IPAddress, ...]) -> list[Publish]:
+    """One map element per mapping and family: a port on all host addresses leads to the sandbox's address of
+    each family; one on a host address, to the sandbox's address of that address's family."""
+    return [Publish(m, ip) for m in mappings for ip in to if m.host_ip is None or m.host_ip.version == ip.version]
 
 
 def published(box: Sandbox, networks: Mapping[str, Network]) -> list[Publish]:
     """The map elements ``box``'s ports have with its endpoints as given (none if no endpoint can take them)."""
     if not box.ports:
         return []
-    return publishes(box.ports, target(box.endpoints, networks))
+    return publishes(box.ports, targets(box.endpoints, networks))

@@ -45,7 +45,7 @@ def _record(ctx: Context, box: Sandbox, spec: SandboxSpec, check: Callable[[Node
                for r, name in zip(spec.networks, names, strict=True)]
         if not box.ports:
             return eps, nets, []
-        to = ports.require_target(box.name, eps, nets)
+        to = ports.require_targets(box.name, eps, nets, box.ports)
         ports.claim(txn, box.name, box.ports)
         return eps, nets, ports.publishes(box.ports, to)
 

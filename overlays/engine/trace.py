@@ -180,7 +180,8 @@ class Firewall:
 
     def published(self, proto: str, ip: str, port: int) -> str | None:
         """The DNAT target ``ip . port`` of a published port, or None."""
-        for name, key in ((f"publish_{proto}", f"{ip} . {port}"), (f"publish_any_{proto}", str(port))):
+        family = "publish6" if ":" in ip else "publish"
+        for name, key in ((f"{family}_{proto}", f"{ip} . {port}"), (f"{family}_any_{proto}", str(port))):
             for element in self.sets.get(name, set()):
                 k, _, v = element.partition(" : ")
                 if k == key:
@@ -313,7 +314,7 @@ def _published(ctx: Context, t: Trace, host: Links, target: Target, net: Network
     if to is None:
         here = [f"{m.host_port}/{m.protocol} -> {b.name}:{m.container_port}"
                 for b in views.sandboxes(ctx) for m in b.ports]
-        t.say("host", f"prerouting: {target.ip}:{port} is published by no sandbox (not DNAT'd: the host itself "
+        t.say("host", f"prerouting: {_at(target.ip)}:{port} is published by no sandbox (not DNAT'd: the host itself "
               "gets it)")
         t.blocked("not-published", f"nothing publishes {port} on {target.ip}"
                   + (f" (published here: {', '.join(here)})" if here else "")
@@ -323,7 +324,7 @@ def _published(ctx: Context, t: Trace, host: Links, target: Target, net: Network
     ip, _, number = to.partition(" . ")
     owner = next(((b, e) for b in views.sandboxes(ctx) for e in b.endpoints if ip in (str(e.ip), str(e.ip6))), None)
     who = owner[0].name if owner else ip
-    t.say("host", f"prerouting: DNAT {target.ip}:{port} -> {ip}:{number} (published by {who})")
+    t.say("host", f"prerouting: DNAT {_at(target.ip)}:{port} -> {_at(ip)}:{number} (published by {who})")
     if owner is not None:
         target.box, target.ep = owner
     dst_net = nets.get(owner[1].network) if owner else None
@@ -357,8 +358,19 @@ def _routed(ctx: Context, t: Trace, host: Links, target: Target, net: Network, f
     if decision is not None:
         t.blocked(CAUSE_BY_RULE.get(decision, "firewall"), _cause_line(CAUSE_BY_RULE.get(decision, "firewall"), t,
                                                                        net, other, decision))
-    elif other is None and fw.has("masq_subnets", str(net.subnet)) and not fw.has("bridges", oif):
+    elif other is None and _masqueraded(fw, net, target.ip) and not fw.has("bridges", oif):
         t.say("firewall", f"postrouting: masquerade (\"egress\"): the source becomes {hop.dev}'s address")
+
+
+def _at(ip: str) -> str:
+    """An address as it is written before a port: IPv6 in brackets."""
+    return f"[{ip}]" if ":" in ip else ip
+
+
+def _masqueraded(fw: Firewall, net: Network, dst: str) -> bool:
+    """Whether ``net``'s subnet of ``dst``'s family is in the table's masquerade set of that family."""
+    pool = net.pool(ipaddress.ip_address(dst).version)
+    return pool is not None and fw.has("masq_subnets6" if pool[0].version == 6 else "masq_subnets", str(pool[0]))
 
 
 def _forward(fw: Firewall, iif: str, oif: str) -> str | None:
@@ -453,7 +465,7 @@ def _probe(ctx: Context, t: Trace, src: Sandbox, mtu: int) -> None:
             call = tracing.connect_tcp if port.protocol == "tcp" else tracing.send_udp
             return call(path, t.target.ip, port.number)
 
-        match, what = f"{port.protocol} dport {port.number}", f"{port.protocol} to {t.target.ip}:{port.number}"
+        match, what = f"{port.protocol} dport {port.number}", f"{port.protocol} to {_at(t.target.ip)}:{port.number}"
     ip = "ip" if version == 4 else "ip6"
     match = f"{ip} saddr {src_ip} {ip} daddr {t.target.ip} {match}" if src_ip else f"{ip} daddr {t.target.ip} {match}"
     host_path = ctx.kernel.netns_path(ctx.host_netns) if ctx.host_netns else None

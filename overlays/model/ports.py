@@ -2,7 +2,8 @@
 
 A range (``8000-8010:8000-8010``) becomes one mapping per port, so the rest of the
 code (store claims, nft map elements) only ever sees single ports. A host IP of
-None (or ``0.0.0.0`` in the input) means every address of the host.
+None (or ``0.0.0.0``, ``[::]`` in the input) means every address of the host, of both
+families; an IPv6 host IP is written in brackets (``[fd00::1]:8080:80``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,17 @@ class PortMapping:
     host_port: int
     container_port: int
     protocol: str = "tcp"
-    host_ip: ipaddress.IPv4Address | None = None
+    host_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
     def __str__(self) -> str:
-        return f"{self.host_ip or '0.0.0.0'}:{self.host_port}->{self.container_port}/{self.protocol}"
+        return f"{self.host_text}:{self.host_port}->{self.container_port}/{self.protocol}"
+
+    @property
+    def host_text(self) -> str:
+        """The host address as ``-p`` writes it: ``0.0.0.0`` for all, an IPv6 one in brackets."""
+        if self.host_ip is None:
+            return "0.0.0.0"
+        return f"[{self.host_ip}]" if self.host_ip.version == 6 else str(self.host_ip)
 
     @property
     def host_key(self) -> str:
@@ -50,7 +58,7 @@ class PortMapping:
             host_port=int(r["host_port"]),
             container_port=int(r["container_port"]),
             protocol=r.get("protocol", "tcp"),
-            host_ip=ipaddress.IPv4Address(r["host_ip"]) if r.get("host_ip") else None,
+            host_ip=ipaddress.ip_address(r["host_ip"]) if r.get("host_ip") else None,
         )
 
 
@@ -70,13 +78,19 @@ def _ports(text: str, spec: str, side: str) -> range:
     return range(lo, hi + 1)
 
 
-def _host_ip(text: str, spec: str) -> ipaddress.IPv4Address | None:
+def _host_ip(text: str, spec: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    bracketed = text.startswith("[") and text.endswith("]")
     try:
-        addr = ipaddress.ip_address(text.strip("[]"))
+        addr = ipaddress.ip_address(text[1:-1] if bracketed else text)
     except ValueError as e:
         raise InvalidSpec(f"publish {spec!r}: host IP {text!r} is not a valid IP address") from e
-    if not isinstance(addr, ipaddress.IPv4Address):
-        raise InvalidSpec(f"publish {spec!r}: host IP {text}: only IPv4 is supported for now")
+    if addr.version == 6 and not bracketed:
+        raise InvalidSpec(f"publish {spec!r}: write an IPv6 host IP in brackets, like [{addr}]:8080:80")
+    if addr.version == 6 and addr.is_loopback:
+        # No route_localnet for IPv6: the kernel drops a packet from ::1 that a DNAT sends elsewhere.
+        raise InvalidSpec(f"publish {spec!r}: the kernel cannot forward connections to [::1] (IPv6 has no "
+                          "route_localnet); publish on all addresses, on one of the host's IPv6 addresses, "
+                          "or on 127.0.0.1")
     return None if addr.is_unspecified else addr
 
 

@@ -144,7 +144,7 @@ def port_lines(ports: Sequence[PortMapping]) -> list[str]:
 
 def _run_text(run: list[PortMapping]) -> str:
     first, last = run[0], run[-1]
-    host = str(first.host_ip or "0.0.0.0")
+    host = first.host_text
     if len(run) == 1:
         return f"{host}:{first.host_port} → {first.container_port}/{first.protocol}"
     return (f"{host}:{first.host_port}-{last.host_port} → "

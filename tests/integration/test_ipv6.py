@@ -34,9 +34,9 @@ def test_a_dual_stack_network_gives_each_sandbox_both_families_and_a_route_out_o
     routes = ip_json(a.netns, "-6", "route", "show", "default")
     assert [r.get("gateway") for r in routes] == [str(net.gateway6)]
     # Static, quiet addresses: no link-local, no DAD (nothing tentative), on the sandbox and on the bridge.
-    for netns, ifname in ((a.netns, "eth0"), (host, net.bridge)):
+    for netns, ifname, scopes in ((a.netns, "eth0", ["global"]), (host, net.bridge, ["global", "link"])):
         found = addresses(netns, ifname)
-        assert [x["scope"] for x in found] == ["global"], found
+        assert [x["scope"] for x in found] == scopes, found  # the bridge's: fe80::1, to send NDP from
         assert not any(x.get("tentative") for x in found) and all(x.get("nodad") for x in found)
     assert engine.sandbox_problems("a") == [] and engine.network_problems("ds") == []
 
@@ -117,7 +117,31 @@ def test_trace_follows_ipv6_paths_and_names_the_cause_of_a_blocked_one(cli: Cli)
     assert code == 1 and t["reachable"] is False, t
     assert t["verdict"] == "blocked: tf and tb are isolated: `overlays connect tb a` gives a a leg on both"
     assert any('drop comment "isolation between networks"' in line for line in t["firewall"])  # the kernel's word
+    listen = ("import socket; s=socket.socket(socket.AF_INET6); s.bind(('::', 80)); s.listen()\n"
+              "while True: s.accept()[0].close()")
+    cli("run", "-d", "--name", "web", "--network", "tb", "-p", "8080:80", "--", "python3", "-c", listen, check=True)
+    for _ in range(100):  # until it listens
+        if ":80 " in sh(json.loads(cli("inspect", "web", "--json").stdout)["netns"], "ss", "-ltn").stdout:
+            break
+    code, t = trace(cli, "a", "[fd00:66::1]:8080")
+    steps = " | ".join(what for _, what in t["steps"])
+    assert code == 0 and t["reachable"], t
+    assert "DNAT [fd00:66::1]:8080/tcp -> [fd00:66:1::3]:80 (published by web)" in steps, steps
+    assert any('"published ports"' in line for line in t["firewall"])  # the kernel's own trace of it
     cli("network", "create", "t4", "--subnet", "10.66.2.0/24", check=True)
     cli("run", "--name", "d", "--network", "t4", check=True)
     done = cli("trace", "a", "d", "-6")
     assert done.returncode != 0 and done.stderr.strip() == "overlays: error: trace: d has no IPv6 address (10.66.2.2)"
+
+
+def test_ipv6_only_addresses_alike_in_their_last_32_bits_never_share_a_mac(cli: Cli) -> None:
+    """A MAC derived from an address keeps 32 bits of it: enough for IPv4, not for a /64 of static addresses."""
+    cli("network", "create", "m6", "--subnet", "fd00:73::/64", check=True)
+    cli("run", "--name", "x", "--network", "m6", "--ip6", "fd00:73::5", check=True)
+    done = cli("run", "--name", "y", "--network", "m6", "--ip6", "fd00:73::1:0:0:5")
+    assert done.returncode != 0 and done.stderr.strip() == (
+        "overlays: error: MAC 02:6f:00:00:00:05 on network m6 is already taken by x (derived from fd00:73::1:0:0:5's "
+        "last 32 bits; give --mac)")
+    cli("run", "--name", "y", "--network", "m6", "--ip6", "fd00:73::1:0:0:5", "--mac", "02:42:00:00:00:05", check=True)
+    cli("rm", "x", check=True)
+    cli("run", "--name", "z", "--network", "m6", "--ip6", "fd00:73::2:0:0:5", check=True)  # x's claim went with it

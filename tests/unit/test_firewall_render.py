@@ -38,6 +38,12 @@ add map inet overlays_t publish_tcp { type ipv4_addr . inet_service : ipv4_addr 
 add map inet overlays_t publish_udp { type ipv4_addr . inet_service : ipv4_addr . inet_service; }
 add map inet overlays_t publish_any_tcp { type inet_service : ipv4_addr . inet_service; }
 add map inet overlays_t publish_any_udp { type inet_service : ipv4_addr . inet_service; }
+add set inet overlays_t masq_subnets6 { type ipv6_addr; flags interval; }
+add set inet overlays_t hairpin6 { type ipv6_addr . ifname; flags interval; }
+add map inet overlays_t publish6_tcp { type ipv6_addr . inet_service : ipv6_addr . inet_service; }
+add map inet overlays_t publish6_udp { type ipv6_addr . inet_service : ipv6_addr . inet_service; }
+add map inet overlays_t publish6_any_tcp { type inet_service : ipv6_addr . inet_service; }
+add map inet overlays_t publish6_any_udp { type inet_service : ipv6_addr . inet_service; }
 add chain inet overlays_t prerouting { type nat hook prerouting priority dstnat; policy accept; }
 add chain inet overlays_t output { type nat hook output priority -100; policy accept; }
 add chain inet overlays_t postrouting { type nat hook postrouting priority srcnat; policy accept; }
@@ -55,11 +61,17 @@ add rule inet overlays_t prerouting fib daddr type local jump publish
 add rule inet overlays_t output fib daddr type local jump publish
 add rule inet overlays_t publish meta l4proto tcp dnat ip to ip daddr . th dport map @publish_tcp
 add rule inet overlays_t publish meta l4proto udp dnat ip to ip daddr . th dport map @publish_udp
-add rule inet overlays_t publish meta l4proto tcp dnat ip to th dport map @publish_any_tcp
-add rule inet overlays_t publish meta l4proto udp dnat ip to th dport map @publish_any_udp
+add rule inet overlays_t publish meta nfproto ipv4 meta l4proto tcp dnat ip to th dport map @publish_any_tcp
+add rule inet overlays_t publish meta nfproto ipv4 meta l4proto udp dnat ip to th dport map @publish_any_udp
+add rule inet overlays_t publish meta l4proto tcp dnat ip6 to ip6 daddr . th dport map @publish6_tcp
+add rule inet overlays_t publish meta l4proto udp dnat ip6 to ip6 daddr . th dport map @publish6_udp
+add rule inet overlays_t publish meta nfproto ipv6 meta l4proto tcp dnat ip6 to th dport map @publish6_any_tcp
+add rule inet overlays_t publish meta nfproto ipv6 meta l4proto udp dnat ip6 to th dport map @publish6_any_udp
 add rule inet overlays_t postrouting ct status dnat ip saddr 127.0.0.0/8 masquerade comment "host to loopback publish"
 add rule inet overlays_t postrouting ct status dnat ip saddr . oifname @hairpin masquerade comment "hairpin"
 add rule inet overlays_t postrouting ip saddr @masq_subnets oifname != @bridges masquerade comment "egress"
+add rule inet overlays_t postrouting ct status dnat ip6 saddr . oifname @hairpin6 masquerade comment "hairpin (IPv6)"
+add rule inet overlays_t postrouting ip6 saddr @masq_subnets6 oifname != @bridges masquerade comment "egress (IPv6)"
 add rule inet overlays_t forward ct state established,related accept
 add rule inet overlays_t forward iifname . oifname @same_bridge accept comment "stays in its network"
 add rule inet overlays_t forward iifname @internal drop comment "internal: nothing leaves"
@@ -71,8 +83,8 @@ add rule inet overlays_t input iifname @bridges ip daddr 127.0.0.0/8 ct state ne
 add element inet overlays_t bridges { "ovb-front" }
 add element inet overlays_t same_bridge { "ovb-front" . "ovb-front" }
 add element inet overlays_t hairpin { 10.1.0.0/24 . "ovb-front" }
-add element inet overlays_t nat_bridges { "ovb-front" }
 add element inet overlays_t masq_subnets { 10.1.0.0/24 }
+add element inet overlays_t nat_bridges { "ovb-front" }
 """
 
 
@@ -188,7 +200,7 @@ def test_parse_publish(text: str, expected: list[PortMapping]) -> None:
         ("9-3:9-3", "host range 9-3 ends before it starts"),
         ("1-2000:1-2000", "at most 1024 ports"),
         ("300.1.1.1:80:80", "host IP '300.1.1.1' is not a valid IP address"),
-        ("[::1]:80:80", "only IPv4"),
+        ("[::1]:80:80", "cannot forward connections to [::1]"), ("fd00::1:80:80", "in brackets"),
         ("a:b:c:d", "host IP 'a:b' is not a valid IP address"),
     ],
 )
@@ -345,3 +357,23 @@ def test_ports_follow_connect_and_disconnect(tmp_path: Path) -> None:
     assert ("publish_any_tcp", "8080") not in (elements(kernel, eng) or set())
     eng.connect("front", "web")
     assert ("publish_any_tcp", "8080") in (elements(kernel, eng) or set())
+
+
+def test_a_dual_stack_network_puts_each_subnet_in_its_familys_sets() -> None:
+    net = network("ds", "10.5.0.0/24")
+    net = Network(net.name, "bridge", net.subnet, net.gateway, None, 1500, "ovb-ds", 0.0,
+                  subnet6=ipaddress.ip_network("fd00:5::/64"), gateway6=ipaddress.ip_address("fd00:5::1"))
+    found = fw.network_elements(net)
+    assert found["hairpin"] == ['10.5.0.0/24 . "ovb-ds"'] and found["hairpin6"] == ['fd00:5::/64 . "ovb-ds"']
+    assert found["masq_subnets"] == ["10.5.0.0/24"] and found["masq_subnets6"] == ["fd00:5::/64"]
+    only6 = network("v6", "fd00:6::/64")
+    assert "masq_subnets" not in fw.network_elements(only6) and "hairpin" not in fw.network_elements(only6)
+
+
+def test_a_port_on_every_address_leads_to_each_family_and_one_on_an_address_to_its_own() -> None:
+    to = (ipaddress.ip_address("10.5.0.2"), ipaddress.ip_address("fd00:5::2"))
+    every, on_v6 = parse_publish("8080:80"), parse_publish("[fd00:9::1]:8443:443")
+    found = fw.publish_elements(ports.publishes(every + on_v6, to))
+    assert found == {"publish_any_tcp": ["8080 : 10.5.0.2 . 80"], "publish6_any_tcp": ["8080 : fd00:5::2 . 80"],
+                     "publish6_tcp": ["fd00:9::1 . 8443 : fd00:5::2 . 443"]}
+    assert str(on_v6[0]) == "[fd00:9::1]:8443->443/tcp"

@@ -90,6 +90,8 @@ class NetworkDriver:
                if network.subnet6 is not None else None)
         if request.mac is not None:  # a MAC asked for is claimed on the network (derived ones are unique by address)
             _claim_mac(scope, network, request.mac, owner)
+        elif ip.version == 6:  # ... but one derived from an IPv6 address keeps only its last 32 bits: claimed too
+            _claim_mac(scope, network, endpoint_mac(ip), owner, f" (derived from {ip}'s last 32 bits; give --mac)")
         host_ifname = next((n for n in self.host_ifnames(ctx, network, sandbox)
                             if txn.create(records.ifname_key(n), {"owner": f"{sandbox}/{network.name}"})), "")
         ep = Endpoint(sandbox=sandbox, network=network.name, ifname=ifname, host_ifname=host_ifname, ip=ip,
@@ -120,7 +122,7 @@ class NetworkDriver:
         for ip in (ep.ip, ep.ip6):
             if ip is not None:
                 ipam.release(self.scope(txn), ep.network, ip)
-        if ep.mac_given:
+        if ep.mac_given or ep.ip.version == 6:
             self.scope(txn).delete(records.mac_key(ep.network, ep.mac))
 
     # -- kernel steps ------------------------------------------------------------------------------------------------
@@ -203,10 +205,10 @@ def _check_families(network: Network, request: EndpointRequest) -> None:
                               f"({', '.join(str(s) for s in network.subnets)})")
 
 
-def _claim_mac(scope: Txn, network: Network, mac: str, owner: str) -> None:
+def _claim_mac(scope: Txn, network: Network, mac: str, owner: str, why: str = "") -> None:
     if not scope.create(records.mac_key(network.name, mac), {"owner": owner}):
         holder = (scope.get(records.mac_key(network.name, mac)) or {}).get("owner", "?")
-        raise Conflict(f"MAC {mac} on network {network.name} is already taken by {holder}")
+        raise Conflict(f"MAC {mac} on network {network.name} is already taken by {holder}{why}")
 
 
 def mark_ready(driver: NetworkDriver, txn: NodeTxn, network: Network) -> Network:
