@@ -319,22 +319,24 @@ def hand_ipv6(run: Run, stack: ExitStack) -> dict[str, Path_]:
         ip(box, "addr", "add", addr, "dev", "eth0", "nodad")
         ip(box, "-6", "route", "add", "default", "via", "fd00:91::1")
     outside_peer(h, out, "fd00:91::/64")
-    # A stateful firewall, as any routing host has (and as the IPv4 build's DNAT table brings conntrack along).
+    # A stateful firewall, as any routing host has, and the published port's DNAT.
     rules = ("table inet v6b_fw {\n chain forward { type filter hook forward priority filter; policy accept;\n"
-             "  ct state established,related accept\n }\n}\n")
+             "  ct state established,related accept\n }\n"
+             " chain pre { type nat hook prerouting priority dstnat; policy accept;\n"
+             f'  iifname "o6" meta nfproto ipv6 tcp dport {PORT} dnat ip6 to [fd00:91::3]:{PORT}\n }}\n}}\n')
     subprocess.run(["ip", "netns", "exec", h, "nft", "-f", "-"], input=rules, text=True, check=True, timeout=20)
     return {
         "bridge6": Path_(End(nspath(sa)), End(nspath(sb)), "fd00:91::3", "fd00:91::3"),
         "routed6": Path_(End(nspath(out)), End(nspath(sb)), "fd00:91::3", "fd00:91::3"),
+        "published6": Path_(End(nspath(out)), End(nspath(sb)), "fd00:253::2", "fd00:253::2"),
     }
 
 
 def bridge_link_local(host: str, bridge: str) -> None:
-    """fe80::1 on the bridge: without a link-local address of its own the host sends no neighbour solicitation
-    for a packet it forwards (the kernel takes the packet's source only if it is local, else needs a link-local),
-    so a sandbox that has not spoken first is unreachable from outside, and a flow stalls once the host's
-    neighbour entry for the sandbox needs probing (seen here: iperf3 from outside hung after 3 s). Until
-    overlays' bridges have one, both builds get it, so the figures measure the data path, not that bug."""
+    """fe80::1 on the bridge, as overlays' IPv6 bridges hold: without a link-local address of its own the host
+    sends no neighbour solicitation for a packet it forwards (the kernel takes the packet's source only if it
+    is local), so a sandbox that has not spoken first is unreachable from outside, and a flow stalls once the
+    host's neighbour entry for the sandbox needs probing (seen here: iperf3 from outside hung after 3 s)."""
     ip(host, "addr", "add", "fe80::1/64", "dev", bridge, "nodad")
 
 
@@ -407,7 +409,7 @@ def overlays_two_hosts(run: Run, stack: ExitStack) -> Path_:
 
 def overlays_ipv6(run: Run, stack: ExitStack) -> dict[str, Path_]:
     """Two sandboxes on a routed dual-stack network (the Python API), and an outside peer made by hand."""
-    from overlays import EndpointRequest, Engine, NetworkSpec, SandboxSpec
+    from overlays import EndpointRequest, Engine, NetworkSpec, PortMapping, SandboxSpec
 
     host, out = stack.enter_context(run.host("o6h")), stack.enter_context(run.host("o6out"))
     state = run.scratch(host)
@@ -417,14 +419,15 @@ def overlays_ipv6(run: Run, stack: ExitStack) -> dict[str, Path_]:
     engine.create_network(NetworkSpec.parse("n6", subnet=["10.91.0.0/24", "fd00:91::/64"], masquerade=False))
     stack.callback(engine.remove_network, "n6")  # last, after its sandboxes (an ExitStack unwinds backwards)
     boxes = {}
-    for name in ("a", "b"):
-        boxes[name] = engine.create_sandbox(SandboxSpec.parse(name, [EndpointRequest.parse("n6")]))
+    for name, ports in (("a", []), ("b", [PortMapping(host_port=PORT, container_port=PORT)])):
+        boxes[name] = engine.create_sandbox(SandboxSpec.parse(name, [EndpointRequest.parse("n6")], ports=ports))
         stack.callback(engine.remove_sandbox, name)
     bridge_unfiltered(host)
-    bridge_link_local(host, engine.network("n6")[0].bridge)
     outside_peer(host, out, "fd00:91::/64")
     a, b = (End(engine.netns_path(n), str(boxes[n].endpoints[0].ip6)) for n in ("a", "b"))
-    return {"bridge6": Path_(a, b, b.ip, b.ip), "routed6": Path_(End(nspath(out)), b, b.ip, b.ip)}
+    outside = End(nspath(out))
+    return {"bridge6": Path_(a, b, b.ip, b.ip), "routed6": Path_(outside, b, b.ip, b.ip),
+            "published6": Path_(outside, b, "fd00:253::2", "fd00:253::2")}
 
 
 # -- the benchmark ------------------------------------------------------------------------------
@@ -436,6 +439,7 @@ LABELS = {
     "overlay": "overlay, two hosts",
     "bridge6": "same bridge, IPv6",
     "routed6": "routed by the host, IPv6",
+    "published6": "published port, IPv6",
 }
 
 
@@ -478,7 +482,7 @@ def run(run: Run, args: argparse.Namespace, log: Any) -> tuple[list[Row], list[V
     if args.dataplane_family != "ipv4":
         with ExitStack() as stack:
             hand6, ours6 = hand_ipv6(run, stack), overlays_ipv6(run, stack)
-            six = {f"{who} {k}": p[k] for k in ("bridge6", "routed6")
+            six = {f"{who} {k}": p[k] for k in ("bridge6", "routed6", "published6")
                    for who, p in (("hand", hand6), ("overlays", ours6))}
             got |= measure(six, seconds, pings, reps, log)
 
@@ -532,7 +536,9 @@ def run(run: Run, args: argparse.Namespace, log: Any) -> tuple[list[Row], list[V
         "hand vxlan": "two VXLAN devices (MTU 1450) directly on one veth: no sandbox veth, no bridges, no switch",
         "overlays routed6": "the outside peer to a sandbox of a dual-stack network with masquerade off, forwarded by"
                             " the host (overlays' firewall in the path); hand-built: forwarding and one stateful rule"
-                            " (conntrack), fe80::1 on both bridges (see bridge_link_local)",
+                            " (conntrack), fe80::1 on its bridge as on overlays'",
+        "overlays published6": "the outside peer to the host's IPv6 address on the port b publishes (DNAT, overlays'"
+                               " firewall) / the same with one nft DNAT rule by hand. RTT: to the host address",
     }
     for r in rows:
         r.note = notes.get(r.subject, "")
