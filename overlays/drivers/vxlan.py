@@ -71,6 +71,11 @@ class Remote:
     ip: str
     mac: str
     vtep: str
+    ip6: str | None = None  # a dual-stack endpoint's IPv6 address (its neighbour entry is answered by NDP proxy)
+
+    @property
+    def ips(self) -> tuple[str, ...]:
+        return (self.ip,) if self.ip6 is None else (self.ip, self.ip6)
 
 
 def overlay_mtu(underlay_mtu: int) -> int:
@@ -112,8 +117,14 @@ def _wanted(local_vtep: str, remotes: Iterable[Remote]) -> tuple[set[tuple[str, 
     # A unicast MAC points at one VTEP (the kernel replaces, it does not append): keep one per MAC.
     unicast = {r.mac.lower(): r.vtep for r in others}
     fdb = set(unicast.items()) | {(FLOOD_MAC, r.vtep) for r in others}
-    neighbours = {r.ip: r.mac.lower() for r in others}
+    neighbours = {ip: r.mac.lower() for r in others for ip in r.ips}
     return fdb, neighbours
+
+
+def _announce(host: Links, net: Network, ip: str, mac: str) -> None:
+    """A gratuitous ARP for an IPv4 entry; an IPv6 one waits for its neighbour solicitation (answered at once)."""
+    if ":" not in ip:
+        host.announce(net.bridge, ip, mac)
 
 
 def add_remote(host: Links, net: Network, local_vtep: str, remote: Remote, announce: bool = False) -> bool:
@@ -131,9 +142,10 @@ def add_remote(host: Links, net: Network, local_vtep: str, remote: Remote, annou
     device, mac = vxlan_name(net.bridge), remote.mac.lower()
     host.ensure_fdb(device, mac, remote.vtep)
     host.ensure_fdb(device, FLOOD_MAC, remote.vtep)
-    host.ensure_neigh(device, remote.ip, mac)
-    if announce:
-        host.announce(net.bridge, remote.ip, mac)
+    for ip in remote.ips:
+        host.ensure_neigh(device, ip, mac)
+        if announce:
+            _announce(host, net, ip, mac)
     return True
 
 
@@ -166,7 +178,7 @@ def sync(host: Links, net: Network, instance: str, local_vtep: str, remotes: Ite
             host.ensure_neigh(device, ip, mac)
             added += 1
             if announce:
-                host.announce(net.bridge, ip, mac)
+                _announce(host, net, ip, mac)
     for mac, vtep in sorted(have_fdb - want_fdb):
         host.delete_fdb(device, mac, vtep)
         removed += 1

@@ -605,20 +605,21 @@ class Rtnl:
         return mac.lower()
 
     def neighbours(self, name: str) -> dict[str, str]:
-        """The permanent IPv4 neighbour entries of a device: ip -> mac."""
+        """The permanent neighbour entries of a device, both families: ip -> mac."""
         index = self._need(name).index
         with self._step("read neighbours of", name):
             found = {}
-            for m in self._neighbour_dump(AF_INET, index):
-                ip, mac = m.attrs.ip(NDA_DST), m.attrs.mac(NDA_LLADDR)
-                if ip and mac and m["state"] & NUD_PERMANENT:
-                    found[ip] = mac
+            for family in (AF_INET, AF_INET6):
+                for m in self._neighbour_dump(family, index):
+                    ip, mac = m.attrs.ip(NDA_DST), m.attrs.mac(NDA_LLADDR)
+                    if ip and mac and m["state"] & NUD_PERMANENT:
+                        found[ip] = mac
             return found
 
     def ensure_neigh(self, name: str, ip: str, mac: str) -> None:
         mac = self._mac("set neighbour", name, mac)
         index = self._need(name).index
-        body = NDMSG.pack(family=AF_INET, ifindex=index, state=NUD_PERMANENT)
+        body = NDMSG.pack(family=AF_INET6 if ":" in ip else AF_INET, ifindex=index, state=NUD_PERMANENT)
         with self._step("set neighbour", f"{ip} lladdr {mac} on {name}"):
             self._nl.request(RTM_NEWNEIGH, REPLACE, NDMSG, body + attr_ip(NDA_DST, ip) + attr_mac(NDA_LLADDR, mac))
 
@@ -714,7 +715,8 @@ class Rtnl:
         if link is None:
             return
         try:
-            self._pyroute2(lambda ipr: ipr.neigh("del", ifindex=link.index, dst=ip))
+            family = AF_INET6 if ":" in ip else AF_INET
+            self._pyroute2(lambda ipr: ipr.neigh("del", ifindex=link.index, dst=ip, family=family))
         except NetlinkError as e:
             if e.code not in (errno.ENOENT, errno.ENODEV):
                 raise kernel_error("delete neighbour", f"{ip} on {name}", self.netns, e) from e

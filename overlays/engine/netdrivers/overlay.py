@@ -181,7 +181,7 @@ def live_host(root: Txn, node: str) -> HostRegistration:
 
 
 def remotes(root: Txn, network: str) -> list[vxlan.Remote]:
-    return [vxlan.Remote(r.ip, r.mac, r.vtep) for r in records.registrations(root, network)]
+    return [vxlan.Remote(r.ip, r.mac, r.vtep, r.ip6) for r in records.registrations(root, network)]
 
 
 def sync_here(ctx: Context, host: Links, network: Network, vtep: str, announce: bool = False) -> tuple[int, int]:
@@ -207,7 +207,8 @@ def add_here(ctx: Context, host: Links, network: Network, vtep: str, found: Endp
     Under the same lock as ``sync_here``; the full sync that follows in the agent settles the rest.
     """
     with ctx.lock("overlay"):
-        return vxlan.add_remote(host, network, vtep, vxlan.Remote(found.ip, found.mac, found.vtep), announce=True)
+        return vxlan.add_remote(host, network, vtep, vxlan.Remote(found.ip, found.mac, found.vtep, found.ip6),
+                                announce=True)
 
 
 def local_networks(txn: NodeTxn) -> dict[str, Network]:
