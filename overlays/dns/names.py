@@ -52,7 +52,7 @@ class Network:
 
     internal: bool = False
     upstreams: tuple[str, ...] = ()
-    subnet: Subnet | None = None
+    subnets: tuple[Subnet, ...] = ()
     names: dict[str, dict[Address, int]] = field(default_factory=lambda: defaultdict(dict))
     reverse: dict[Address, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
 
@@ -86,13 +86,13 @@ class _Entry:
     keys: tuple[str, ...]
     ptr: str
     addresses: tuple[Address, ...]
-    subnet: Subnet | None
+    subnets: tuple[Subnet, ...]
 
 
 def _resolve(record: Record) -> _Entry:
     try:
         addresses = tuple(dict.fromkeys(ipaddress.ip_address(a) for a in record.addresses))
-        subnet = ipaddress.ip_network(record.subnet) if record.subnet else None
+        subnets = tuple(ipaddress.ip_network(s) for s in record.subnet.split(",") if s)  # one per family
     except ValueError as e:
         raise InvalidSpec(f"DNS record {record.name} on {record.network}: {e}") from e
     for server in record.upstreams:
@@ -103,7 +103,7 @@ def _resolve(record: Record) -> _Entry:
     net = normal(record.network)
     labels = [normal(n) for n in (record.name, *record.aliases) if normal(n)]
     keys = tuple(dict.fromkeys([*labels, *(f"{n}.{net}" for n in labels)]))
-    return _Entry(net, keys, f"{normal(record.name)}.{net}", addresses, subnet)
+    return _Entry(net, keys, f"{normal(record.name)}.{net}", addresses, subnets)
 
 
 class NamesTable:
@@ -125,7 +125,7 @@ class NamesTable:
         self.drop(sandbox)
         for record, entry in zip(records, entries, strict=True):
             net = self.networks.setdefault(entry.network, Network())
-            net.internal, net.upstreams, net.subnet = record.internal, tuple(record.upstreams), entry.subnet
+            net.internal, net.upstreams, net.subnets = record.internal, tuple(record.upstreams), entry.subnets
             for key in entry.keys:
                 net.add(key, entry.addresses, net.names)
             for a in entry.addresses:
@@ -191,7 +191,7 @@ class NamesTable:
 
     def ours(self, address: Address) -> bool:
         """Whether ``address`` is inside the subnet of a network we serve (held by someone or not)."""
-        return any(net.subnet is not None and address in net.subnet for net in self.networks.values())
+        return any(address in subnet for net in self.networks.values() for subnet in net.subnets)
 
     def forwarding(self, scope: Scope) -> Forwarding:
         """Whether (and where) a scope's unknown names are forwarded.

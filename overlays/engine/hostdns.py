@@ -44,22 +44,24 @@ SHARED_SEGMENT = ("macvlan",)  # drivers whose subnet is the segment's, not ours
 Networks = Mapping[str, Network]
 
 
-def _record(net: Network, name: str, ip: str, aliases: Iterable[str], hostname: str | None) -> Record:
+def _record(net: Network, name: str, ips: tuple[str, ...], aliases: Iterable[str], hostname: str | None) -> Record:
+    """``ips``: one address per family (A and AAAA answers)."""
     extra = (hostname,) if hostname and hostname != name else ()
-    return Record(net.name, name, (ip,), (*aliases, *extra), internal=net.internal,
+    return Record(net.name, name, ips, (*aliases, *extra), internal=net.internal,
                   upstreams=tuple(str(s) for s in net.dns),
-                  subnet="" if net.driver in SHARED_SEGMENT else str(net.subnet))
+                  subnet="" if net.driver in SHARED_SEGMENT else ",".join(str(s) for s in net.subnets))
 
 
 def records_of(box: Sandbox, nets: Networks) -> list[Record]:
     """The sandbox's names on each of its networks (a network that is gone: none there)."""
-    return [_record(nets[ep.network], box.name, str(ep.ip), ep.aliases, box.hostname)
+    return [_record(nets[ep.network], box.name, tuple(str(a) for a, _, _ in ep.addresses), ep.aliases, box.hostname)
             for ep in box.endpoints if ep.network in nets]
 
 
 def remote_records(found: Iterable[EndpointRegistration], nets: Networks) -> list[Record]:
     """The names another host announced for one of its sandboxes, on each overlay network it is on."""
-    return [_record(nets[r.network], r.sandbox, r.ip, r.aliases, r.hostname) for r in found if r.network in nets]
+    return [_record(nets[r.network], r.sandbox, (r.ip, *([r.ip6] if r.ip6 else [])), r.aliases, r.hostname)
+            for r in found if r.network in nets]
 
 
 def control(ctx: Context) -> Dns | None:

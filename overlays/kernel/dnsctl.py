@@ -42,7 +42,8 @@ class Record(NamedTuple):
     """A sandbox's names on one network: its name, its aliases (hostname included) and addresses there.
 
     ``internal``, ``upstreams`` and ``subnet`` describe the network (``--internal``: no
-    forwarding; ``--dns``: forward there instead of to the host's resolvers; ``subnet``: its
+    forwarding; ``--dns``: forward there instead of to the host's resolvers; ``subnet``: its (one per
+    family, comma-separated)
     addresses are ours alone, so a reverse query for one nobody holds is answered NXDOMAIN
     instead of forwarded; "" for a network that shares its segment, such as macvlan's); every
     record of a network carries the same values. Remote sandboxes (overlay networks, other

@@ -145,3 +145,23 @@ def test_ipv6_only_addresses_alike_in_their_last_32_bits_never_share_a_mac(cli: 
     cli("run", "--name", "y", "--network", "m6", "--ip6", "fd00:73::1:0:0:5", "--mac", "02:42:00:00:00:05", check=True)
     cli("rm", "x", check=True)
     cli("run", "--name", "z", "--network", "m6", "--ip6", "fd00:73::2:0:0:5", check=True)  # x's claim went with it
+
+
+def getent(cli: Cli, sandbox: str, database: str, *keys: str) -> list[str]:
+    done = cli("exec", sandbox, "--", "getent", database, *keys)
+    return done.stdout.split() if done.returncode == 0 else []
+
+
+def test_names_resolve_to_both_families_and_ipv6_addresses_back_to_names(cli: Cli) -> None:
+    cli("network", "create", "nm", "--subnet", "10.74.0.0/24", "--subnet", "fd00:74::/64", check=True)
+    cli("network", "create", "nm6", "--subnet", "fd00:75::/64", check=True)
+    cli("run", "-d", "--name", "a", "--network", "nm", "--", "sleep", "300", check=True)
+    cli("run", "-d", "--name", "b", "--network", "nm", "--alias", "bee", "--", "sleep", "300", check=True)
+    cli("run", "-d", "--name", "c", "--network", "nm6", "--", "sleep", "300", check=True)
+    cli("connect", "nm6", "a", check=True)
+    found = set(getent(cli, "a", "ahosts", "bee"))
+    assert {"10.74.0.3", "fd00:74::3"} <= found, found  # A and AAAA
+    assert getent(cli, "a", "hosts", "fd00:74::3")[:2] == ["fd00:74::3", "b.nm"]  # PTR in ip6.arpa
+    assert getent(cli, "a", "ahostsv6", "c")[:1] == ["fd00:75::2"]
+    assert getent(cli, "a", "ahostsv4", "c") == [], "an IPv6-only sandbox has no A record"
+    assert getent(cli, "c", "hosts", "a") == ["fd00:75::3", "a"], "only a's address on the network c shares"

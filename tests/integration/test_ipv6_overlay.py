@@ -8,7 +8,7 @@ from overlays import EndpointRequest, NetworkSpec, SandboxSpec
 from overlays.drivers import fabric
 from overlays.topology import Lab
 
-from .conftest import ip_json
+from .conftest import ip_json, sh
 from .test_overlay import eventually_pings, lab, wait_for
 
 __all__ = ["lab"]  # the three-host lab fixture of test_overlay
@@ -33,6 +33,8 @@ def test_overlay_sandboxes_reach_each_other_over_ipv6_across_hosts(lab: Lab, sub
     mac_there = there.endpoints[0].mac
     wait_for(lambda: neighbours(lab, "h1", "ovx-six", "-6").get(ip6_there) == mac_there, timeout=5)
     assert (str(there.endpoints[0].ip) in neighbours(lab, "h1", "ovx-six", "-4")) == (len(subnets) == 2)
+    # Names of the other host's sandbox, fed by the control plane: its IPv6 address too.
+    wait_for(lambda: ip6_there in sh(here.netns, "getent", "ahostsv6", "q1", check=False).stdout, timeout=10)
     lab.engine("h2").remove_sandbox("q1", force=True)
     wait_for(lambda: ip6_there not in neighbours(lab, "h1", "ovx-six", "-6"), timeout=5)
     lab.engine("h1").remove_sandbox("p1", force=True)
