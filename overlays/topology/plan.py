@@ -96,8 +96,18 @@ def network_print(decl: NetworkDecl) -> str:
                        "ip_range": str(s.ip_range) if s.ip_range else None, "mtu": s.mtu, "internal": s.internal,
                        "masquerade": s.masquerade, "driver": s.driver, "vni": s.vni,
                        **({"parent": s.parent} if s.parent else {}),  # only when set: older prints stay equal
-                       **({"dns": [str(d) for d in s.dns]} if s.dns else {})},
+                       **({"dns": [str(d) for d in s.dns]} if s.dns else {}),
+                       **_ipv6_print(decl)},
                       sort_keys=True)
+
+
+def _ipv6_print(decl: NetworkDecl) -> dict[str, Any]:
+    """A network's IPv6 fields, only where it has IPv6 (so IPv4-only prints stay as records hold them)."""
+    s = decl.spec
+    if not s.ipv6:
+        return {}
+    return {"ipv6": True, "ipv4": s.ipv4, "subnet6": str(s.subnet6) if s.subnet6 else None,
+            "gateway6": str(s.gateway6) if s.gateway6 else None}
 
 
 def sandbox_print(decl: SandboxDecl) -> str:
@@ -108,10 +118,12 @@ def sandbox_print(decl: SandboxDecl) -> str:
 
 
 def _endpoint_print(r: EndpointRequest) -> str | dict[str, Any] | None:
-    """How an endpoint's declaration prints: its address alone (as records before MACs and aliases), or all."""
-    if r.mac is None and not r.aliases:
+    """How an endpoint's declaration prints: its address alone (as records before MACs and aliases), or all
+    (with ``ip6`` only when given, so older records print the same)."""
+    if r.mac is None and not r.aliases and r.ip6 is None:
         return str(r.ip) if r.ip else None
-    return {"ip": str(r.ip) if r.ip else None, "mac": r.mac, "aliases": list(r.aliases)}
+    return {"ip": str(r.ip) if r.ip else None, "mac": r.mac, "aliases": list(r.aliases),
+            **({"ip6": str(r.ip6)} if r.ip6 else {})}
 
 
 def _connect_detail(declared: str | dict[str, Any] | None) -> str:
