@@ -17,7 +17,7 @@ the next request (see ``server``). DEL and GC take only sandboxes whose labels n
 the engine what the kernel lacks against the record (``Engine.check``), then
 compares the namespace and the runtime's ``prevResult``.
 
-The result says what the network gives: a gateway and a default route only where
+The result says what the network gives: gateways and default routes only where
 the engine gives the sandbox one (``Engine.default_gateway``: a bridge or macvlan
 network, not an overlay, which is east-west only), and a host-side interface only
 where the endpoint has one (a macvlan endpoint does not).
@@ -29,8 +29,11 @@ the runtime expects the container's network in *its* namespace. DEL and GC act
 wherever they run: the engine reaches its host by name, and cleaning up is never
 wrong.
 
-What the engine cannot do yet (``_unsupported``) is refused with code 106 before
-anything changes: several addresses on one attachment, IPv6 (issue 15), SCTP ports.
+A dual-stack network gives an attachment an address of each family (``IP=`` and the
+``ips`` capability take one of each), with a gateway and a default route per family
+(``0.0.0.0/0``, ``::/0``) where it routes out. What the engine cannot do yet
+(``_unsupported``) is refused with code 106 before anything changes: two addresses of
+one family on one attachment, ports published on IPv6 host addresses, SCTP ports.
 """
 
 from __future__ import annotations
@@ -98,9 +101,11 @@ def host_problem(host_netns: str | None) -> str | None:
 def _unsupported(conf: config.PluginConf) -> list[str]:
     """What this ADD asks for that the engine cannot do yet, so it is refused (code 106) before any change."""
     problems = []
-    if len(conf.ips) > 1:
-        problems.append(f"static addresses {', '.join(map(str, conf.ips))}: one address per attachment")
-    problems += [f"static address {ip}: overlays serves IPv4 only for now" for ip in conf.ips if ip.version != 4]
+    for version in (4, 6):
+        asked = [ip for ip in conf.ips if ip.version == version]
+        if len(asked) > 1:
+            problems.append(f"static addresses {', '.join(map(str, asked))}: one IPv{version} address per "
+                            "attachment")
     for port in conf.ports:
         if port.protocol not in ENGINE_PROTOCOLS:
             problems.append(f"published port {port}: overlays publishes {' and '.join(ENGINE_PROTOCOLS)} only")
@@ -118,8 +123,13 @@ def endpoint_request(conf: config.PluginConf, ifname: str) -> EndpointRequest:
         check_ifname("CNI_IFNAME", ifname)
     except InvalidSpec as e:
         raise CniError(INVALID_ENVIRONMENT, str(e)) from None
-    return EndpointRequest(conf.network, conf.ips[0] if conf.ips else None, conf.mac, ifname,
-                           check_aliases(conf.network, conf.aliases))
+    return EndpointRequest(conf.network, _static(conf, 4), conf.mac, ifname, check_aliases(conf.network, conf.aliases),
+                           ip6=_static(conf, 6))
+
+
+def _static(conf: config.PluginConf, version: int) -> IPAddress | None:
+    """The static address the runtime asks for in one family (``IP=`` or the ``ips`` capability), if any."""
+    return next((ip for ip in conf.ips if ip.version == version), None)
 
 
 def port_mappings(conf: config.PluginConf) -> list[PortMapping]:
@@ -136,15 +146,21 @@ def port_mappings(conf: config.PluginConf) -> list[PortMapping]:
     return found
 
 
-def attachment_of(req: Request, ep: Endpoint, gateway: IPAddress | None) -> Attachment:
-    """The result of an ADD: the host-side interface (if any), the container's, its address and routes."""
+DEFAULT_ROUTES = {4: "0.0.0.0/0", 6: "::/0"}
+
+
+def attachment_of(req: Request, ep: Endpoint, routes_out: bool) -> Attachment:
+    """The result of an ADD: the host-side interface (if any), the container's, an address of each family the
+    network serves and, where the network routes out, a gateway and a default route for each."""
     inside = Interface(ep.ifname, ep.mac, req.netns, ep.mtu)
     interfaces = (Interface(ep.host_ifname), inside) if ep.host_ifname else (inside,)
-    via = str(gateway) if gateway is not None else None
+    gateways = [str(gw) if routes_out and gw is not None else None for _, _, gw in ep.addresses]
     return Attachment(
         interfaces=interfaces,
-        ips=(IPConfig(f"{ep.ip}/{ep.prefixlen}", interface=len(interfaces) - 1, gateway=via),),
-        routes=(Route("0.0.0.0/0", via),) if via else (),
+        ips=tuple(IPConfig(f"{ip}/{prefixlen}", interface=len(interfaces) - 1, gateway=via)
+                  for (ip, prefixlen, _), via in zip(ep.addresses, gateways, strict=True)),
+        routes=tuple(Route(DEFAULT_ROUTES[ip.version], via)
+                     for (ip, _, _), via in zip(ep.addresses, gateways, strict=True) if via),
     )
 
 
@@ -212,7 +228,8 @@ class EnginePlugin:
                                "DEL it first") from e
             raise
         (ep,) = box.endpoints
-        return attachment_of(req, ep, self.engine.default_gateway(name))
+        # The attachment's one network routes out or not, for both families alike (the engine says per sandbox).
+        return attachment_of(req, ep, self.engine.default_gateway(name) is not None)
 
     def _exists(self, name: str) -> bool:
         with contextlib.suppress(NotFound):
@@ -304,9 +321,10 @@ def _check_prev_result(where: str, req: Request, ep: Endpoint) -> None:
         raise CniError(OURS, f"{where}: MAC is {ep.mac}, prevResult says {interfaces[mine[0]].get('mac')}")
     addresses = {ip.get("address") for ip in prev.get("ips") or [] if isinstance(ip, dict) and
                  (not mine or ip.get("interface") == mine[0])}
-    if addresses and f"{ep.ip}/{ep.prefixlen}" not in addresses:
+    held = {f"{ip}/{prefixlen}" for ip, prefixlen, _ in ep.addresses}
+    if addresses and not held <= addresses:
         said = ", ".join(sorted(map(str, addresses)))
-        raise CniError(OURS, f"{where}: address is {ep.ip}/{ep.prefixlen}, prevResult says {said}")
+        raise CniError(OURS, f"{where}: address is {', '.join(sorted(held))}, prevResult says {said}")
 
 
 def open_backend(req: Request, warn: Warn) -> EnginePlugin:

@@ -106,7 +106,7 @@ def _note_sandbox(lab: Lab, action: Action, record: Record) -> None:
 
 def _requests(lab: Lab, decl: SandboxDecl) -> list[EndpointRequest]:
     """The declaration's endpoints, each kept off the addresses the file gives other sandboxes statically."""
-    return [replace(r, exclude=lab.static_addresses(r.network, decl)) if r.ip is None else r
+    return [replace(r, exclude=lab.static_addresses(r.network, decl)) if r.ip is None or r.ip6 is None else r
             for r in decl.spec.networks]
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from overlays import ipam
 from overlays.drivers.bridge import BRIDGE_PORTS_MAX
 from overlays.model.ports import PortMapping
-from overlays.model.specs import EndpointRequest, IPAddress, IPNetwork
+from overlays.model.specs import EndpointRequest, IPAddress, IPNetwork, NetworkSpec
 
 if TYPE_CHECKING:
     from overlays.topology.spec import NetworkDecl, SandboxDecl, Topology, TopologyError
@@ -67,19 +67,23 @@ def _hosts_of(net: NetworkDecl, topo: Topology) -> set[str]:
     return set(topo.host_names()) if net.overlay else set(net.hosts)
 
 
+def declared_subnets(net: NetworkDecl) -> tuple[IPNetwork, ...]:
+    """The subnets the file gives a network: its IPv4 one, its IPv6 one, or both."""
+    return tuple(s for s in (net.spec.subnet, net.spec.subnet6) if s is not None)
+
+
 def _networks(topo: Topology, fail: Fail) -> None:
-    declared = [n for n in topo.networks if n.spec.subnet is not None]
-    for i, b in enumerate(declared):
-        assert b.spec.subnet is not None
-        if topo.lab and b.spec.subnet.overlaps(topo.fabric):  # type: ignore[arg-type]
-            raise fail(f"networks.{b.spec.name}.subnet",
-                       f"subnet {b.spec.subnet} overlaps the lab's fabric {topo.fabric}")
-        for a in declared[:i]:
-            assert a.spec.subnet is not None
-            shared = _hosts_of(a, topo) & _hosts_of(b, topo)
-            if shared and a.spec.subnet.overlaps(b.spec.subnet):  # type: ignore[arg-type]
-                raise fail(f"networks.{b.spec.name}.subnet", f"subnet {b.spec.subnet} overlaps network "
-                           f"{a.spec.name} ({a.spec.subnet}) on host {sorted(shared)[0]}")
+    for i, b in enumerate(topo.networks):
+        for subnet in declared_subnets(b):
+            if topo.lab and subnet.version == 4 and subnet.overlaps(topo.fabric):  # type: ignore[arg-type]
+                raise fail(f"networks.{b.spec.name}.subnet",
+                           f"subnet {subnet} overlaps the lab's fabric {topo.fabric}")
+            for a in topo.networks[:i]:
+                shared = _hosts_of(a, topo) & _hosts_of(b, topo)
+                other = next((o for o in declared_subnets(a) if o.version == subnet.version), None)
+                if shared and other is not None and subnet.overlaps(other):  # type: ignore[arg-type]
+                    raise fail(f"networks.{b.spec.name}.subnet", f"subnet {subnet} overlaps network "
+                               f"{a.spec.name} ({other}) on host {sorted(shared)[0]}")
     vnis: dict[int, str] = {}
     for n in topo.networks:
         if n.spec.vni is not None:
@@ -91,22 +95,35 @@ def _networks(topo: Topology, fail: Fail) -> None:
 def _static_addresses(uses: list[_Use], fail: Fail) -> None:
     taken: dict[tuple[str, str, IPAddress], str] = {}
     for use in uses:
-        ip, spec = use.request.ip, use.net.spec
-        if ip is None:
-            continue
-        if spec.subnet is None:
-            raise fail(f"{use.path}.ip", f"a static address needs network {spec.name}'s subnet in the file")
-            continue
-        gateway = spec.gateway or ipam.default_gateway(spec.subnet)
-        if ip not in spec.subnet or ip in (spec.subnet.network_address, spec.subnet.broadcast_address):
-            raise fail(f"{use.path}.ip",
-                       f"address {ip} is not a host address of network {spec.name}'s subnet {spec.subnet}")
-        if ip == gateway:
-            raise fail(f"{use.path}.ip", f"address {ip} is network {spec.name}'s gateway")
-        key = (spec.name, use.scope, ip)
-        if key in taken:
-            raise fail(f"{use.path}.ip", f"address {ip} on network {spec.name} is also sandbox {taken[key]}'s")
-        taken[key] = use.box.spec.name
+        for version, key in ((4, "ip"), (6, "ip6")):
+            ip = use.request.static(version)
+            if ip is not None:
+                _check_static(use, ip, version, f"{use.path}.{key}", fail)
+                where = (use.net.spec.name, use.scope, ip)
+                if where in taken:
+                    raise fail(f"{use.path}.{key}", f"address {ip} on network {use.net.spec.name} is also "
+                               f"sandbox {taken[where]}'s")
+                taken[where] = use.box.spec.name
+
+
+def _check_static(use: _Use, ip: IPAddress, version: int, path: str, fail: Fail) -> None:
+    """A static address must be a host address of its family's subnet, and not the gateway."""
+    spec = use.net.spec
+    subnet, gateway = (spec.subnet, spec.gateway) if version == 4 else (spec.subnet6, spec.gateway6)
+    if subnet is None:
+        served = spec.ipv4 if version == 4 else spec.ipv6
+        if not served:
+            raise fail(path, f"network {spec.name} has no IPv{version} subnet ({_subnets_text(use.net)})")
+        which = "IPv6 " if version == 6 else ""  # "its subnet" has meant the IPv4 one since before IPv6
+        raise fail(path, f"a static address needs network {spec.name}'s {which}subnet in the file")
+    if ip not in subnet or ip in (subnet.network_address, subnet.broadcast_address):
+        raise fail(path, f"address {ip} is not a host address of network {spec.name}'s subnet {subnet}")
+    if ip == (gateway or ipam.default_gateway(subnet)):
+        raise fail(path, f"address {ip} is network {spec.name}'s gateway")
+
+
+def _subnets_text(net: NetworkDecl) -> str:
+    return ", ".join(str(s) for s in declared_subnets(net)) or "a free one, chosen at up"
 
 
 def _macs(uses: list[_Use], fail: Fail) -> None:
@@ -122,12 +139,23 @@ def _macs(uses: list[_Use], fail: Fail) -> None:
 
 
 def _pool(spec_subnet: IPNetwork | None, ip_range: IPNetwork | None, gateway: IPAddress | None) -> int:
-    """How many sandboxes the network's pool can address (a free /24 when no subnet is given)."""
+    """How many sandboxes one pool can address (a free /24 when no subnet is given)."""
     subnet = spec_subnet or ipaddress.ip_network(f"10.0.0.0/{ipam.DEFAULT_PREFIX}")
     pool = ip_range or subnet
     gw = gateway or ipam.default_gateway(subnet)
     reserved = {subnet.network_address, subnet.broadcast_address, gw}
     return pool.num_addresses - sum(1 for a in reserved if a in pool)
+
+
+def _capacity_of(spec: NetworkSpec) -> int:
+    """How many sandboxes a network can address: its smallest pool (an endpoint takes one of each family)."""
+    pools = []
+    if spec.ipv4:
+        pools.append(_pool(spec.subnet, spec.ip_range, spec.gateway))
+    if spec.subnet6 is not None:  # a free IPv6 pool is a /64: never the smaller one
+        pools.append(_pool(spec.subnet6, spec.ip_range if spec.ip_range and spec.ip_range.version == 6 else None,
+                           spec.gateway6))
+    return min(pools, default=ipaddress.IPv6Network("::/64").num_addresses)
 
 
 def _capacity(topo: Topology, uses: list[_Use], fail: Fail) -> None:
@@ -138,7 +166,7 @@ def _capacity(topo: Topology, uses: list[_Use], fail: Fail) -> None:
         per_host[(use.net.spec.name, use.box.host)] = per_host.get((use.net.spec.name, use.box.host), 0) + 1
     for net in topo.networks:
         spec = net.spec
-        pool = _pool(spec.subnet, spec.ip_range, spec.gateway)
+        pool = _capacity_of(spec)
         for (name, scope), count in sorted(counts.items()):
             if name == spec.name and count > pool:
                 where = "" if scope == EVERYWHERE_SCOPE else f" on host {scope}"

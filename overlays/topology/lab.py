@@ -116,8 +116,9 @@ class Lab:
         """The addresses the file gives other sandboxes on ``network`` where ``asking`` joins it (its host, or
         every host for an overlay): what a dynamic allocation for ``asking`` must leave free."""
         overlay = self.topology.network(network).overlay
-        return frozenset(r.ip for b in self.topology.sandboxes if b is not asking and (overlay or b.host == asking.host)
-                         for r in b.spec.networks if r.network == network and r.ip is not None)
+        return frozenset(ip for b in self.topology.sandboxes if b is not asking and (overlay or b.host == asking.host)
+                         for r in b.spec.networks if r.network == network
+                         for ip in (r.ip, r.ip6) if ip is not None)
 
     def host_address(self, host: str) -> str:
         """The address by which the outside peer reaches ``host``."""

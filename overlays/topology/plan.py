@@ -6,7 +6,8 @@ the file and the running system (read-only) gives the actions:
 
     create / remove        an object the file added or dropped
     recreate               a network whose declaration changed
-    connect / disconnect   a sandbox's networks changed: only those endpoints move
+    connect / disconnect   a sandbox's networks changed: only those endpoints move (every disconnect first,
+                           so what one frees another may take)
     recreate               a sandbox whose ports, command or hostname changed
     repair                 drift: a kernel object someone removed
     start                  a declared command that is not running
@@ -96,8 +97,18 @@ def network_print(decl: NetworkDecl) -> str:
                        "ip_range": str(s.ip_range) if s.ip_range else None, "mtu": s.mtu, "internal": s.internal,
                        "masquerade": s.masquerade, "driver": s.driver, "vni": s.vni,
                        **({"parent": s.parent} if s.parent else {}),  # only when set: older prints stay equal
-                       **({"dns": [str(d) for d in s.dns]} if s.dns else {})},
+                       **({"dns": [str(d) for d in s.dns]} if s.dns else {}),
+                       **_ipv6_print(decl)},
                       sort_keys=True)
+
+
+def _ipv6_print(decl: NetworkDecl) -> dict[str, Any]:
+    """A network's IPv6 fields, only where it has IPv6 (so IPv4-only prints stay as records hold them)."""
+    s = decl.spec
+    if not s.ipv6:
+        return {}
+    return {"ipv6": True, "ipv4": s.ipv4, "subnet6": str(s.subnet6) if s.subnet6 else None,
+            "gateway6": str(s.gateway6) if s.gateway6 else None}
 
 
 def sandbox_print(decl: SandboxDecl) -> str:
@@ -108,10 +119,12 @@ def sandbox_print(decl: SandboxDecl) -> str:
 
 
 def _endpoint_print(r: EndpointRequest) -> str | dict[str, Any] | None:
-    """How an endpoint's declaration prints: its address alone (as records before MACs and aliases), or all."""
-    if r.mac is None and not r.aliases:
+    """How an endpoint's declaration prints: its address alone (as records before MACs and aliases), or all
+    (with ``ip6`` only when given, so older records print the same)."""
+    if r.mac is None and not r.aliases and r.ip6 is None:
         return str(r.ip) if r.ip else None
-    return {"ip": str(r.ip) if r.ip else None, "mac": r.mac, "aliases": list(r.aliases)}
+    return {"ip": str(r.ip) if r.ip else None, "mac": r.mac, "aliases": list(r.aliases),
+            **({"ip6": str(r.ip6)} if r.ip6 else {})}
 
 
 def _connect_detail(declared: str | dict[str, Any] | None) -> str:
@@ -167,12 +180,14 @@ def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
 
     # Sandboxes with static addresses first: one given out dynamically must never take an address the file
     # gives another sandbox (static addresses the store already holds are refused by preflight).
-    for box in sorted(topo.sandboxes, key=lambda b: not any(r.ip for r in b.spec.networks)):
+    steps = []
+    for box in sorted(topo.sandboxes, key=lambda b: not any(r.ip or r.ip6 for r in b.spec.networks)):
         k = Key(box.host, SANDBOX, box.spec.name)
         if box.host in broken and record.objects.get(k) == desired[k]:
-            actions.append(Action("repair", SANDBOX, box.host, box.spec.name, f"host {box.host} was rebuilt"))
+            steps.append(Action("repair", SANDBOX, box.host, box.spec.name, f"host {box.host} was rebuilt"))
             continue
-        actions += _sandbox_actions(box, record.objects.get(k), desired[k], engine_of(box.host), recreated_networks)
+        steps += _sandbox_actions(box, record.objects.get(k), desired[k], engine_of(box.host), recreated_networks)
+    actions += _releases_first(steps)
 
     for host in topo.host_names():  # the firewall is the host's, whoever's networks are in it: repaired whole
         if host not in broken:
@@ -190,6 +205,13 @@ def plan(topo: Topology, record: Record, engine_of: Callable[[str], Engine],
         if host not in desired_hosts:
             actions.append(Action("remove", HOST, host, host))
     return actions
+
+
+def _releases_first(steps: list[Action]) -> list[Action]:
+    """Every disconnect before any sandbox takes anything: an address (or, through a recreate, a port) one
+    sandbox gives up in this edit may be what another one asks for, in whichever order they come. (The
+    sandboxes to be recreated are removed before all of it, by Lab.up.)"""
+    return [a for a in steps if a.verb == "disconnect"] + [a for a in steps if a.verb != "disconnect"]
 
 
 def network_hosts(decl: NetworkDecl) -> tuple[str, ...]:

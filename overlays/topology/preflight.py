@@ -20,6 +20,7 @@ from overlays.drivers import fabric
 from overlays.engine import HostView
 from overlays.errors import NotFound
 from overlays.model.state import IPNetwork, Network
+from overlays.topology.consistency import declared_subnets
 from overlays.topology.plan import EVERYWHERE, NETWORK, SANDBOX, Key, Record
 from overlays.topology.spec import LOCAL_HOST, NetworkDecl, SandboxDecl, Topology, TopologyError
 
@@ -37,7 +38,7 @@ def check(topo: Topology, record: Record, engine_of: Callable[[str], Engine], ho
         view = _view(topo, host, engine, host_exists)
         networks = engine.networks()
         theirs = [n for n in networks if Key(_record_host(n, host), NETWORK, n.name) not in record.objects]
-        routed_by_networks = {n.subnet for n in networks}
+        routed_by_networks = {s for n in networks for s in n.subnets}
         for decl in topo.networks:
             if host in _hosts(topo, decl):
                 _network(decl, host, view, theirs, routed_by_networks, engine, fail)
@@ -68,15 +69,16 @@ def _view(topo: Topology, host: str, engine: Engine, host_exists: Callable[[str]
 def _network(decl: NetworkDecl, host: str, view: HostView, theirs: list[Network], routed_by_networks: set[IPNetwork],
              engine: Engine, fail: Fail) -> None:
     spec, path = decl.spec, f"networks.{decl.spec.name}"
-    if spec.subnet is not None:
+    for subnet in declared_subnets(decl):
         for other in theirs:
-            if other.name != spec.name and spec.subnet.overlaps(other.subnet):  # type: ignore[arg-type]
-                raise fail(f"{path}.subnet", f"subnet {spec.subnet} overlaps network {other.name} ({other.subnet}) "
+            clash = next((o for o in other.subnets if o.version == subnet.version and subnet.overlaps(o)), None)
+            if other.name != spec.name and clash is not None:
+                raise fail(f"{path}.subnet", f"subnet {subnet} overlaps network {other.name} ({clash}) "
                            f"on host {host}, which this file does not own")
         if spec.driver == "bridge":  # a network's own bridge routes its subnet: that is no overlap
-            for route in view.routes:
-                if route not in routed_by_networks and spec.subnet.overlaps(route):  # type: ignore[arg-type]
-                    raise fail(f"{path}.subnet", f"subnet {spec.subnet} overlaps {route}, routed by host {host}")
+            for route in view.routes:  # the host's IPv4 routes (HostView reads no IPv6 ones)
+                if route not in routed_by_networks and subnet.overlaps(route):  # type: ignore[arg-type]
+                    raise fail(f"{path}.subnet", f"subnet {subnet} overlaps {route}, routed by host {host}")
     if spec.vni is not None:
         holder = engine.vni_holder(spec.vni)
         if holder is not None and holder != spec.name:
@@ -100,13 +102,14 @@ def _sandboxes(topo: Topology, boxes: list[SandboxDecl], mine: set[str], view: H
             raise fail(f"{path}.command", f"command {box.command[0]!r} is not found on the PATH of host "
                        f"{box.host if topo.lab else 'the engine'} (PATH={os.environ.get('PATH', '')})")
         for request in box.spec.networks:
-            holder = taken.get(request.network, {}).get(str(request.ip)) if request.ip else None
-            if holder is None or _owner_name(holder) == box.spec.name:
-                continue
-            keeps = _owner_name(holder) in declared.get(request.network, set())  # and will not let it go
-            if _owner_name(holder) not in mine or keeps:
-                raise fail(f"{path}.networks.{request.network}.ip",
-                           f"address {request.ip} on network {request.network} is held by {holder}")
+            for key, ip in (("ip", request.ip), ("ip6", request.ip6)):
+                holder = taken.get(request.network, {}).get(str(ip)) if ip else None
+                if holder is None or _owner_name(holder) == box.spec.name:
+                    continue
+                keeps = _owner_name(holder) in declared.get(request.network, set())  # and will not let it go
+                if _owner_name(holder) not in mine or keeps:
+                    raise fail(f"{path}.networks.{request.network}.{key}",
+                               f"address {ip} on network {request.network} is held by {holder}")
         for m in box.spec.ports:
             if m.host_ip is not None and not m.host_ip.is_loopback and m.host_ip not in view.addresses:
                 raise fail(f"{path}.ports", f"cannot publish on {m.host_ip}: it is not an address of host {box.host}")
@@ -118,7 +121,7 @@ def _sandboxes(topo: Topology, boxes: list[SandboxDecl], mine: set[str], view: H
 
 
 def _static_networks(boxes: list[SandboxDecl]) -> set[str]:
-    return {r.network for b in boxes for r in b.spec.networks if r.ip is not None}
+    return {r.network for b in boxes for r in b.spec.networks if r.ip is not None or r.ip6 is not None}
 
 
 def _owner_name(owner: str) -> str:

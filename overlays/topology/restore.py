@@ -36,17 +36,24 @@ def previous(record: Record, now: Topology) -> Topology:
 
 
 def _network(name: str, f: dict[str, Any], hosts: tuple[str, ...]) -> NetworkDecl:
-    spec = NetworkSpec.parse(name, subnet=f.get("subnet"), gateway=f.get("gateway"), ip_range=f.get("ip_range"),
-                             mtu=f.get("mtu"), internal=bool(f.get("internal")), masquerade=f.get("masquerade", True),
-                             driver=f.get("driver", "bridge"), vni=f.get("vni"), parent=f.get("parent"))
+    spec = NetworkSpec.parse(name, subnet=_given(f, "subnet"), gateway=_given(f, "gateway"),
+                             ip_range=f.get("ip_range"), mtu=f.get("mtu"), internal=bool(f.get("internal")),
+                             masquerade=f.get("masquerade", True), driver=f.get("driver", "bridge"), vni=f.get("vni"),
+                             parent=f.get("parent"), dns=f.get("dns") or (), ipv6=bool(f.get("ipv6")))
     return NetworkDecl(spec, hosts)
+
+
+def _given(f: dict[str, Any], field: str) -> list[str]:
+    """A network's ``subnet`` or ``gateway`` of each family as the print holds them (IPv4 first)."""
+    return [v for v in (f.get(field), f.get(f"{field}6")) if v]
 
 
 def _sandbox(name: str, host: str, f: dict[str, Any]) -> SandboxDecl:
     requests = []
     for net, declared in f.get("networks", {}).items():
         d = declared if isinstance(declared, dict) else {"ip": declared}
-        requests.append(EndpointRequest.parse(net, d.get("ip"), d.get("mac"), aliases=d.get("aliases") or ()))
+        requests.append(EndpointRequest.parse(net, d.get("ip"), d.get("mac"), aliases=d.get("aliases") or (),
+                                              ip6=d.get("ip6")))
     ports = [_port(text) for text in f.get("ports", [])]
     spec = SandboxSpec.parse(name, requests, f.get("hostname"), ports)
     return SandboxDecl(spec, host, tuple(f.get("command") or ()))

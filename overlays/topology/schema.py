@@ -11,6 +11,12 @@ from typing import Any
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$", "maxLength": 63}
 CIDR = {"type": "string", "description": "an IPv4 subnet, e.g. 10.10.0.0/24"}
 IP = {"type": "string", "description": "an IPv4 address"}
+IP6 = {"type": "string", "description": "an IPv6 address, e.g. fd00:10::5"}
+SUBNETS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2}],
+           "description": "an IPv4 or IPv6 subnet, or a list of one of each (dual-stack); only IPv6: IPv6-only",
+           "examples": ["10.10.0.0/24", ["10.10.0.0/24", "fd00:10::/64"]]}
+GATEWAYS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2}],
+            "description": "the gateway of each family's subnet (default: its first host address)"}
 PORT = {
     "type": ["string", "integer"],
     "description": "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp], ranges like 8000-8010:8000-8010",
@@ -26,8 +32,10 @@ NETWORK = {
                                   "macvlan: sandboxes straight on the segment of a host interface (parent)"},
         "parent": {"type": "string", "maxLength": 15, "description": "macvlan: the host interface to share"},
         "vni": {"type": "integer", "minimum": 1, "maximum": 16777215, "description": "overlay: VXLAN id"},
-        "subnet": CIDR,
-        "gateway": IP,
+        "subnet": SUBNETS,
+        "gateway": GATEWAYS,
+        "ipv6": {"type": "boolean", "default": False,
+                 "description": "dual-stack: an IPv6 pool too (a free /64 unless subnet lists one)"},
         "ip_range": CIDR,
         "mtu": {"type": "integer", "minimum": 576, "maximum": 65535, "default": 1500},
         "internal": {"type": "boolean", "default": False, "description": "no route out, no published ports"},
@@ -51,7 +59,7 @@ SANDBOX = {
                     "additionalProperties": {
                         "type": ["object", "null"],
                         "additionalProperties": False,
-                        "properties": {"ip": IP, "mac": {"type": "string", "description": "a static MAC"},
+                        "properties": {"ip": IP, "ip6": IP6, "mac": {"type": "string", "description": "a static MAC"},
                                        "aliases": {"type": "array", "items": {"type": "string"},
                                                    "description": "more names it answers to on this network"}},
                     },

@@ -9,9 +9,10 @@ published as a JSON Schema (schema.py) so editors can complete and check files.
     outside: {}                     # optional: a peer that plays the internet / a client
     networks:
       front: {subnet: 10.10.0.0/24}
+      back: {subnet: [10.20.0.0/24, fd00:20::/64]}   # dual-stack (or ipv6: true for a free /64)
     sandboxes:
       web:
-        networks: [front]           # or {front: {ip: 10.10.0.5}}
+        networks: [front]           # or {front: {ip: 10.10.0.5}}, {back: {ip6: fd00:20::5}}
         ports: ["8080:80"]
         command: python3 -m http.server 80
     faults:                         # optional: partitions and impairments (see fault_spec.py)
@@ -151,9 +152,9 @@ def _join(path: str, key: str | int) -> str:
 
 TOP_KEYS = {"name", "hosts", "fabric", "outside", "networks", "sandboxes", "faults"}
 NETWORK_KEYS = {"subnet", "gateway", "ip_range", "mtu", "internal", "masquerade", "hosts", "driver", "vni", "parent",
-                "dns"}
+                "dns", "ipv6"}
 SANDBOX_KEYS = {"host", "networks", "ports", "command", "hostname"}
-ENDPOINT_KEYS = {"ip", "mac", "aliases"}
+ENDPOINT_KEYS = {"ip", "ip6", "mac", "aliases"}
 
 
 MAX_FILE_BYTES = 1 << 20  # a topology of thousands of sandboxes is a few hundred KiB
@@ -286,8 +287,8 @@ def _networks(r: _Reader, raw: dict[str, Any], hosts: tuple[str, ...]) -> tuple[
             raise r.fail(_join(path, "hosts"), "an overlay network spans every host: no hosts list")
         spec = r.at(
             path, NetworkSpec.parse, name,
-            subnet=r.typed(net.get("subnet"), _join(path, "subnet"), str, "a CIDR string"),
-            gateway=r.typed(net.get("gateway"), _join(path, "gateway"), str, "an IP address string"),
+            subnet=_per_family(r, net.get("subnet"), _join(path, "subnet"), "CIDR string"),
+            gateway=_per_family(r, net.get("gateway"), _join(path, "gateway"), "IP address string"),
             ip_range=r.typed(net.get("ip_range"), _join(path, "ip_range"), str, "a CIDR string"),
             mtu=r.typed(net.get("mtu"), _join(path, "mtu"), int, "a number"),
             internal=bool(r.typed(net.get("internal"), _join(path, "internal"), bool, "true or false")),
@@ -296,9 +297,21 @@ def _networks(r: _Reader, raw: dict[str, Any], hosts: tuple[str, ...]) -> tuple[
             vni=r.typed(net.get("vni"), _join(path, "vni"), int, "a number"),
             parent=r.typed(net.get("parent"), _join(path, "parent"), str, "an interface name"),
             dns=_strings(r, net.get("dns"), _join(path, "dns"), "IP address string"),
+            ipv6=bool(r.typed(net.get("ipv6"), _join(path, "ipv6"), bool, "true or false")),
         )
         decls.append(NetworkDecl(spec, _on_hosts(r, net.get("hosts"), _join(path, "hosts"), hosts)))
     return tuple(decls)
+
+
+def _per_family(r: _Reader, raw: Any, path: str, label: str) -> str | list[str] | None:
+    """``subnet:`` or ``gateway:``: one string, or a list of one per family (``[10.1.0.0/24, fd00:1::/64]``)."""
+    if raw is None or isinstance(raw, str):
+        return raw
+    if not isinstance(raw, list):
+        raise r.fail(path, f"expected a {label} or a list of them (one IPv4, one IPv6), got {_kind(raw)}")
+    if not raw or len(raw) > 2:
+        raise r.fail(path, f"expected one or two values (one IPv4, one IPv6), got {len(raw)}")
+    return [r.typed(item, _join(path, i), str, f"a {label}") for i, item in enumerate(raw)]
 
 
 def _strings(r: _Reader, raw: Any, path: str, label: str) -> list[str]:
@@ -368,12 +381,26 @@ def _endpoints(
             raise r.fail(where, f"unknown network {net!r}" + (f" (declared: {', '.join(known)})" if known else ""))
         if host not in known[net].hosts:
             raise r.fail(where, f"network {net} does not exist on host {host}")
-        ip = r.typed(opts.get("ip"), _join(where, "ip"), str, "an IP address string")
+        ip = r.typed(opts.get("ip"), _join(where, "ip"), str, "an IPv4 address string")
+        ip6 = r.typed(opts.get("ip6"), _join(where, "ip6"), str, "an IPv6 address string")
+        _check_family(r, ip, 4, _join(where, "ip"))
+        _check_family(r, ip6, 6, _join(where, "ip6"))
         mac = r.typed(opts.get("mac"), _join(where, "mac"), str, "a MAC address string")
         aliases = r.typed(opts.get("aliases"), _join(where, "aliases"), list, "a list of names") or []
         names = [r.typed(a, _join(_join(where, "aliases"), i), str, "a name") for i, a in enumerate(aliases)]
-        requests.append(r.at(where, EndpointRequest.parse, net, ip, mac, aliases=names))
+        requests.append(r.at(where, EndpointRequest.parse, net, ip, mac, aliases=names, ip6=ip6))
     return requests
+
+
+def _check_family(r: _Reader, text: str | None, version: int, path: str) -> None:
+    """``ip:`` takes the IPv4 address, ``ip6:`` the IPv6 one: say which key the other family goes in."""
+    try:
+        addr = ipaddress.ip_address(text) if text else None
+    except ValueError:
+        return  # not an address at all: EndpointRequest.parse says so
+    if addr is not None and addr.version != version:
+        other = "ip6" if addr.version == 6 else "ip"
+        raise r.fail(path, f"{text} is an IPv{addr.version} address: give it as {other}:")
 
 
 def _ports(r: _Reader, raw: Any, path: str) -> list[PortMapping]:

@@ -15,6 +15,7 @@ from overlays.engine import DEFAULT_STATE_DIR
 from overlays.engine.context import instance_id
 from overlays.ipam import default_gateway
 from overlays.model.names import bridge_name, overlay_bridge_names
+from overlays.model.specs import IPAddress, IPNetwork, NetworkSpec
 from overlays.topology.plan import OUTSIDE
 from overlays.topology.spec import LOCAL_HOST, NetworkDecl, SandboxDecl, Topology
 from overlays.view.build import Builder, host_id, network_id, pairs
@@ -55,8 +56,9 @@ def _host(b: Builder, topo: Topology, host: str, index: int, host_netns: str | N
 
 def _network(b: Builder, topo: Topology, decl: NetworkDecl, state: Path, host_netns: str | None) -> None:
     spec = decl.spec
-    subnet = str(spec.subnet) if spec.subnet else f"{AUTO} (a free /24)"
-    gateway = str(spec.gateway or (default_gateway(spec.subnet) if spec.subnet else AUTO))
+    pools = _pools(spec)
+    subnet = ", ".join(p for p, _ in pools)  # as the live picture joins a dual-stack network's subnets
+    gateway = ", ".join(g for _, g in pools)
     common = [("driver", spec.driver), ("subnet", subnet), ("ip range", spec.ip_range),
               ("mtu", spec.mtu or "the underlay's minus 50")]
     if decl.overlay:
@@ -105,12 +107,33 @@ def _sandbox(b: Builder, topo: Topology, box: SandboxDecl) -> None:
             _leg(b, topo, box.host, decl)
         target = network_id(request.network, box.host)
         ifname = f"eth{i}"
-        subnet = decl.spec.subnet
-        address = f"{request.ip}/{subnet.prefixlen}" if request.ip and subnet else (str(request.ip or AUTO))
+        address = " ".join(_address(request.static(version), subnet) for version, subnet in _families(decl.spec))
+        given = [request.static(version) is not None for version, _ in _families(decl.spec)]
+        source = "the file" if all(given) else ("the file and IPAM, at up" if any(given) else "IPAM, at up")
         b.interface(node, target, ifname, address,
                     pairs([("network", request.network), ("interface", ifname), ("address", address),
-                           ("address from", "the file" if request.ip else "IPAM, at up")]))
+                           ("address from", source)]))
     b.published(box.host, box.spec.name, box.spec.ports)
+
+
+def _families(spec: NetworkSpec) -> list[tuple[int, IPNetwork | None]]:
+    """The address families a network serves, IPv4 first, each with its subnet if the file gives one."""
+    return [(v, subnet) for v, on, subnet in ((4, spec.ipv4, spec.subnet), (6, spec.ipv6, spec.subnet6)) if on]
+
+
+def _pools(spec: NetworkSpec) -> list[tuple[str, str]]:
+    """(subnet, gateway) per family, as the file gives them or ``auto`` where up chooses."""
+    free = {4: f"{AUTO} (a free /24)", 6: f"{AUTO} (a free /64)"}
+    found = []
+    for version, subnet in _families(spec):
+        gateway = spec.gateway if version == 4 else spec.gateway6
+        found.append((str(subnet) if subnet else free[version],
+                      str(gateway or (default_gateway(subnet) if subnet else AUTO))))
+    return found
+
+
+def _address(ip: IPAddress | None, subnet: IPNetwork | None) -> str:
+    return f"{ip}/{subnet.prefixlen}" if ip and subnet else str(ip or AUTO)
 
 
 def _underlay(b: Builder, topo: Topology) -> None:

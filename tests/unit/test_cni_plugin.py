@@ -11,7 +11,7 @@ import pytest
 from overlays import EndpointRequest, Engine, NetworkSpec
 from overlays.cni import conflist, names, protocol
 from overlays.cni.config import parse
-from overlays.cni.plugin import EnginePlugin
+from overlays.cni.plugin import EnginePlugin, attachment_of
 from overlays.errors import Conflict, InvalidSpec, NotFound
 from overlays.store import MemoryStore
 
@@ -118,8 +118,8 @@ def test_add_twice_without_del_is_a_conflict(rt: Runtime) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "named"), [
-    ({"runtimeConfig": {"ips": ["10.1.0.7", "10.1.0.8"]}}, "one address per attachment"),
-    ({"args": "IP=fd00::5"}, "static address fd00::5: overlays serves IPv4 only"),
+    ({"runtimeConfig": {"ips": ["10.1.0.7", "10.1.0.8"]}}, "10.1.0.7, 10.1.0.8: one IPv4 address per attachment"),
+    ({"args": "IP=fd00::5,fd00::6"}, "fd00::5, fd00::6: one IPv6 address per attachment"),
     ({"runtimeConfig": {"portMappings": [{"hostPort": 53, "containerPort": 53, "protocol": "sctp"}]}},
      "published port 53->53/sctp: overlays publishes tcp and udp only"),
     ({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "hostIP": "fd00::1"}]}},
@@ -200,6 +200,67 @@ def test_bad_plugin_input_names_the_key(rt: Runtime, conf: dict[str, Any], args:
     assert (status, doc["code"]) == (1, code)
     assert named in doc["msg"]
     assert rt.boxes() == []
+
+
+def dual_stack(rt: Runtime, internal: bool = False) -> None:
+    rt.engine.create_network(NetworkSpec.parse("dual", subnet=["10.2.0.0/24", "fd00:2::/64"], internal=internal))
+
+
+def test_add_on_a_dual_stack_network_gives_both_addresses_gateways_and_default_routes(rt: Runtime) -> None:
+    dual_stack(rt)
+    result, code = rt.call("ADD", name="dual")
+    assert code == 0, result
+    assert result["ips"] == [{"interface": 1, "address": "10.2.0.2/24", "gateway": "10.2.0.1"},
+                             {"interface": 1, "address": "fd00:2::2/64", "gateway": "fd00:2::1"}]
+    assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.2.0.1"}, {"dst": "::/0", "gw": "fd00:2::1"}]
+    old, _ = rt.call("ADD", cid="old1", name="dual", version="0.4.0")
+    assert [ip["version"] for ip in old["ips"]] == ["4", "6"], "0.x results name each address's family"
+
+
+def test_a_network_that_does_not_route_out_gives_both_addresses_but_no_gateway_or_route(rt: Runtime) -> None:
+    """As an overlay network does (east-west only): the result never promises a way out the sandbox lacks."""
+    dual_stack(rt)
+    rt.call("ADD", name="dual")
+    (ep,) = rt.engine.sandbox(names.sandbox_name(CID, "eth0")).endpoints
+    att = attachment_of(protocol.Request("ADD", "1.1.0", {"name": "dual"}, CID, "/run/netns/c"), ep, False)
+    assert [(ip.address, ip.gateway) for ip in att.ips] == [("10.2.0.2/24", None), ("fd00:2::2/64", None)]
+    assert att.routes == ()
+
+
+def test_static_ipv6_from_cni_args_or_the_ips_capability(rt: Runtime) -> None:
+    dual_stack(rt)
+    a, _ = rt.call("ADD", cid="a1", name="dual", args="IP=fd00:2::50")
+    b, _ = rt.call("ADD", cid="b1", name="dual", runtimeConfig={"ips": ["10.2.0.60/24", "fd00:2::60/64"]})
+    assert [ip["address"] for ip in a["ips"]] == ["10.2.0.2/24", "fd00:2::50/64"]
+    assert [ip["address"] for ip in b["ips"]] == ["10.2.0.60/24", "fd00:2::60/64"]
+    doc, code = rt.call("ADD", cid="c1", name="dual", args="IP=fd00:2::50")
+    assert (code, doc["code"]) == (1, 102) and "fd00:2::50" in doc["msg"]
+
+
+def test_a_static_ipv6_on_an_ipv4_network_is_refused_naming_both(rt: Runtime) -> None:
+    doc, code = rt.call("ADD", args="IP=fd00::5")
+    assert code == 1 and "--ip6 fd00::5: network front has no IPv6 subnet (10.1.0.0/24)" in doc["msg"], doc
+    assert rt.boxes() == []
+
+
+def test_del_frees_both_addresses(rt: Runtime) -> None:
+    dual_stack(rt)
+    rt.call("ADD", name="dual", args="IP=fd00:2::50")
+    assert set(rt.engine.taken_addresses("dual")) >= {"10.2.0.2", "fd00:2::50"}
+    assert rt.call("DEL", name="dual") == ({}, 0)
+    assert not set(rt.engine.taken_addresses("dual")) & {"10.2.0.2", "fd00:2::50"}
+    again, code = rt.call("ADD", cid="new1", name="dual", args="IP=fd00:2::50")
+    assert code == 0 and again["ips"][1]["address"] == "fd00:2::50/64", "the static IPv6 address is free again"
+
+
+def test_check_compares_both_addresses_with_the_prev_result(rt: Runtime) -> None:
+    dual_stack(rt)
+    netns = rt.netns("c1")
+    added, _ = rt.call("ADD", name="dual", netns=netns)
+    assert rt.call("CHECK", name="dual", netns=netns, prevResult=added) == ({}, 0)
+    tampered = dict(added, ips=[added["ips"][0], {"interface": 1, "address": "fd00:2::99/64"}])
+    doc, code = rt.call("CHECK", name="dual", netns=netns, prevResult=tampered)
+    assert code == 1 and "fd00:2::99/64" in doc["msg"] and "fd00:2::2/64" in doc["msg"], doc
 
 
 def test_del_removes_the_attachment_and_is_idempotent(rt: Runtime) -> None:

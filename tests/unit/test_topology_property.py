@@ -4,6 +4,7 @@ not at all, never while being applied. On the in-memory kernel, with the real en
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import tempfile
 from pathlib import Path
@@ -159,6 +160,36 @@ def test_any_edit_of_a_running_file_goes_as_planned(first: dict[str, Any], secon
             except OverlaysError:
                 return
             assert edit.up() == planned
+            assert edit.plan() == []
+        finally:
+            edit.down()
+            edit.close()
+
+
+def test_an_edit_frees_an_address_and_a_port_before_another_sandbox_takes_them() -> None:
+    """Found by the property above: s3 leaves n1, whose address .2 s0 now asks for statically, and the port
+    s0 published moves to s1. Every release must come before every claim."""
+    first = {"name": "prop",
+             "networks": {"n0": {"subnet": "10.100.0.0/24"}, "n1": {"subnet": "10.101.0.0/24", "internal": True}},
+             "sandboxes": {"s0": {"networks": {"n0": {}}, "ports": ["8000:80"]}, "s1": {"networks": {"n0": {}}},
+                           "s2": {"networks": {"n0": {}}}, "s3": {"networks": {"n0": {}, "n1": {}}}}}
+    second = {"name": "prop",
+              "networks": {"n0": {}, "n1": {"subnet": "10.101.0.0/24", "internal": True}},
+              "sandboxes": {"s0": {"networks": {"n1": {"ip": "10.101.0.2"}}},
+                            "s1": {"networks": {"n0": {}}, "ports": ["8000:80"]},
+                            "s2": {"networks": {"n0": {}}}, "s3": {"networks": {"n0": {}}}}}
+    with tempfile.TemporaryDirectory() as state:
+        kernel = FakeKernel(HOST)
+        lab = lab_of(first, Path(state), kernel)
+        lab.up()
+        lab.close()
+        edit = lab_of(second, Path(state), kernel)
+        try:
+            planned = [str(a) for a in edit.plan()]
+            assert planned.index("disconnect sandbox s3 on local") < planned.index(
+                "recreate sandbox s0 on local (its ports, command or hostname changed)")
+            assert [str(a) for a in edit.up()] == planned
+            assert edit.engine("local").sandbox("s0").endpoints[0].ip == ipaddress.ip_address("10.101.0.2")
             assert edit.plan() == []
         finally:
             edit.down()

@@ -45,7 +45,8 @@ def test_defaults() -> None:
 
 BAD: list[tuple[Any, str]] = [
     ({"networkz": {}}, "f.yaml: networkz: unknown key"),
-    ({"networks": {"n": {"subnet": 24}}}, "f.yaml: networks.n.subnet: expected a CIDR string, got a number"),
+    ({"networks": {"n": {"subnet": 24}}},
+     "f.yaml: networks.n.subnet: expected a CIDR string or a list of them (one IPv4, one IPv6), got a number"),
     ({"networks": {"n": {"subnet": "10.0.0.0/33"}}}, "networks.n: network n: subnet '10.0.0.0/33' is not a valid"),
     ({"networks": {"n": {"colour": "red"}}}, "networks.n.colour: unknown key"),
     ({"networks": {"n": {"internal": "yes"}}}, "networks.n.internal: expected true or false"),
