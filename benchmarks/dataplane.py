@@ -30,7 +30,9 @@ IPv6 (``--dataplane-family``: both by default), on dual-stack networks, the same
    two veths, addresses without DAD;
 6. routed over IPv6: the outside peer reaches a sandbox of a routed dual-stack network (no masquerade)
    through the host's IPv6 forwarding / the same with two veths, a bridge, forwarding and a stateful
-   forward rule (conntrack) by hand.
+   forward rule (conntrack) by hand;
+7. published port over IPv6: the outside peer to the host's IPv6 address / one nft DNAT rule by hand;
+8. overlay over IPv6: path 4 on a dual-stack overlay network, the sandboxes' IPv6 addresses.
 
     python -m benchmarks dataplane [--quick] [--dataplane-family ipv4|ipv6|both]
 """
@@ -256,11 +258,18 @@ class LabHost:
     addr: str
 
 
-def lab_host(fabric: str, host: str, box: str, i: int) -> LabHost:
-    """eth0 a port of the fabric's switch; a bridge holding a VXLAN device and the sandbox's veth (MTU 1450)."""
-    me = LabHost(host, box, f"192.168.98.{10 + i}", f"02:00:00:00:98:{i:02x}", f"10.98.0.{i}")
+def lab_host(fabric: str, host: str, box: str, i: int, six: bool = False) -> LabHost:
+    """eth0 a port of the fabric's switch; a bridge holding a VXLAN device and the sandbox's veth (MTU 1450).
+
+    ``six``: the sandboxes talk IPv6 (addresses without DAD, links without link-local ones, as overlays'),
+    over the same IPv4 underlay."""
+    me = LabHost(host, box, f"192.168.98.{10 + i}", f"02:00:00:00:98:{i:02x}",
+                 f"fd00:98::{i}" if six else f"10.98.0.{i}")
     for ns in (host, box):
-        quiet_ipv6(ns)
+        if six:
+            sysctl(ns, "net.ipv6.conf.default.addr_gen_mode", "1")
+        else:
+            quiet_ipv6(ns)
     bridge_unfiltered(host)
     ip(fabric, "link", "add", f"p{i}", "type", "veth", "peer", "name", "eth0", "netns", host)
     ip(fabric, "link", "set", f"p{i}", "master", "sw0", "up")
@@ -273,12 +282,12 @@ def lab_host(fabric: str, host: str, box: str, i: int) -> LabHost:
     ip(host, "link", "add", "s0", "mtu", VXLAN_MTU, "type", "veth", "peer", "name", "eth0", "mtu", VXLAN_MTU,
        "address", me.mac, "netns", box)
     ip(host, "link", "set", "s0", "master", "br0", "up")
-    ip(box, "addr", "add", f"{me.addr}/24", "dev", "eth0")
+    ip(box, "addr", "add", f"{me.addr}/64" if six else f"{me.addr}/24", "dev", "eth0", *(["nodad"] if six else []))
     ip(box, "link", "set", "eth0", "up")
     return me
 
 
-def hand_vxlan_lab(run: Run, stack: ExitStack) -> Path_:
+def hand_vxlan_lab(run: Run, stack: ExitStack, six: bool = False) -> Path_:
     """overlays' overlay path by hand: two hosts on the lab's switch, each a bridge, a VXLAN device and a sandbox.
 
     sandbox veth -> bridge -> VXLAN -> host eth0 -> the switch (a bridge in a fabric namespace) -> the other
@@ -290,8 +299,8 @@ def hand_vxlan_lab(run: Run, stack: ExitStack) -> Path_:
     bridge_unfiltered(fabric)
     ip(fabric, "link", "add", "sw0", "type", "bridge")
     ip(fabric, "link", "set", "sw0", "up")
-    a, b = (lab_host(fabric, stack.enter_context(run.host(f"lh{i}")), stack.enter_context(run.host(f"ls{i}")), i)
-            for i in (1, 2))
+    a, b = (lab_host(fabric, stack.enter_context(run.host(f"lh{i}")), stack.enter_context(run.host(f"ls{i}")), i,
+                     six) for i in (1, 2))
     for me, peer in ((a, b), (b, a)):
         static_entries(me.host, peer.under, [peer.mac, FLOOD_MAC], peer.addr, peer.mac)
     return Path_(End(nspath(a.box)), End(nspath(b.box)), b.addr, b.addr)
@@ -397,12 +406,14 @@ def overlays_single_host(run: Run, stack: ExitStack) -> dict[str, Path_]:
     }
 
 
-def overlays_two_hosts(run: Run, stack: ExitStack) -> Path_:
-    raw = {"name": run.name("dv"), "hosts": ["h1", "h2"],
-           "networks": {"mesh": {"driver": "overlay", "subnet": "10.97.0.0/24"}},
+def overlays_two_hosts(run: Run, stack: ExitStack, six: bool = False) -> Path_:
+    """``six``: on a dual-stack overlay network, the sandboxes' IPv6 addresses."""
+    subnet = ["10.97.0.0/24", "fd00:97::/64"] if six else "10.97.0.0/24"
+    raw = {"name": run.name("dv6" if six else "dv"), "hosts": ["h1", "h2"],
+           "networks": {"mesh": {"driver": "overlay", "subnet": subnet}},
            "sandboxes": {"x1": {"host": "h1", "networks": ["mesh"]}, "x2": {"host": "h2", "networks": ["mesh"]}}}
     lab = stack.enter_context(lab_of(run, raw, None))  # up returns once the overlay has converged
-    ends = {n: End(lab.engine(h).netns_path(n), str(lab.engine(h).sandbox(n).endpoints[0].ip))
+    ends = {n: End(lab.engine(h).netns_path(n), str(lab.engine(h).sandbox(n).endpoints[0].address(6 if six else 4)))
             for n, h in (("x1", "h1"), ("x2", "h2"))}
     return Path_(ends["x1"], ends["x2"], ends["x2"].ip, ends["x2"].ip)
 
@@ -440,6 +451,7 @@ LABELS = {
     "bridge6": "same bridge, IPv6",
     "routed6": "routed by the host, IPv6",
     "published6": "published port, IPv6",
+    "overlay6": "overlay, two hosts, IPv6",
 }
 
 
@@ -485,6 +497,10 @@ def run(run: Run, args: argparse.Namespace, log: Any) -> tuple[list[Row], list[V
             six = {f"{who} {k}": p[k] for k in ("bridge6", "routed6", "published6")
                    for who, p in (("hand", hand6), ("overlays", ours6))}
             got |= measure(six, seconds, pings, reps, log)
+        with ExitStack() as stack:
+            two6 = {"hand overlay6": hand_vxlan_lab(run, stack, six=True),
+                    "overlays overlay6": overlays_two_hosts(run, stack, six=True)}
+            got |= measure(two6, seconds, pings, reps, log)
 
     med = {k: {m: median(v[m]) for m in v} for k, v in got.items()}
     n = reps
@@ -497,7 +513,7 @@ def run(run: Run, args: argparse.Namespace, log: Any) -> tuple[list[Row], list[V
         if f"overlays {key}" not in med:
             continue
         ov, hb = med[f"overlays {key}"], med[f"hand {key}"]
-        hand_name = {"overlay": "hand VXLAN lab"}.get(key, f"hand {key}")
+        hand_name = {"overlay": "hand VXLAN lab", "overlay6": "hand VXLAN lab"}.get(key, f"hand {key}")
         row = Row(NAME, f"overlays {key}", n, f"TCP 1 stream, {label}", ov["gbps"], "Gbit/s").with_baseline(
             hb["gbps"], hand_name)
         rows.append(row)
@@ -537,6 +553,8 @@ def run(run: Run, args: argparse.Namespace, log: Any) -> tuple[list[Row], list[V
         "overlays routed6": "the outside peer to a sandbox of a dual-stack network with masquerade off, forwarded by"
                             " the host (overlays' firewall in the path); hand-built: forwarding and one stateful rule"
                             " (conntrack), fe80::1 on its bridge as on overlays'",
+        "overlays overlay6": "the overlay path (see overlays overlay) with the sandboxes talking IPv6 over the IPv4"
+                             " underlay; NDP answered by the VXLAN devices from static entries, in both builds",
         "overlays published6": "the outside peer to the host's IPv6 address on the port b publishes (DNAT, overlays'"
                                " firewall) / the same with one nft DNAT rule by hand. RTT: to the host address",
     }
