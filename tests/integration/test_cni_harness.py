@@ -195,7 +195,7 @@ def test_static_address_mac_and_interface_name(lib: Libcni, make_netns: Callable
     lib.delete("c1", netns_path(a), ifname="net1")
     assert [x["ifname"] for x in ip_json(a, "link", "show")] == ["lo", "eth0"]
     doc, code, _ = lib.exec(lib.environment("ADD", "c2", netns_path(b), args="IP=fd00::7"), lib.config("1.0.0"))
-    assert doc is not None and (code, doc["code"]) == (1, 106) and "IPv4 only" in doc["msg"]
+    assert doc is not None and (code, doc["code"]) == (1, 7) and "network front has no IPv6 subnet" in doc["msg"]
 
 
 def test_published_port_answers_from_outside(lib: Libcni, make_netns: Callable[[str], str], host: str,

@@ -239,7 +239,8 @@ def test_static_ipv6_from_cni_args_or_the_ips_capability(rt: Runtime) -> None:
 
 def test_a_static_ipv6_on_an_ipv4_network_is_refused_naming_both(rt: Runtime) -> None:
     doc, code = rt.call("ADD", args="IP=fd00::5")
-    assert code == 1 and "--ip6 fd00::5: network front has no IPv6 subnet (10.1.0.0/24)" in doc["msg"], doc
+    assert (code, doc["code"]) == (1, 7)
+    assert "--ip6 fd00::5: network front has no IPv6 subnet (10.1.0.0/24)" in doc["msg"]
     assert rt.boxes() == []
 
 
