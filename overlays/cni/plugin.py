@@ -109,8 +109,9 @@ def _unsupported(conf: config.PluginConf) -> list[str]:
     for port in conf.ports:
         if port.protocol not in ENGINE_PROTOCOLS:
             problems.append(f"published port {port}: overlays publishes {' and '.join(ENGINE_PROTOCOLS)} only")
-        if ":" in port.host_ip:
-            problems.append(f"published port {port}: overlays publishes on IPv4 host addresses only for now")
+        if port.host_ip in ("::1", "0:0:0:0:0:0:0:1"):
+            problems.append(f"published port {port}: the kernel cannot forward connections to [::1] (IPv6 has no "
+                            "route_localnet); leave hostIP out, or use one of the host's IPv6 addresses")
     return problems
 
 
@@ -140,7 +141,7 @@ def port_mappings(conf: config.PluginConf) -> list[PortMapping]:
 
     found = []
     for p in conf.ports:
-        host_ip = ipaddress.IPv4Address(p.host_ip) if p.host_ip else None
+        host_ip = ipaddress.ip_address(p.host_ip) if p.host_ip else None
         found.append(PortMapping(p.host_port, p.container_port, p.protocol,
                                  None if host_ip is None or host_ip.is_unspecified else host_ip))
     return found

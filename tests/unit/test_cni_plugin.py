@@ -122,8 +122,8 @@ def test_add_twice_without_del_is_a_conflict(rt: Runtime) -> None:
     ({"args": "IP=fd00::5,fd00::6"}, "fd00::5, fd00::6: one IPv6 address per attachment"),
     ({"runtimeConfig": {"portMappings": [{"hostPort": 53, "containerPort": 53, "protocol": "sctp"}]}},
      "published port 53->53/sctp: overlays publishes tcp and udp only"),
-    ({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "hostIP": "fd00::1"}]}},
-     "IPv4 host addresses only"),
+    ({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "hostIP": "::1"}]}},
+     "the kernel cannot forward connections to [::1]"),
 ])
 def test_what_the_engine_cannot_do_yet_is_refused_before_any_change(rt: Runtime, kwargs: dict[str, Any],
                                                                     named: str) -> None:
@@ -389,3 +389,12 @@ def test_store_url_is_made_absolute_for_the_plugin(tmp_path: Path, monkeypatch: 
     assert conflist.store_url("lab.db") == str(tmp_path / "lab.db")
     assert conflist.store_url("etcd://h1:2379") == "etcd://h1:2379"
     assert conflist.store_url(None) is None
+
+
+
+def test_a_port_on_an_ipv6_host_address_maps_to_a_publish_there() -> None:
+    from overlays.cni.config import PluginConf, Publish
+    from overlays.cni.plugin import port_mappings
+
+    conf = PluginConf("front", ports=(Publish(8080, 80, "tcp", "fd00:9::1"), Publish(53, 53, "udp", "::")))
+    assert [str(m) for m in port_mappings(conf)] == ["[fd00:9::1]:8080->80/tcp", "0.0.0.0:53->53/udp"]
