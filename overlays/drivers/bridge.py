@@ -108,6 +108,8 @@ def attach_veth(host: Links, sandbox: Links, sandbox_path: Path, net: Network, e
     """Wire ``ep``: veth into the sandbox, port on the bridge, address, and (``default_route``) the route out."""
     host.ensure_veth(ep.host_ifname, endpoint_alias(instance, ep), ep.mtu, ep.ifname, sandbox_path, ep.mac)
     undo.push(f"delete veth {ep.host_ifname}", host.delete_link, ep.host_ifname)
+    if ep.address(6) is not None:  # before its sandbox speaks IPv6: no MLD storm across the bridge (see kernel/bpf.py)
+        host.drop_mld_reports(ep.host_ifname)
     try:
         host.ensure_port(ep.host_ifname, net.bridge)
     except KernelError as e:

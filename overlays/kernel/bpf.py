@@ -1,6 +1,6 @@
-"""One BPF program: steer a sandbox's 127.0.0.11:53 to the DNS server's sockets (sk_lookup).
+"""Two small BPF programs, written out as instructions: DNS steering (sk_lookup) and an MLD report filter (tc).
 
-Design note. Docker's resolver and ours answer on 127.0.0.11:53 inside each sandbox's
+Design note (DNS). Docker's resolver and ours answer on 127.0.0.11:53 inside each sandbox's
 namespace. A socket bound there would own port 53 of that namespace: a DNS server that
 the sandbox runs itself (dnsmasq, CoreDNS, anything binding 0.0.0.0:53) would fail with
 "address in use", for UDP without SO_REUSEADDR on both sides and for TCP always. Docker
@@ -23,6 +23,20 @@ TCP answers leave from 127.0.0.11:53 by themselves (an accepted connection has t
 SYN's addresses); a UDP answer would leave from our port, which a connected resolver
 (glibc's) drops, so the server sends UDP answers through a raw socket with the source
 port set to 53 (``udp_reply``).
+
+Design note (MLD). Each static IPv6 address makes its sandbox join the address's
+solicited-node group and send two MLDv2 reports (to ff02::16, MAC 33:33:00:00:00:16). A
+bridge without an MLD querier floods every report to every port: the i-th sandbox's
+reports reach i others, a million frames for 1000 sandboxes, which made a dual-stack
+attach ~1.5x the cost of an IPv4 one (docs/benchmarks.md). No one on a sandbox bridge
+routes multicast, and without a querier the bridge floods all multicast whatever it
+learns from reports, so dropping them where they enter the bridge changes nothing else.
+The kernel here has no tc ``gact`` action (``u32 ... action drop``) and its loadable
+modules are out of reach; a ``cls_bpf`` filter in direct-action mode is built in. So
+``mld_filter`` loads (once per process) a 12-instruction SCHED_CLS program that answers
+TC_ACT_SHOT for a frame to 33:33:00:00:00:16 and TC_ACT_OK for everything else, and
+tc.py hangs it on the ingress of each host-side veth of a dual-stack endpoint; the filter
+holds the program, the veth's deletion removes both.
 """
 
 from __future__ import annotations
@@ -41,14 +55,18 @@ _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x
 _ATTR_SIZE = 128
 BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD, BPF_LINK_CREATE = 0, 2, 5, 28
 BPF_MAP_TYPE_SOCKMAP = 15
-BPF_PROG_TYPE_SK_LOOKUP = 30
+BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_SK_LOOKUP = 3, 30
 BPF_SK_LOOKUP = 36
 BPF_PSEUDO_MAP_FD = 1
 SK_PASS = 1
 FN_MAP_LOOKUP_ELEM, FN_SK_RELEASE, FN_SK_ASSIGN = 1, 86, 124
 # struct bpf_sk_lookup (linux/bpf.h): the offsets the program reads
 CTX_PROTOCOL, CTX_LOCAL_IP4, CTX_LOCAL_PORT = 12, 40, 60
-R0, R1, R2, R3, R6, R7, R10 = 0, 1, 2, 3, 6, 7, 10
+R0, R1, R2, R3, R4, R6, R7, R10 = 0, 1, 2, 3, 4, 6, 7, 10
+# struct __sk_buff (linux/bpf.h): where a tc program finds the frame
+SKB_DATA, SKB_DATA_END = 76, 80
+TC_ACT_OK, TC_ACT_SHOT = 0, 2
+MLDV2_ROUTERS_MAC = (0x00003333, 0x1600)  # 33:33:00:00 and 00:16, as little-endian loads read them
 UDP_SLOT, TCP_SLOT = 0, 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -59,13 +77,20 @@ def available() -> bool:
     return _NR_BPF is not None
 
 
-def _bpf(cmd: int, attr: bytes, what: str, netns: str) -> int:
+def _bpf(cmd: int, attr: bytes, what: str, netns: str | None, obj: str = "for the DNS server's sockets") -> int:
     buf = ctypes.create_string_buffer(attr, _ATTR_SIZE)
     ret = int(_libc.syscall(_NR_BPF, cmd, buf, _ATTR_SIZE))
     if ret < 0:
         err = ctypes.get_errno()
-        raise KernelError(what, "for the DNS server's sockets", netns, os.strerror(err), errno=err)
+        raise KernelError(what, obj, netns, os.strerror(err), errno=err)
     return ret
+
+
+def _load(prog_type: int, code: bytes, name: bytes, attach_type: int, what: str, where: str | None, obj: str) -> int:
+    insns, license_ = ctypes.create_string_buffer(code, len(code)), ctypes.create_string_buffer(b"GPL")
+    attr = struct.pack("<IIQQIIQII16sII", prog_type, len(code) // 8, ctypes.addressof(insns),
+                       ctypes.addressof(license_), 0, 0, 0, 0, 0, name, 0, attach_type)
+    return _bpf(BPF_PROG_LOAD, attr, what, where, obj)
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
@@ -131,10 +156,8 @@ def prepare(address: str, port: int) -> Program:
     map_fd = _bpf(BPF_MAP_CREATE, struct.pack("<IIIII", BPF_MAP_TYPE_SOCKMAP, 4, 8, 2, 0), "create a SOCKMAP", where)
     try:
         code = _program(map_fd, address, port)
-        insns, license_ = ctypes.create_string_buffer(code, len(code)), ctypes.create_string_buffer(b"GPL")
-        attr = struct.pack("<IIQQIIQII16sII", BPF_PROG_TYPE_SK_LOOKUP, len(code) // 8, ctypes.addressof(insns),
-                           ctypes.addressof(license_), 0, 0, 0, 0, 0, b"overlays_dns", 0, BPF_SK_LOOKUP)
-        return Program(map_fd, _bpf(BPF_PROG_LOAD, attr, "load the sk_lookup program", where))
+        return Program(map_fd, _load(BPF_PROG_TYPE_SK_LOOKUP, code, b"overlays_dns", BPF_SK_LOOKUP,
+                                     "load the sk_lookup program", where, "for the DNS server's sockets"))
     except BaseException:
         os.close(map_fd)
         raise
@@ -163,6 +186,40 @@ def steer(netns_path: str | Path, address: str, port: int, udp: socket.socket, t
         raise KernelError("steer 127.0.0.11:53", "to the DNS server", where, os.strerror(e.errno or errno.EIO)) from e
     finally:
         program.close()  # the link holds the program, the program its map, the map our sockets
+
+
+def _mld_program() -> bytes:
+    """TC_ACT_SHOT for a frame to 33:33:00:00:00:16 (an MLDv2 report), TC_ACT_OK for any other."""
+    mac_high, mac_low = MLDV2_ROUTERS_MAC
+    return b"".join([
+        _insn(0xB7, R0, 0, 0, TC_ACT_OK),  # r0 = OK
+        _insn(0x61, R2, R1, SKB_DATA),  # r2 = skb->data (the Ethernet header)
+        _insn(0x61, R3, R1, SKB_DATA_END),  # r3 = skb->data_end
+        _insn(0xBF, R4, R2),
+        _insn(0x07, R4, 0, 0, 6),  # r4 = data + 6: the destination MAC's end
+        _insn(0x2D, R4, R3, 5),  # if r4 > data_end: goto out (a runt)
+        _insn(0x61, R4, R2, 0),  # r4 = first four bytes of the destination MAC
+        _insn(0x55, R4, 0, 3, mac_high),  # if not 33:33:00:00: goto out
+        _insn(0x69, R4, R2, 4),  # r4 = its last two bytes
+        _insn(0x55, R4, 0, 1, mac_low),  # if not 00:16: goto out
+        _insn(0xB7, R0, 0, 0, TC_ACT_SHOT),  # r0 = drop
+        _insn(0x95),  # out: exit
+    ])
+
+
+_mld_fd: int | None = None
+
+
+def mld_filter(netns: str | None) -> int:
+    """The fd of the MLD report filter (see the design note), loaded once per process; ``netns`` for errors."""
+    global _mld_fd
+    if _NR_BPF is None:
+        raise KernelError("load", "the MLD report filter", netns,
+                          f"no bpf(2) system call number known for {platform.machine()}")
+    if _mld_fd is None:
+        _mld_fd = _load(BPF_PROG_TYPE_SCHED_CLS, _mld_program(), b"overlays_mld", 0, "load", netns,
+                        "the MLD report filter")
+    return _mld_fd
 
 
 def udp_reply(raw: socket.socket, source: str, source_port: int, peer: tuple[str, int], data: bytes) -> None:

@@ -13,7 +13,9 @@ Names are the kernel's own: ``-n NS`` (``ip netns exec NS`` for sysctl and nft) 
 a namespace under /run/netns, nothing for the calling process's own (the real
 machine), ``nsenter --net=PATH`` for one that ``ip`` cannot name. Each recorded
 command is one line a shell runs as it is, except an nft script of several lines,
-which is one ``nft -f -`` with the script in a here-document.
+which is one ``nft -f -`` with the script in a here-document, and the MLD report
+filter, which overlays loads as BPF instructions no command takes: it is said as a
+comment with the ``tc`` line that does the same where the kernel has ``gact``.
 """
 
 from __future__ import annotations
@@ -253,6 +255,16 @@ class ExplainingLinks:
             raise
         if master is not None and (before is None or before.master != master.index or not before.up):
             self._say(said)
+
+    def drop_mld_reports(self, name: str) -> None:
+        had = (self._where, name) not in self._known.bare and any(
+            qd.kind == "clsact" for qd in self._inner.qdiscs(name))
+        self._inner.drop_mld_reports(name)
+        if not had:
+            tc = self._where.tool("tc")
+            self._say(f"# overlays drops the MLD reports {name} receives with a BPF filter of its own (kernel/bpf.py);"
+                      f" with tc's gact: {tc} qdisc add dev {q(name)} clsact && {tc} filter add dev {q(name)} ingress"
+                      " protocol ipv6 u32 match ip6 dst ff02::16/128 action drop")
 
     def ensure_up(self, name: str, ipv6: bool = True) -> None:
         lines = ([f"{self._ip} link set {q(name)} addrgenmode none"] if not ipv6 else [])  # before up: see Rtnl

@@ -692,6 +692,14 @@ class Rtnl:
         with self._step("redirect ingress of", name):
             tc.ensure_redirect(self._nl, index, name, to_index, self.netns)
 
+    def drop_mld_reports(self, name: str) -> None:
+        """MLD reports that ``name`` receives are dropped before its bridge floods them (see bpf.py)."""
+        from overlays.kernel import bpf  # only dual-stack attaches load it
+
+        index = self._index(name)
+        with self._step("filter MLD reports of", name):
+            tc.ensure_ingress_program(self._nl, index, name, bpf.mld_filter(self.netns), "overlays_mld", self.netns)
+
     def delete_redirect(self, name: str) -> None:
         link = self.link(name)
         if link is not None:

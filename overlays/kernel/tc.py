@@ -10,8 +10,9 @@ carries the qdisc, as the CNI bandwidth plugin does; ifb hands every packet back
 to the interface's receive path afterwards.
 
 What is ours: root qdiscs with handle ``6f76:`` ("ov") and filters of priority
-0x6f76. Nothing else is replaced or deleted. Changes are read back first, so
-ensuring what is there already changes nothing.
+0x6f76; on the host-side veth of a dual-stack endpoint, a ``clsact`` qdisc and the MLD
+report filter (``cls_bpf``, priority 0x6f77: see bpf.py). Nothing else is replaced or
+deleted. Changes are read back first, so ensuring what is there already changes nothing.
 
 Netlink layouts (linux/pkt_sched.h, pkt_cls.h, tc_act/tc_mirred.h): ``struct tcmsg``;
 TBF's ``tc_tbf_qopt`` (two ``tc_ratespec`` and limit, buffer, mtu) with the burst given
@@ -41,6 +42,10 @@ TC_H_MIN_INGRESS = 0xFFF2  # clsact's ingress hook
 INGRESS_HANDLE = 0xFFFF0000
 OURS = 0x6F760000  # handle 6f76: ("ov")
 OUR_PRIO = 0x6F76
+MLD_PRIO, MLD_HANDLE = 0x6F77, 1
+ETH_P_IPV6 = 0x86DD
+TCA_BPF_FD, TCA_BPF_NAME, TCA_BPF_FLAGS = 6, 7, 8
+TCA_BPF_FLAG_ACT_DIRECT = 1
 ETH_P_ALL = 0x0003
 TC_LINKLAYER_ETHERNET = 1
 TCA_TBF_PARMS, TCA_TBF_RATE64, TCA_TBF_BURST = 1, 4, 6
@@ -151,6 +156,22 @@ def redirect_message(index: int, parent: int, to_index: int) -> bytes:
     info = (OUR_PRIO << 16) | ((ETH_P_ALL & 0xFF) << 8 | ETH_P_ALL >> 8)  # priority, protocol (network order)
     return (TCMSG.pack(index=index, parent=parent, info=info) + attr_str(TCA_KIND, "u32")
             + attr(TCA_OPTIONS, attr(TCA_U32_SEL, selector) + attr(TCA_U32_ACT, action)))
+
+
+def _proto(eth_p: int) -> int:
+    return (eth_p & 0xFF) << 8 | eth_p >> 8  # a filter's protocol is in network order
+
+
+def clsact_message(index: int) -> bytes:
+    return TCMSG.pack(index=index, handle=INGRESS_HANDLE, parent=TC_H_INGRESS) + attr_str(TCA_KIND, "clsact")
+
+
+def bpf_filter_message(index: int, parent: int, prog_fd: int, name: str) -> bytes:
+    """An RTM_NEWTFILTER body: program ``prog_fd`` on ingress ``parent``, in direct-action mode, for IPv6 frames."""
+    options = attr_u32(TCA_BPF_FD, prog_fd) + attr_str(TCA_BPF_NAME, name) + attr_u32(TCA_BPF_FLAGS,
+                                                                                      TCA_BPF_FLAG_ACT_DIRECT)
+    return (TCMSG.pack(index=index, handle=MLD_HANDLE, parent=parent, info=MLD_PRIO << 16 | _proto(ETH_P_IPV6))
+            + attr_str(TCA_KIND, "bpf") + attr(TCA_OPTIONS, options))
 
 
 # -- reading ---------------------------------------------------------------------------------------------------------
@@ -267,6 +288,33 @@ def ensure_redirect(channel: nl.Channel, index: int, name: str, to_index: int, l
         channel.request(RTM_NEWTFILTER, CREATE, TCMSG, redirect_message(index, parent, to_index))
     except NetlinkError as e:
         raise _fail("redirect ingress of", name, label, e) from e
+
+
+def ensure_ingress_program(channel: nl.Channel, index: int, name: str, prog_fd: int, prog_name: str,
+                           label: str | None) -> None:
+    """Program ``prog_fd`` filters the IPv6 frames link ``index`` receives (added blind: a new link has none).
+
+    Two requests on a new veth; on one that has them already (an ``up`` repairing a
+    sandbox) each answers EEXIST and nothing changes.
+    """
+    parent = INGRESS_HANDLE | TC_H_MIN_INGRESS
+    try:
+        if not _created(channel, RTM_NEWQDISC, clsact_message(index)):
+            parent = _ingress_parent(qdiscs(channel, index)) or parent
+        _created(channel, RTM_NEWTFILTER, bpf_filter_message(index, parent, prog_fd, prog_name))
+    except NetlinkError as e:
+        raise _fail("filter ingress of", name, label, e) from e
+
+
+def _created(channel: nl.Channel, msg_type: int, body: bytes) -> bool:
+    """Whether the request made its object (False: one of that identity was there already)."""
+    try:
+        channel.request(msg_type, CREATE, TCMSG, body)
+    except NetlinkError as e:
+        if e.code != errno.EEXIST:
+            raise
+        return False
+    return True
 
 
 def _delete_our_filter(channel: nl.Channel, index: int, parent: int) -> None:

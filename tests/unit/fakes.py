@@ -39,6 +39,7 @@ class FakeNs:
     announced: list[tuple[str, str, str]] = field(default_factory=list)  # (link, ip, mac), gratuitous ARPs sent
     shapes: dict[str, Shape] = field(default_factory=dict)  # device -> our root qdisc's shape
     redirects: dict[str, str] = field(default_factory=dict)  # device -> the ifb its ingress goes through
+    mld_dropped: set[str] = field(default_factory=set)  # devices whose ingress drops MLD reports
 
 
 class FakeDns:
@@ -378,6 +379,10 @@ class FakeLinks:
     def ensure_port(self, name: str, bridge: str) -> None:
         self.ns.links[name] = replace(self._need(name), master=self._need(bridge).index, up=True)
 
+    def drop_mld_reports(self, name: str) -> None:
+        self._need(name)
+        self.ns.mld_dropped.add(name)
+
     def ensure_up(self, name: str, ipv6: bool = True) -> None:
         self.ns.links[name] = replace(self._need(name), up=True)
 
@@ -504,6 +509,7 @@ class FakeLinks:
         self.ns.links.pop(name, None)
         self.ns.shapes.pop(name, None)
         self.ns.redirects.pop(name, None)
+        self.ns.mld_dropped.discard(name)
         self.ns.peers.pop(name, None)
         addrs = self.ns.addrs.pop(name, set())
         # Routes through a vanished interface vanish with it (enough for a default route).
