@@ -99,6 +99,10 @@ def test_contract_addresses_are_idempotent_listed_and_routed(world: World) -> No
         assert ipaddress.IPv4Address("10.99.1.1") in host.addresses()
         assert host.interface_addresses("cv0") == [ipaddress.IPv4Interface("10.99.1.1/24")]
         assert ipaddress.IPv4Network("10.99.1.0/24") in host.route_prefixes()
+        host.ensure_address("cv0", "fd00:99:1::1", 64)
+        routed6 = host.route_prefixes(6)
+        assert ipaddress.IPv6Network("fd00:99:1::/64") in routed6 and not any(n.is_link_local for n in routed6)
+        assert ipaddress.IPv6Network("fd00:99:1::/64") not in host.route_prefixes()
         inside.ensure_address("eth0", "10.99.1.5", 24)
         inside.ensure_up("eth0", ipv6=False)
         assert not inside.has_default_route()

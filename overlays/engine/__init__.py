@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -81,7 +81,7 @@ def _linux() -> Kernel:
 class HostView(NamedTuple):
     """What a host namespace holds, as a plan checks it: its routes, addresses and links."""
 
-    routes: tuple[IPv4Network, ...]
+    routes: tuple[IPv4Network | IPv6Network, ...]
     addresses: tuple[IPv4Address | IPv6Address, ...]
     links: frozenset[str]
 
@@ -345,7 +345,7 @@ class Engine:
     def host_facts(self) -> HostView:
         """The host namespace's routed prefixes, addresses and link names (NotFound if it does not exist)."""
         with self.ctx.open_host() as host:
-            return HostView(tuple(host.route_prefixes()), (*host.addresses(), *host.addresses(6)),
+            return HostView((*host.route_prefixes(), *host.route_prefixes(6)), (*host.addresses(), *host.addresses(6)),
                             frozenset(link.name for link in host.links()))
 
     def taken_addresses(self, network: str) -> dict[str, str]:

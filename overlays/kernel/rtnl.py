@@ -34,6 +34,7 @@ from overlays.kernel.rtnl_types import Hop, Link, Underlay
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 if TYPE_CHECKING:
     import socket
@@ -241,17 +242,21 @@ class Rtnl:
         msgs = self._nl.request(RTM_GETADDR, DUMP, IFADDR, IFADDR.pack(family=family, index=index))
         return [a for a in msgs if a["family"] == family and (not index or a["index"] == index)]
 
-    def route_prefixes(self) -> list[ipaddress.IPv4Network]:
-        """Every IPv4 destination this namespace routes to (to keep new subnets clear of them)."""
+    def route_prefixes(self, version: int = 4) -> list[IPNetwork]:
+        """Every destination of one family this namespace routes to (to keep new subnets clear of them).
+
+        IPv6's link-local prefix (fe80::/64 on any link that has one) is every link's, not a route out.
+        """
+        family = _FAMILY[version]
         with self._step("list", "routes"):
             found = []
-            for r in self._routes():
+            for r in self._routes(family):
                 dst = r.attrs.ip(RTA_DST)
                 if dst and r["dst_len"] > 0:
-                    found.append(ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False))
-            for a in self._addresses(AF_INET):
-                found.append(ipaddress.IPv4Network(f"{a.attrs.ip(IFA_ADDRESS)}/{a['prefixlen']}", strict=False))
-            return found
+                    found.append(ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False))
+            for a in self._addresses(family):
+                found.append(ipaddress.ip_network(f"{a.attrs.ip(IFA_ADDRESS)}/{a['prefixlen']}", strict=False))
+            return [n for n in found if not n.is_link_local]
 
     def addresses(self, version: int = 4) -> list[IPAddress]:
         """Every address of one family of this namespace (a published port's host IP must be one)."""

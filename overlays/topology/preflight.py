@@ -76,8 +76,9 @@ def _network(decl: NetworkDecl, host: str, view: HostView, theirs: list[Network]
                 raise fail(f"{path}.subnet", f"subnet {subnet} overlaps network {other.name} ({clash}) "
                            f"on host {host}, which this file does not own")
         if spec.driver == "bridge":  # a network's own bridge routes its subnet: that is no overlap
-            for route in view.routes:  # the host's IPv4 routes (HostView reads no IPv6 ones)
-                if route not in routed_by_networks and subnet.overlaps(route):  # type: ignore[arg-type]
+            for route in view.routes:  # the host's routes of both families
+                clear = route in routed_by_networks or route.version != subnet.version
+                if not clear and subnet.overlaps(route):  # type: ignore[arg-type]
                     raise fail(f"{path}.subnet", f"subnet {subnet} overlaps {route}, routed by host {host}")
     if spec.vni is not None:
         holder = engine.vni_holder(spec.vni)

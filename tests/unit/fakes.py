@@ -329,9 +329,9 @@ class FakeLinks:
             raise KernelError("find link", name, self.netns, "no such device")
         return link
 
-    def route_prefixes(self) -> list[ipaddress.IPv4Network]:
-        return [ipaddress.IPv4Network(f"{ip}/{p}", strict=False)
-                for s in self.ns.addrs.values() for ip, p in s if ":" not in ip]
+    def route_prefixes(self, version: int = 4) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        found = (ipaddress.ip_network(f"{ip}/{p}", strict=False) for s in self.ns.addrs.values() for ip, p in s)
+        return [n for n in found if n.version == version]
 
     def addresses(self, version: int = 4) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         found = (ipaddress.ip_address(ip) for s in self.ns.addrs.values() for ip, _ in s)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Network
 from pathlib import Path
 from typing import ClassVar
 
@@ -42,7 +42,7 @@ from overlays.undo import Undo
 class HostFacts:
     """What creating a network reads from the host first (read-only), for its record step."""
 
-    routes: tuple[IPv4Network, ...] = ()
+    routes: tuple[IPv4Network | IPv6Network, ...] = ()
     underlay: Underlay | None = None
     parent: Link | None = None
     parent_addresses: tuple[IPv4Interface, ...] = ()
@@ -129,7 +129,7 @@ class NetworkDriver:
 
     def facts(self, ctx: Context, host: Links, spec: NetworkSpec) -> HostFacts:
         """What ``record`` needs to know of the host (read-only)."""
-        return HostFacts(routes=tuple(host.route_prefixes()))
+        return HostFacts(routes=(*host.route_prefixes(), *host.route_prefixes(6)))
 
     def setup(self, ctx: Context, host: Links, network: Network, undo: Undo) -> None:
         """The network's own kernel objects on this host (at create, and again to repair drift)."""
@@ -244,7 +244,7 @@ def check_new6(txn: NodeTxn, scope: Txn, spec: NetworkSpec, facts: HostFacts, ro
     if not spec.ipv6:
         return None
     others = records.list_networks(txn)
-    subnet = spec.subnet6 or ipam.free_subnet6(scope, [s for n in others for s in n.subnets])
+    subnet = spec.subnet6 or ipam.free_subnet6(scope, [s for n in others for s in n.subnets] + list(facts.routes))
     _check_clear(spec, subnet, others, facts if routed_too and spec.subnet6 else None)
     return subnet
 

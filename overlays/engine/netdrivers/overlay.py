@@ -53,7 +53,7 @@ class OverlayDriver(NetworkDriver):
     # -- the network -------------------------------------------------------------------------------------------------
 
     def facts(self, ctx: Context, host: Links, spec: NetworkSpec) -> HostFacts:
-        facts = HostFacts(routes=tuple(host.route_prefixes()), underlay=host.underlay())
+        facts = HostFacts(routes=(*host.route_prefixes(), *host.route_prefixes(6)), underlay=host.underlay())
         if spec.mtu is None and facts.underlay is None:
             raise InvalidSpec(f"network {spec.name}: host {ctx.node} has no underlay address to compute the MTU "
                               "from; give --mtu")
