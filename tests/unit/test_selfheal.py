@@ -183,5 +183,6 @@ def test_a_repair_that_failed_is_tried_again(engine: tuple[Engine, FakeKernel], 
 
     monkeypatch.setattr(kernel, "nft_apply", fails_once)
     kernel.nft_delete_table(HOST, "inet", table, process="nft")
-    until(lambda: table in kernel.nft_tables.get(HOST, {}), timeout=WAIT + 1.0)  # REOPEN (1 s) later
+    # REOPEN (1 s) later; the table is there an instant before the healer counts its repair
+    until(lambda: table in kernel.nft_tables.get(HOST, {}) and healer.repairs > 0, timeout=WAIT + 1.0)
     assert len(failures) == 1 and healer.repairs == 1
