@@ -275,7 +275,7 @@ class Agent:
                     for name in touched:
                         due = now if name in urgent else now + SYNC_LAG
                         self._due[name] = min(self._due.get(name, due), due)
-                    remote.networks_changed(touched)
+                    remote.apply(events)
                 self._sync_due(host)
                 now = time.monotonic()
                 if now >= keepalive_at:

@@ -10,8 +10,11 @@ store (an ``EndpointRegistration`` per network, with its aliases and hostname), 
 ``RemoteNames`` turns those into names-only registrations (no namespace: nobody asks
 from there), one per remote sandbox, keyed ``<node>/<sandbox>`` (a ``/`` no sandbox
 name holds). The agent's watch of the ``overlay/`` keys feeds it: a full list at start
-(and after a compaction), then the networks each batch of events touched. It submits
-only what changed, to the server's own thread.
+(and after a compaction), then each batch of events: a registration's event carries the
+registration whole, so it is applied as it is (no store read: ten agents re-reading a
+network on every `run` elsewhere doubled that `run`'s time with etcd, docs/benchmarks.md);
+a network it holds nothing of yet is read. It submits only what changed, to the server's
+own thread.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from overlays.engine import hostdns, records
 from overlays.engine.context import Context, NodeTxn
 from overlays.kernel.dnsctl import Record
 from overlays.model.state import EndpointRegistration, Network, Sandbox
+from overlays.store.base import Event
 
 Submit = Callable[[str, tuple[Record, ...] | None], None]  # a key's names now (None: gone)
 
@@ -64,6 +68,25 @@ class RemoteNames:
 
         self._by_network, self._networks = self.ctx.transact(read)
         return self._publish()
+
+    def apply(self, events: Iterable[Event]) -> int:
+        """A batch of watched events under ``overlay/``; returns how many names changed."""
+        unknown: set[str] = set()
+        for event in events:
+            parts = event.key.split("/")  # overlay/<network>/<node>/<sandbox>
+            name = parts[1]
+            if len(parts) != 4 or name not in self._networks:
+                unknown.add(name)
+                continue
+            regs = [r for r in self._by_network.get(name, ()) if (r.node, r.sandbox) != (parts[2], parts[3])]
+            if event.kind == "put" and isinstance(event.value, dict):
+                regs.append(EndpointRegistration.from_record(event.value, name))
+            if regs:
+                self._by_network[name] = regs
+            else:  # its last registration went: as a read would find it
+                self._by_network.pop(name, None)
+                self._networks.pop(name, None)
+        return self.networks_changed(unknown) if unknown else self._publish()
 
     def networks_changed(self, names: Iterable[str]) -> int:
         """The registrations of these overlay networks changed: read them again."""

@@ -17,6 +17,7 @@ from overlays.kernel.faults import FaultyKernel
 from overlays.kernel.rtnl_types import Link
 from overlays.model.state import EndpointRegistration, HostRegistration, Network
 from overlays.store import MemoryStore
+from overlays.store.base import Event
 from overlays.topology import resolve
 from overlays.topology.plan import network_print
 
@@ -219,3 +220,27 @@ def test_free_addresses_of_our_subnets_are_nxdomain_and_never_forwarded() -> Non
     assert reply.header.rcode == RCODE.NXDOMAIN and reply.header.aa == 1 and reply.q.qtype == QTYPE.PTR
     assert isinstance(ask("99.1.168.192.in-addr.arpa"), answers.Forward)  # the LAN's own resolvers know it
     assert isinstance(ask("7.2.0.192.in-addr.arpa"), answers.Forward)  # not ours at all
+
+
+def test_remote_names_apply_a_registrations_events_without_reading_the_store(tmp_path: Path) -> None:
+    store = MemoryStore()
+    eng = make_engine(tmp_path, FakeKernel(HOST), store)
+    mesh = Network.from_record({"name": "mesh", "driver": "overlay", "subnet": "10.80.0.0/24",
+                                "gateway": "10.80.0.1", "ip_range": None, "mtu": 1450, "bridge": "ovb-mesh",
+                                "created": 0, "vni": 4096})
+    store.commit({}, {records.network_key("mesh"): mesh.to_record()}, [])
+    b = EndpointRegistration("mesh", "h2", "b", "10.80.0.9", "02:00:00:00:00:09", "10.254.0.12")
+    store.commit({}, {records.registration_key("mesh", "h2", "b"): b.to_record()}, [])
+    sent: list[tuple[str, tuple[Record, ...] | None]] = []
+    remote = RemoteNames(eng.ctx, lambda key, found: sent.append((key, found)))
+    remote.full()
+    c = EndpointRegistration("mesh", "h3", "c", "10.80.0.10", "02:00:00:00:00:0a", "10.254.0.13", ("cache",))
+    c_key, b_key = records.registration_key("mesh", "h3", "c"), records.registration_key("mesh", "h2", "b")
+    # Events that the store never saw: had apply read the store, it would not find c, and would find b.
+    assert remote.apply([Event("put", c_key, c.to_record(), 7), Event("delete", b_key, None, 8)]) == 2
+    assert sent[-2:] == [(key_of("h2", "b"), None),
+                         (key_of("h3", "c"), (Record("mesh", "c", ("10.80.0.10",), ("cache",),
+                                                     subnet="10.80.0.0/24"),))]
+    # A network it holds nothing of is read from the store instead (here: nothing there).
+    assert remote.apply([Event("put", records.registration_key("other", "h3", "d"), c.to_record(), 9)]) == 0
+    assert set(remote.served()) == {key_of("h3", "c")}
