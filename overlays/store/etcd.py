@@ -157,6 +157,24 @@ class EtcdStore:
         got = self._call(f"get {key}", lambda c: c.get(self._key(key)))
         return None if got is None else Entry(key, json.loads(got.value), int(got.mod_revision))
 
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """Ranges in one Txn without compares: one round trip (per ``txn_ops`` keys), one revision."""
+        found: dict[str, Entry] = {}
+        step = self.txn_ops or max(1, len(keys))
+
+        def reads(part: list[str]) -> Callable[[Any], Awaitable[tuple[bool, Any]]]:
+            return lambda c: c.transaction(  # type: ignore[no-any-return]
+                compare=[], success=[c.transactions.get(self._key(k)) for k in part], failure=[])
+
+        for i in range(0, len(keys), step):
+            part = list(keys[i:i + step])
+            _, responses = self._call(f"get {len(part)} keys", reads(part))
+            for key, kvs in zip(part, responses, strict=True):
+                if kvs:
+                    value, meta = kvs[0]
+                    found[key] = Entry(key, json.loads(value), int(meta.mod_revision))
+        return found
+
     def range(self, prefix: str) -> list[Entry]:
         got = self._call(f"range {prefix}", lambda c: c.get_prefix(self._key(prefix)))
         return [Entry(self._unkey(kv.key), json.loads(kv.value), int(kv.mod_revision)) for kv in got]

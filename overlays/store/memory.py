@@ -37,6 +37,11 @@ class MemoryStore:
             found = self._data.get(key)
             return Entry(key, found[0], found[1]) if found else None
 
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        with self._changed:
+            self._reap()
+            return {k: Entry(k, self._data[k][0], self._data[k][1]) for k in keys if k in self._data}
+
     def range(self, prefix: str) -> list[Entry]:
         with self._changed:
             self._reap()

@@ -84,6 +84,16 @@ class SqliteStore:
         rows = self._rows("SELECT value, mod_revision FROM kv WHERE key = ?", (key,))
         return Entry(key, json.loads(rows[0][0]), rows[0][1]) if rows else None
 
+    def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        self._reap_if_due()
+        found: dict[str, Entry] = {}
+        for i in range(0, len(keys), 500):  # well under SQLite's limit of bound parameters
+            part = keys[i:i + 500]
+            rows = self._rows(f"SELECT key, value, mod_revision FROM kv WHERE key IN ({','.join('?' * len(part))})",
+                              tuple(part))
+            found.update({k: Entry(k, json.loads(v), r) for k, v, r in rows})
+        return found
+
     def range(self, prefix: str) -> list[Entry]:
         self._reap_if_due()
         # key >= prefix AND key < prefix + U+FFFF: an index range scan, unlike LIKE.

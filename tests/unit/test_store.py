@@ -340,3 +340,49 @@ def test_sqlite_unopenable_path_raises_store_error(tmp_path: Path, where: str) -
     path = tmp_path / where
     with pytest.raises(StoreError, match="cannot open state store"):
         SqliteStore(path)
+
+
+# -- several keys in one read --------------------------------------------------------------------------------------
+
+
+def test_get_many_reads_the_present_keys_with_their_revisions_and_leaves_out_the_absent(store: Store) -> None:
+    put(store, "k/a", {"v": 1})
+    put(store, "k/b", {"v": 2})
+    a, b = store.get("k/a"), store.get("k/b")
+    found = store.get_many(["k/b", "k/missing", "k/a"])
+    assert found == {"k/a": a, "k/b": b}
+    assert store.get_many([]) == {}
+
+
+class _Counting:
+    """A store that counts its reads (get and get_many) and passes everything through."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner, self.reads = inner, 0
+
+    def get(self, key: str) -> object:
+        self.reads += 1
+        return self.inner.get(key)
+
+    def get_many(self, keys: list[str]) -> object:
+        self.reads += 1
+        return self.inner.get_many(keys)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_a_transaction_reads_each_key_once_and_a_prefetch_reads_many_in_one_request(store: Store) -> None:
+    put(store, "p/a", {"v": 1})
+    put(store, "p/b", {"v": 2})
+    counting = _Counting(store)
+    txn = Txn(counting)  # type: ignore[arg-type]
+    txn.prefetch(["p/a", "p/b", "p/c"])
+    assert counting.reads == 1
+    assert (txn.get("p/a"), txn.peek("p/b"), txn.get("p/c"), txn.get("p/a")) == ({"v": 1}, {"v": 2}, None, {"v": 1})
+    assert counting.reads == 1, "prefetched keys, and a key read twice, cost no more reads"
+    assert "p/b" not in txn.compares, "a prefetch (and a peek) adds no compare; a get does"
+    # The compares are those of the prefetched revisions: a writer in between makes the commit fail.
+    put(store, "p/a", {"v": 9})
+    txn.put("p/c", {"v": 3})
+    assert not store.commit(txn.compares, txn.puts, [])
