@@ -45,6 +45,11 @@ def _hint_key(network: str, version: int = 4) -> str:
     return f"ipam-next/{network}" + ("" if version == 4 else "/6")
 
 
+def hint_keys(network: Network) -> list[str]:
+    """The keys a dynamic allocation on ``network`` reads first (one per pool): to prefetch them."""
+    return [_hint_key(network.name, subnet.version) for subnet in network.subnets]
+
+
 def host_addresses(
     subnet: IPNetwork, ip_range: IPNetwork | None, after: IPAddress | None = None
 ) -> Iterator[IPAddress]:

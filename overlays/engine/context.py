@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,10 @@ class NodeTxn(Txn):
 
     def peek(self, key: str) -> Value | None:
         return self.root.peek(self.prefix + key)
+
+    def prefetch(self, keys: Sequence[str], root: Sequence[str] = ()) -> None:
+        """This host's ``keys`` and the shared ``root`` ones, read in one request (see Txn.prefetch)."""
+        self.root.prefetch([*(self.prefix + k for k in keys), *root])
 
     def range(self, prefix: str) -> dict[str, Value]:
         cut = len(self.prefix)

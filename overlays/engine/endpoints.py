@@ -44,6 +44,8 @@ def drop_records(txn: NodeTxn, ctx: Context, eps: Iterable[Endpoint]) -> None:
 
 def mark(txn: NodeTxn, eps: Iterable[Endpoint], state: str) -> None:
     """Inside a store transaction: the endpoints' new state (compared: a removed one stays removed)."""
+    eps = list(eps)
+    txn.prefetch([records.endpoint_key(ep.sandbox, ep.network) for ep in eps])
     for ep in eps:
         key = records.endpoint_key(ep.sandbox, ep.network)
         if txn.get(key) is None:

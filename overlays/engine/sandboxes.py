@@ -35,6 +35,9 @@ def _record(ctx: Context, box: Sandbox, spec: SandboxSpec, check: Callable[[Node
     """One transaction: the sandbox (its name must be free), its endpoints (pending) and its port claims."""
 
     def do(txn: NodeTxn) -> tuple[list[Endpoint], Networks, list[Publish]]:
+        wanted = [r.network for r in spec.networks]
+        txn.prefetch([records.sandbox_key(box.name), *(records.endpoint_key(box.name, n) for n in wanted),
+                      *(records.network_key(n) for n in wanted)], root=[records.network_key(n) for n in wanted])
         if not txn.create(records.sandbox_key(box.name), box.to_record()):
             raise Conflict(f"sandbox {box.name} already exists")
         if check is not None:
@@ -63,6 +66,7 @@ def _mark_ready(ctx: Context, box: Sandbox, eps: list[Endpoint]) -> Sandbox:
     ready = replace(box, state="ready")
 
     def do(txn: NodeTxn) -> None:
+        txn.prefetch([records.sandbox_key(box.name), *(records.endpoint_key(e.sandbox, e.network) for e in eps)])
         if txn.get(records.sandbox_key(box.name)) is None:
             raise NotFound(f"sandbox {box.name} was removed while it was being created")
         txn.put(records.sandbox_key(box.name), ready.to_record())

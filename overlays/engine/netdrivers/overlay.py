@@ -96,6 +96,9 @@ class OverlayDriver(NetworkDriver):
     def host_ifnames(self, ctx: Context, network: Network, sandbox: str) -> Iterator[str]:
         return veth_names(sandbox, network.name, ctx.instance)
 
+    def shared_reads(self, ctx: Context) -> list[str]:
+        return [records.host_key(ctx.node)]  # live_host, below
+
     def allocate(self, txn: NodeTxn, ctx: Context, network: Network, sandbox: str, request: EndpointRequest,
                  ifname: str, hostname: str | None = None) -> Endpoint:
         ep = super().allocate(txn, ctx, network, sandbox, request, ifname, hostname)
