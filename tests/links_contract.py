@@ -153,8 +153,15 @@ def test_contract_a_vxlan_device_keeps_exactly_its_static_entries(world: World) 
         host.ensure_fdb("cvx0", MAC_B, "10.99.3.3")  # a unicast MAC moves
         assert host.fdb("cvx0") == {("00:00:00:00:00:00", "10.99.3.2"), ("00:00:00:00:00:00", "10.99.3.3"),
                                     (MAC_B, "10.99.3.3")}
+        assert host.fdb_dst("cvx0", MAC_B.upper()) == "10.99.3.3" and host.fdb_dst("cvx0", MAC_A) is None
+        assert host.fdb_dst("cvx0", "00:00:00:00:00:00") in {"10.99.3.2", "10.99.3.3"}  # one of its VTEPs
+        assert host.neighbour("cvx0", "10.80.0.5") is None
         host.ensure_neigh("cvx0", "10.80.0.5", MAC_B)
-        assert host.neighbours("cvx0") == {"10.80.0.5": MAC_B}
+        host.ensure_neigh("cvx0", "fd00:80::5", MAC_B)
+        assert host.neighbours("cvx0") == {"10.80.0.5": MAC_B, "fd00:80::5": MAC_B}
+        assert host.neighbour("cvx0", "10.80.0.5") == MAC_B and host.neighbour("cvx0", "fd00:80::5") == MAC_B
+        assert host.neighbour("cvx0", "10.80.0.6") is None
+        host.delete_neigh("cvx0", "fd00:80::5")
         host.delete_fdb("cvx0", MAC_B, "10.99.3.3")
         host.delete_neigh("cvx0", "10.80.0.5")
         host.delete_neigh("cvx0", "10.80.0.5")  # missing is success

@@ -349,29 +349,35 @@ class ExplainingLinks:
     # -- VXLAN forwarding and neighbour entries ----------------------------------------------------------------------
 
     def ensure_fdb(self, name: str, mac: str, dst: str) -> None:
-        before = self._inner.fdb(name)
+        had = self._has_fdb(name, mac.lower(), dst)
         self._inner.ensure_fdb(name, mac, dst)
-        mac = mac.lower()
-        if (mac, dst) not in before:
+        if not had:
             verb = "append" if mac == ZERO_MAC else "replace"
-            self._say(f"{self._bridge} fdb {verb} {mac} dev {q(name)} dst {dst} self permanent")
+            self._say(f"{self._bridge} fdb {verb} {mac.lower()} dev {q(name)} dst {dst} self permanent")
 
     def delete_fdb(self, name: str, mac: str, dst: str) -> None:
-        before = self._inner.fdb(name) if self._inner.link(name) is not None else set()
+        had = self._inner.link(name) is not None and self._has_fdb(name, mac.lower(), dst)
         self._inner.delete_fdb(name, mac, dst)
-        if (mac.lower(), dst) in before:
+        if had:
             self._say(f"{self._bridge} fdb del {mac.lower()} dev {q(name)} dst {dst} self")
 
+    def _has_fdb(self, name: str, mac: str, dst: str) -> bool:
+        """A unicast entry is read alone (one VTEP per MAC); a flood entry has one per VTEP and a get shows
+        only the first, so its table is dumped."""
+        if mac == ZERO_MAC:
+            return (mac, dst) in self._inner.fdb(name)
+        return self._inner.fdb_dst(name, mac) == dst
+
     def ensure_neigh(self, name: str, ip: str, mac: str) -> None:
-        before = self._inner.neighbours(name)
+        before = self._inner.neighbour(name, ip)
         self._inner.ensure_neigh(name, ip, mac)
-        if before.get(ip) != mac.lower():
+        if before != mac.lower():
             self._say(f"{self._ip} neigh replace {ip} lladdr {mac.lower()} dev {q(name)} nud permanent")
 
     def delete_neigh(self, name: str, ip: str) -> None:
-        before = self._inner.neighbours(name) if self._inner.link(name) is not None else {}
+        had = self._inner.link(name) is not None and self._inner.neighbour(name, ip) is not None
         self._inner.delete_neigh(name, ip)
-        if ip in before:
+        if had:
             self._say(f"{self._ip} neigh del {ip} dev {q(name)}")
 
 

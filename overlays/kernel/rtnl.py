@@ -587,6 +587,23 @@ class Rtnl:
                     found.add((mac, dst))
             return found
 
+    def fdb_dst(self, name: str, mac: str) -> str | None:
+        """The VTEP of the device's static entry for ``mac`` (a get, not a dump: a table of hundreds costs
+        milliseconds to dump); None if there is none. A flood entry answers with its first VTEP only."""
+        mac = self._mac("read fdb entry", name, mac)
+        body = NDMSG.pack(family=AF_BRIDGE, ifindex=self._index(name), flags=NTF_SELF) + attr_mac(NDA_LLADDR, mac)
+        found = self._neighbour_get(f"fdb entry {mac} of", name, body)
+        return found.attrs.ip(NDA_DST) if found is not None and found["state"] & NUD_PERMANENT else None
+
+    def _neighbour_get(self, what: str, name: str, body: bytes) -> nl.Message | None:
+        try:
+            msgs = self._nl.request(RTM_GETNEIGH, GET, NDMSG, body)
+        except NetlinkError as e:
+            if e.code == errno.ENOENT:
+                return None
+            raise kernel_error("read", f"{what} {name}", self.netns, e) from e
+        return msgs[0] if msgs else None
+
     def ensure_fdb(self, name: str, mac: str, dst: str) -> None:
         """``mac`` is sent to VTEP ``dst``.
 
@@ -620,6 +637,12 @@ class Rtnl:
                     if ip and mac and m["state"] & NUD_PERMANENT:
                         found[ip] = mac
             return found
+
+    def neighbour(self, name: str, ip: str) -> str | None:
+        """The MAC of the device's permanent neighbour entry for ``ip`` (a get, not a dump), or None."""
+        body = NDMSG.pack(family=AF_INET6 if ":" in ip else AF_INET, ifindex=self._index(name)) + attr_ip(NDA_DST, ip)
+        found = self._neighbour_get(f"neighbour {ip} of", name, body)
+        return found.attrs.mac(NDA_LLADDR) if found is not None and found["state"] & NUD_PERMANENT else None
 
     def ensure_neigh(self, name: str, ip: str, mac: str) -> None:
         mac = self._mac("set neighbour", name, mac)

@@ -440,6 +440,10 @@ class FakeLinks:
         self._need(name)
         return set(self.ns.fdbs.setdefault(name, set()))
 
+    def fdb_dst(self, name: str, mac: str) -> str | None:
+        self._need(name)
+        return min((d for m, d in self.ns.fdbs.get(name, set()) if m == mac.lower()), default=None)
+
     def ensure_fdb(self, name: str, mac: str, dst: str) -> None:
         """All-zero entries are appended; a unicast MAC is replaced (it points at one VTEP), as in Rtnl."""
         self._need(name)
@@ -455,6 +459,10 @@ class FakeLinks:
     def neighbours(self, name: str) -> dict[str, str]:
         self._need(name)
         return dict(self.ns.neighs.setdefault(name, {}))
+
+    def neighbour(self, name: str, ip: str) -> str | None:
+        self._need(name)
+        return self.ns.neighs.get(name, {}).get(ip)
 
     def ensure_neigh(self, name: str, ip: str, mac: str) -> None:
         self._need(name)
