@@ -72,12 +72,14 @@ class RemoteNames:
     def apply(self, events: Iterable[Event]) -> int:
         """A batch of watched events under ``overlay/``; returns how many names changed."""
         unknown: set[str] = set()
+        touched: set[str] = set()
         for event in events:
             parts = event.key.split("/")  # overlay/<network>/<node>/<sandbox>
             name = parts[1]
             if len(parts) != 4 or name not in self._networks:
                 unknown.add(name)
                 continue
+            touched.add(key_of(parts[2], parts[3]))
             regs = [r for r in self._by_network.get(name, ()) if (r.node, r.sandbox) != (parts[2], parts[3])]
             if event.kind == "put" and isinstance(event.value, dict):
                 regs.append(EndpointRegistration.from_record(event.value, name))
@@ -86,7 +88,7 @@ class RemoteNames:
             else:  # its last registration went: as a read would find it
                 self._by_network.pop(name, None)
                 self._networks.pop(name, None)
-        return self.networks_changed(unknown) if unknown else self._publish()
+        return self.networks_changed(unknown) if unknown else self._publish(touched)
 
     def networks_changed(self, names: Iterable[str]) -> int:
         """The registrations of these overlay networks changed: read them again."""
@@ -105,17 +107,19 @@ class RemoteNames:
                 self._networks.pop(name, None)
         return self._publish()
 
-    def _publish(self) -> int:
-        """Submit each remote sandbox whose names differ from what the server has; returns how many."""
+    def _publish(self, only: set[str] | None = None) -> int:
+        """Submit each remote sandbox (of ``only`` these keys, if given) whose names differ from what the server
+        has; returns how many. Making a sandbox's records is what costs: only those asked for are made."""
         grouped: dict[str, list[EndpointRegistration]] = {}
         for regs in self._by_network.values():
             for reg in regs:
-                if reg.node != self.ctx.node:  # ours are registered by the engine, with their sockets
-                    grouped.setdefault(key_of(reg.node, reg.sandbox), []).append(reg)
+                key = key_of(reg.node, reg.sandbox)
+                if reg.node != self.ctx.node and (only is None or key in only):  # ours: the engine registers them
+                    grouped.setdefault(key, []).append(reg)
         wanted = {key: tuple(hostdns.remote_records(sorted(regs, key=lambda r: r.network), self._networks))
                   for key, regs in grouped.items()}
         changed = 0
-        for key in sorted(set(self._served) - set(wanted)):
+        for key in sorted(set(self._served if only is None else only & self._served.keys()) - set(wanted)):
             del self._served[key]
             self.submit(key, None)
             changed += 1
