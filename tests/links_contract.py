@@ -166,6 +166,13 @@ def test_contract_a_vxlan_device_keeps_exactly_its_static_entries(world: World) 
         host.delete_neigh("cvx0", "10.80.0.5")
         host.delete_neigh("cvx0", "10.80.0.5")  # missing is success
         assert MAC_B not in {mac for mac, _ in host.fdb("cvx0")} and host.neighbours("cvx0") == {}
+        # Made again by another handle (another process): this one's single-entry reads find the new device.
+        with world.open_host() as other:
+            other.delete_link("cvx0")
+            other.ensure_vxlan("cvx0", "overlays:t:vxlan", 4242, "10.99.3.1", "cul0", 1450)
+            other.ensure_fdb("cvx0", MAC_B, "10.99.3.4")
+            other.ensure_neigh("cvx0", "10.80.0.7", MAC_B)
+        assert host.fdb_dst("cvx0", MAC_B) == "10.99.3.4" and host.neighbour("cvx0", "10.80.0.7") == MAC_B
 
 
 def test_contract_a_deleted_namespace_takes_its_veth_ends_away(world: World) -> None:

@@ -591,7 +591,8 @@ class Rtnl:
         """The VTEP of the device's static entry for ``mac`` (a get, not a dump: a table of hundreds costs
         milliseconds to dump); None if there is none. A flood entry answers with its first VTEP only."""
         mac = self._mac("read fdb entry", name, mac)
-        body = NDMSG.pack(family=AF_BRIDGE, ifindex=self._index(name), flags=NTF_SELF) + attr_mac(NDA_LLADDR, mac)
+        # The index looked up now, as the writes beside it do: another process may have made the device again.
+        body = NDMSG.pack(family=AF_BRIDGE, ifindex=self._need(name).index, flags=NTF_SELF) + attr_mac(NDA_LLADDR, mac)
         found = self._neighbour_get(f"fdb entry {mac} of", name, body)
         return found.attrs.ip(NDA_DST) if found is not None and found["state"] & NUD_PERMANENT else None
 
@@ -640,7 +641,8 @@ class Rtnl:
 
     def neighbour(self, name: str, ip: str) -> str | None:
         """The MAC of the device's permanent neighbour entry for ``ip`` (a get, not a dump), or None."""
-        body = NDMSG.pack(family=AF_INET6 if ":" in ip else AF_INET, ifindex=self._index(name)) + attr_ip(NDA_DST, ip)
+        index = self._need(name).index  # looked up now, as for fdb_dst
+        body = NDMSG.pack(family=AF_INET6 if ":" in ip else AF_INET, ifindex=index) + attr_ip(NDA_DST, ip)
         found = self._neighbour_get(f"neighbour {ip} of", name, body)
         return found.attrs.mac(NDA_LLADDR) if found is not None and found["state"] & NUD_PERMANENT else None
 
