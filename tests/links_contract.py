@@ -72,21 +72,6 @@ def test_contract_a_veth_end_is_made_inside_the_sandbox_and_goes_with_its_peer(w
         assert host.link("cv0") is None and inside.link("eth0") is None
 
 
-def test_contract_a_veth_made_with_a_master_is_an_up_port_whose_peer_is_down(world: World) -> None:
-    path = world.kernel.netns_path(world.sandbox)
-    with world.open_host() as host, world.open_sandbox() as inside:
-        host.ensure_bridge("cbr0", "overlays:t:bridge", 1500, MAC_A)
-        host.ensure_veth("cv0", "overlays:t:veth", 1500, "eth0", path, MAC_B, master="cbr0")
-        bridge, ours, peer = host.link("cbr0"), host.link("cv0"), inside.link("eth0")
-        assert bridge is not None and ours is not None and peer is not None
-        assert (ours.alias, ours.master, ours.up, peer.up) == ("overlays:t:veth", bridge.index, True, False)
-        host.delete_link("cv0")
-        host.ensure_veth("cv0", "overlays:t:veth", 1500, "eth0", path, MAC_B)
-        host.ensure_veth("cv0", "overlays:t:veth", 1500, "eth0", path, MAC_B, master="cbr0")  # there: made a port
-        ported = host.link("cv0")
-        assert ported is not None and (ported.master, ported.up) == (bridge.index, True)
-
-
 def test_contract_a_veth_of_that_name_made_for_another_is_not_ours(world: World) -> None:
     path = world.kernel.netns_path(world.sandbox)
     with world.open_host() as host:

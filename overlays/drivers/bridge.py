@@ -105,19 +105,18 @@ def teardown_bridge(host: Links, net: Network) -> None:
 
 def attach_veth(host: Links, sandbox: Links, sandbox_path: Path, net: Network, ep: Endpoint, instance: str,
                 undo: Undo, default_route: bool) -> None:
-    """Wire ``ep``: veth into the sandbox and a port of the bridge (one request), address, and
-    (``default_route``) the route out. The sandbox's end stays down, so silent, until it is ready."""
+    """Wire ``ep``: veth into the sandbox, port on the bridge, address, and (``default_route``) the route out."""
+    host.ensure_veth(ep.host_ifname, endpoint_alias(instance, ep), ep.mtu, ep.ifname, sandbox_path, ep.mac)
+    undo.push(f"delete veth {ep.host_ifname}", host.delete_link, ep.host_ifname)
+    if ep.address(6) is not None:  # before its sandbox speaks IPv6: no MLD storm across the bridge (see kernel/bpf.py)
+        host.drop_mld_reports(ep.host_ifname)
     try:
-        host.ensure_veth(ep.host_ifname, endpoint_alias(instance, ep), ep.mtu, ep.ifname, sandbox_path, ep.mac,
-                         master=net.bridge)
+        host.ensure_port(ep.host_ifname, net.bridge)
     except KernelError as e:
         if e.errno == errno.EXFULL:  # the kernel's way of saying "1,023 ports, no more"
             raise Conflict(f"network {net.name} is full: a Linux bridge takes at most {BRIDGE_PORTS_MAX} ports "
                            f"and {net.bridge} has them all; create another network") from e
         raise
-    undo.push(f"delete veth {ep.host_ifname}", host.delete_link, ep.host_ifname)
-    if ep.address(6) is not None:  # before its sandbox speaks IPv6: no MLD storm across the bridge (see kernel/bpf.py)
-        host.drop_mld_reports(ep.host_ifname)
     add_addresses(sandbox, ep, default_route)
 
 

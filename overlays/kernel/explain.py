@@ -214,15 +214,13 @@ class ExplainingLinks:
         elif before.mac != mac.lower() or not before.up:
             self._say(f"{self._ip} link set {q(name)} address {mac.lower()} up")
 
-    def ensure_veth(self, name: str, alias: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str,
-                    master: str | None = None) -> None:
+    def ensure_veth(self, name: str, alias: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str) -> None:
         peer_where = self._where_of(peer_netns)
-        port = f" master {q(master)} up" if master else ""
-        add = (f"{self._ip} link add {q(name)} mtu {mtu}{port} type veth peer name {q(peer)} mtu {mtu}"
+        add = (f"{self._ip} link add {q(name)} mtu {mtu} type veth peer name {q(peer)} mtu {mtu}"
                f" address {peer_mac.lower()} netns {peer_where.as_peer()}")
         before = self._before(name)
         try:
-            self._inner.ensure_veth(name, alias, mtu, peer, peer_netns, peer_mac, master)
+            self._inner.ensure_veth(name, alias, mtu, peer, peer_netns, peer_mac)
         except BaseException:
             self._failed(name, before, lambda b, a: self._made(name, b, a, add, alias))
             raise
@@ -231,10 +229,6 @@ class ExplainingLinks:
             self._say(f"{self._ip} link set {q(name)} alias {q(alias)} addrgenmode none")
             self._known.made(self._where, name)
             self._known.made(peer_where, peer)
-        elif master:  # there already: made a port as ensure_port does
-            bridge = self._inner.link(master)
-            if bridge is not None and (before.master != bridge.index or not before.up):
-                self._say(f"{self._ip} link set {q(name)} master {q(master)} up")
 
     def ensure_macvlan(self, parent: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str) -> None:
         self._inner.ensure_macvlan(parent, mtu, peer, peer_netns, peer_mac)  # it creates, or raises having made none

@@ -397,10 +397,9 @@ class Rtnl:
                 self._set_named(name, attr_str(IFLA_IFALIAS, alias) + _NO_IPV6_ADDRESSES)
             self.ensure_up(name)
 
-    def _new_link(self, name: str, kind: str, mtu: int, data: bytes = b"", extra: bytes = b"", up: bool = False,
-                  ) -> None:
+    def _new_link(self, name: str, kind: str, mtu: int, data: bytes = b"", extra: bytes = b"") -> None:
         info = attr_str(IFLA_INFO_KIND, kind) + (attr(IFLA_INFO_DATA, data) if data else b"")
-        body = (_link_msg(up=up or None) + attr_str(IFLA_IFNAME, name) + attr_u32(IFLA_MTU, mtu) + extra
+        body = (_link_msg() + attr_str(IFLA_IFNAME, name) + attr_u32(IFLA_MTU, mtu) + extra
                 + attr(IFLA_LINKINFO, info))
         self._nl.request(RTM_NEWLINK, CREATE, IFINFO, body)
 
@@ -409,23 +408,19 @@ class Rtnl:
         self._nl.request(RTM_NEWLINK, CHANGE, IFINFO, _link_msg(up=up) + attr_str(IFLA_IFNAME, name) + attrs)
 
     def ensure_veth(
-        self, name: str, alias: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str, master: str | None = None
+        self, name: str, alias: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str
     ) -> None:
         """A veth pair whose peer is created straight inside ``peer_netns`` (no move, no rename).
 
-        Our end is tagged, and kept free of IPv6 addresses (it is a bridge port), before it has a
-        carrier. ``master``: our end is made a port of that bridge and up in the creating request
-        itself (the bridge joins it as ``ensure_port`` does, one request fewer): its peer is made
-        down, so there is no carrier, and neither end speaks, until the sandbox raises the peer.
+        Our end is tagged, and kept free of IPv6 addresses (it is a bridge port), before it comes up.
         """
         fd = os.open(str(peer_netns), os.O_RDONLY | os.O_CLOEXEC)
         try:
             end = (_link_msg() + attr_str(IFLA_IFNAME, peer) + attr_u32(IFLA_NET_NS_FD, fd)
                    + attr_u32(IFLA_MTU, mtu) + attr_mac(IFLA_ADDRESS, peer_mac))
-            port = attr_u32(IFLA_MASTER, self._index(master)) if master else b""
             # Create first, verify on EEXIST: the usual case (a new sandbox) costs no read.
             made = self._created(f"{name} (peer {peer})", "create veth", lambda: self._new_link(
-                name, "veth", mtu, attr(VETH_INFO_PEER, end), extra=port, up=bool(master)))
+                name, "veth", mtu, attr(VETH_INFO_PEER, end)))
         finally:
             os.close(fd)
         if not made:
@@ -434,8 +429,6 @@ class Rtnl:
                 raise KernelError("create veth", f"{name} (peer {peer})", self.netns,
                                   f"{peer} exists already in {peer_netns.name}")
             self._require_ours(existing, "veth", alias)
-            if master:
-                self.ensure_port(name, master)
             return
         with self._step("tag veth", name):
             self._set_named(name, attr_str(IFLA_IFALIAS, alias) + _NO_IPV6_ADDRESSES)

@@ -355,20 +355,16 @@ class FakeLinks:
         elif have.mac != mac or not have.up:
             self.ns.links[name] = replace(have, mac=mac, up=True)
 
-    def ensure_veth(self, name: str, alias: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str,
-                    master: str | None = None) -> None:
+    def ensure_veth(self, name: str, alias: str, mtu: int, peer: str, peer_netns: Path, peer_mac: str) -> None:
         have = self.link(name)
         if have:
             if have.kind != "veth" or have.alias != alias:
                 raise Conflict(f"link {name} in {self.netns} exists and is not ours")
-            if master:
-                self.ensure_port(name, master)
             return
         other = self.kernel.namespaces[peer_netns.name]
         if peer in other.links:
             raise KernelError("create veth", name, self.netns, "peer name exists")
-        port = self._need(master).index if master else None
-        self.ns.links[name] = Link(self.kernel.index(), name, "veth", "", mtu, alias, bool(master), port)
+        self.ns.links[name] = Link(self.kernel.index(), name, "veth", "", mtu, alias, False, None)
         other.links[peer] = Link(self.kernel.index(), peer, "veth", peer_mac, mtu, None, False, None)
         self.ns.peers[name] = (peer_netns.name, peer)
         other.peers[peer] = (self.netns or "", name)

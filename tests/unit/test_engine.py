@@ -148,7 +148,7 @@ def _two_networks(eng: Engine) -> None:
 def test_run_rolls_back_at_every_step(tmp_path: Path) -> None:
     steps = _fails_cleanly_at_every_step(tmp_path, _two_networks,
                                          lambda eng: eng.create_sandbox(sandbox("a", "front", "back")))
-    assert steps >= 8  # netns, lo, and per network: bridge, address, veth (a port already), address, up, route
+    assert steps >= 8  # netns, lo, and per network: bridge, address, veth, port, address, up, route
 
 
 def test_connect_rolls_back_at_every_step(tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ def test_run_with_a_published_port_rolls_back_at_every_step(tmp_path: Path) -> N
 
     spec = SandboxSpec.parse("web", [EndpointRequest.parse("front")], ports=parse_publish("8080:80"))
     steps = _fails_cleanly_at_every_step(tmp_path, _two_networks, lambda eng: eng.create_sandbox(spec))
-    assert steps >= 7  # netns, lo, veth (made a port of the bridge), address, addrgenmode, up, route, the publish
+    assert steps >= 7  # netns, lo, veth, port, address, up, route, and the firewall's publish
 
 
 def test_connect_that_moves_published_ports_rolls_back_at_every_step(tmp_path: Path) -> None:
@@ -184,5 +184,4 @@ def test_connect_that_moves_published_ports_rolls_back_at_every_step(tmp_path: P
                                              ports=parse_publish("8080:80")))
         eng.disconnect("back", "web")  # its port waits for a network that takes it
 
-    # veth (made a port of the bridge), address, up, route, and the firewall's move of the port
-    assert _fails_cleanly_at_every_step(tmp_path, prepare, lambda eng: eng.connect("front", "web")) >= 5
+    assert _fails_cleanly_at_every_step(tmp_path, prepare, lambda eng: eng.connect("front", "web")) >= 6

@@ -49,9 +49,9 @@ def test_each_step_of_create_connect_and_remove_says_its_command_in_order(tmp_pa
     assert rec.take() == [
         f"ip netns add {ns}",
         f"ip -n {ns} link set lo up",
-        f"ip -n {HOST} link add {veth} mtu 1500 master ovb-front up type veth peer name eth0 mtu 1500"
-        f" address {ep.mac} netns {ns}",
+        f"ip -n {HOST} link add {veth} mtu 1500 type veth peer name eth0 mtu 1500 address {ep.mac} netns {ns}",
         f"ip -n {HOST} link set {veth} alias overlays:{eng.instance}:sandbox=web,network=front addrgenmode none",
+        f"ip -n {HOST} link set {veth} master ovb-front up",
         f"ip -n {ns} addr add {ep.ip}/24 dev eth0",
         f"ip -n {ns} link set eth0 addrgenmode none",
         f"ip -n {ns} link set eth0 up",
