@@ -72,6 +72,20 @@ def test_contract_a_veth_end_is_made_inside_the_sandbox_and_goes_with_its_peer(w
         assert host.link("cv0") is None and inside.link("eth0") is None
 
 
+def test_contract_a_port_that_drops_mld_reports_says_so(world: World) -> None:
+    path = world.kernel.netns_path(world.sandbox)
+    with world.open_host() as host:
+        host.ensure_bridge("cbr0", "overlays:t:bridge", 1500, MAC_A)
+        host.ensure_veth("cv0", "overlays:t:veth", 1500, "eth0", path, MAC_B)
+        assert not host.drops_mld_reports("cv0")
+        host.drop_mld_reports("cv0")
+        host.drop_mld_reports("cv0")  # idempotent
+        host.ensure_port("cv0", "cbr0")
+        assert host.drops_mld_reports("cv0")
+        with pytest.raises(KernelError):
+            host.drops_mld_reports("cv9")
+
+
 def test_contract_a_veth_of_that_name_made_for_another_is_not_ours(world: World) -> None:
     path = world.kernel.netns_path(world.sandbox)
     with world.open_host() as host:

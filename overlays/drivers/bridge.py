@@ -154,8 +154,11 @@ def detach_veth(host: Links, ep: Endpoint) -> None:
 
 
 def veth_problems(host: Links, net: Network, ep: Endpoint) -> list[str]:
-    """Read-only: the host end of ``ep`` exists, is up and is a port of the network's bridge."""
+    """Read-only: the host end of ``ep`` exists, is up and is a port of the network's bridge (and, dual-stack,
+    still drops the sandbox's MLD reports: without the filter the bridge floods them to every port)."""
     veth, br = host.link(ep.host_ifname), host.link(net.bridge)
     if veth is None or br is None or veth.master != br.index or not veth.up:
         return [f"veth {ep.host_ifname} of sandbox {ep.sandbox} on {ep.network} is missing or detached"]
+    if ep.address(6) is not None and not host.drops_mld_reports(ep.host_ifname):
+        return [f"veth {ep.host_ifname} of sandbox {ep.sandbox} on {ep.network} lost its MLD report filter"]
     return []

@@ -730,6 +730,12 @@ class Rtnl:
         with self._step("filter MLD reports of", name):
             tc.ensure_ingress_program(self._nl, index, name, bpf.mld_filter(self.netns), "overlays_mld", self.netns)
 
+    def drops_mld_reports(self, name: str) -> bool:
+        """Read-only: whether ``name`` still runs the filter ``drop_mld_reports`` put on it."""
+        index = self._need(name).index
+        with self._step("read ingress filters of", name):
+            return tc.has_ingress_program(self._nl, index, "overlays_mld")
+
     def delete_redirect(self, name: str) -> None:
         link = self.link(name)
         if link is not None:

@@ -227,6 +227,18 @@ def redirect_of(channel: nl.Channel, index: int) -> int | None:
     return None
 
 
+def has_ingress_program(channel: nl.Channel, index: int, prog_name: str) -> bool:
+    """Whether link ``index`` runs our program ``prog_name`` on what it receives (see ensure_ingress_program)."""
+    parent = _ingress_parent(qdiscs(channel, index))
+    if parent is None:
+        return False
+    for msg in channel.request(RTM_GETTFILTER, DUMP, TCMSG, TCMSG.pack(index=index, parent=parent)):
+        options = msg.attrs.nested(TCA_OPTIONS) if msg["index"] == index and msg["info"] >> 16 == MLD_PRIO else None
+        if options is not None and msg.attrs.text(TCA_KIND) == "bpf" and options.text(TCA_BPF_NAME) == prog_name:
+            return True
+    return False
+
+
 def _mirred_target(msg: nl.Message) -> int | None:
     options = msg.attrs.nested(TCA_OPTIONS)
     actions = options.nested(TCA_U32_ACT) if options else None

@@ -61,6 +61,19 @@ def test_drift_inside_a_sandbox_and_on_the_bridge(cli: Cli, host: str, web: dict
     assert can_ping(ns, "10.44.0.1")
 
 
+def test_a_dual_stack_port_that_lost_its_mld_filter(cli: Cli, host: str) -> None:
+    cli("network", "create", "dual", "--subnet", "10.45.0.0/24", "--subnet", "fd00:45::/64", check=True)
+    cli("run", "--name", "v6", "--network", "dual", check=True)
+    box = json.loads(cli("inspect", "v6", "--json", check=True).stdout)
+    assert doctor(cli) == (0, []), "a healthy host"
+    veth = box["endpoints"][0]["host_interface"]
+    sh(host, "tc", "filter", "del", "dev", veth, "ingress")
+    fixed(cli, f"veth {veth} of sandbox v6 on dual lost its MLD report filter")
+    veth = json.loads(cli("inspect", "v6", "--json", check=True).stdout)["endpoints"][0]["host_interface"]
+    assert "overlays_mld" in sh(host, "tc", "filter", "show", "dev", veth, "ingress").stdout
+    assert can_ping(box["netns"], "fd00:45::1")
+
+
 @pytest.mark.parametrize("meddling", ["flush table inet {t}", "delete table inet {t}",
                                       "delete element inet {t} publish_any_tcp {{ 8080 }}",
                                       "add element inet {t} publish_any_tcp {{ 9999 : 10.44.0.77 . 80 }}"])

@@ -383,6 +383,10 @@ class FakeLinks:
         self._need(name)
         self.ns.mld_dropped.add(name)
 
+    def drops_mld_reports(self, name: str) -> bool:
+        self._need(name)
+        return name in self.ns.mld_dropped
+
     def ensure_up(self, name: str, ipv6: bool = True) -> None:
         self.ns.links[name] = replace(self._need(name), up=True)
 
